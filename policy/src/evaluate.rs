@@ -1,0 +1,171 @@
+//! Evaluation: one message in, one output per destination out.
+//!
+//! The payload is parsed once. Every leaf field is decided per destination by
+//! the most specific matching rule; a field no rule matches is not shared.
+
+use serde_json::{Map, Value};
+
+use crate::path::{FieldPath, Segment};
+use crate::rule::{Action, RuleId, SharingRule};
+use crate::Policy;
+
+/// A message as the policy sees it: who sent it and what it says.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    pub device: &'a str,
+    pub topic: &'a str,
+    pub payload: &'a [u8],
+}
+
+/// How one field was decided for one destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// The rule that decided, or `None` when no rule matched (default deny).
+    pub rule: Option<RuleId>,
+    pub action: Action,
+}
+
+impl Decision {
+    pub fn is_shared(&self) -> bool {
+        self.action == Action::Share
+    }
+}
+
+/// What one destination receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestinationOutput {
+    pub destination: String,
+    /// The payload to forward, or `None` when no field is shared: the whole
+    /// message is then not forwarded to this destination.
+    pub payload: Option<Vec<u8>>,
+    /// One decision per entry of [`Evaluation::fields`], in the same order.
+    pub decisions: Vec<Decision>,
+}
+
+/// The result of evaluating one message against one policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Evaluation {
+    /// Every leaf field of the message, in payload order.
+    pub fields: Vec<FieldPath>,
+    pub outputs: Vec<DestinationOutput>,
+}
+
+enum Body {
+    Object(Value),
+    Opaque,
+}
+
+pub(crate) fn evaluate<S: AsRef<str>>(policy: &Policy, msg: &Message<'_>, destinations: &[S]) -> Evaluation {
+    let body = match serde_json::from_slice::<Value>(msg.payload) {
+        Ok(v @ Value::Object(_)) => Body::Object(v),
+        _ => Body::Opaque,
+    };
+    let fields = match &body {
+        Body::Object(v) => {
+            let mut out = Vec::new();
+            collect_leaves(v, &mut Vec::new(), &mut out);
+            out
+        }
+        Body::Opaque => vec![FieldPath::whole_payload()],
+    };
+
+    // Only the rules about this device can decide anything.
+    let for_device: Vec<(RuleId, &SharingRule)> = policy
+        .rules
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.device.selects(msg.device, &policy.groups))
+        .map(|(i, r)| (RuleId(i), r))
+        .collect();
+
+    let outputs = destinations
+        .iter()
+        .map(|dest| {
+            let dest = dest.as_ref();
+            let candidates: Vec<&(RuleId, &SharingRule)> =
+                for_device.iter().filter(|(_, r)| r.destination.selects(dest)).collect();
+            let decisions: Vec<Decision> = fields.iter().map(|f| decide(&candidates, f)).collect();
+            let payload = if decisions.iter().any(Decision::is_shared) {
+                match &body {
+                    Body::Object(v) => {
+                        let mut idx = 0;
+                        filter_value(v, &decisions, &mut idx)
+                            .map(|kept| serde_json::to_vec(&kept).unwrap_or_default())
+                    }
+                    Body::Opaque => Some(msg.payload.to_vec()),
+                }
+            } else {
+                None
+            };
+            DestinationOutput { destination: dest.to_string(), payload, decisions }
+        })
+        .collect();
+
+    Evaluation { fields, outputs }
+}
+
+fn decide(candidates: &[&(RuleId, &SharingRule)], field: &FieldPath) -> Decision {
+    let mut best: Option<(crate::rule::Rank, RuleId, Action)> = None;
+    for (id, rule) in candidates {
+        if !rule.field.matches(field) {
+            continue;
+        }
+        let rank = rule.rank();
+        // Validation rejects ties, so `>` picks the one winner; file order
+        // breaks any tie that slipped through, deterministically.
+        if best.as_ref().is_none_or(|(b, _, _)| rank > *b) {
+            best = Some((rank, *id, rule.action));
+        }
+    }
+    match best {
+        Some((_, id, action)) => Decision { rule: Some(id), action },
+        None => Decision { rule: None, action: Action::Drop },
+    }
+}
+
+/// Leaves are scalars and empty containers; traversal order here and in
+/// [`filter_value`] must be the same.
+fn collect_leaves(v: &Value, prefix: &mut Vec<Segment>, out: &mut Vec<FieldPath>) {
+    match v {
+        Value::Object(m) if !m.is_empty() => {
+            for (k, child) in m {
+                prefix.push(Segment::Key(k.clone()));
+                collect_leaves(child, prefix, out);
+                prefix.pop();
+            }
+        }
+        Value::Array(a) if !a.is_empty() => {
+            for (i, child) in a.iter().enumerate() {
+                prefix.push(Segment::Index(i));
+                collect_leaves(child, prefix, out);
+                prefix.pop();
+            }
+        }
+        _ => out.push(FieldPath::from_segments(prefix.clone())),
+    }
+}
+
+/// Rebuilds `v` with only the shared leaves. Containers left empty vanish;
+/// array elements keep their relative order.
+fn filter_value(v: &Value, decisions: &[Decision], idx: &mut usize) -> Option<Value> {
+    match v {
+        Value::Object(m) if !m.is_empty() => {
+            let mut kept = Map::new();
+            for (k, child) in m {
+                if let Some(c) = filter_value(child, decisions, idx) {
+                    kept.insert(k.clone(), c);
+                }
+            }
+            (!kept.is_empty()).then_some(Value::Object(kept))
+        }
+        Value::Array(a) if !a.is_empty() => {
+            let kept: Vec<Value> = a.iter().filter_map(|c| filter_value(c, decisions, idx)).collect();
+            (!kept.is_empty()).then_some(Value::Array(kept))
+        }
+        leaf => {
+            let shared = decisions.get(*idx).is_some_and(Decision::is_shared);
+            *idx += 1;
+            shared.then(|| leaf.clone())
+        }
+    }
+}

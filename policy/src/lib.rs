@@ -1,0 +1,99 @@
+//! The dataward sharing policy: what of a device's message may leave the
+//! home, to which destination, and which commands may come back in.
+//!
+//! This crate is pure: no I/O, no async, no clock. Same policy and same
+//! message give the same result, which makes it easy to test and to fuzz.
+//!
+//! - [`parse`](Policy::parse): policy text (TOML) to a validated [`Policy`];
+//!   every error carries a line and column ([`PolicyError`]).
+//! - [`rule`]: the model, [`SharingRule`] and [`CommandRule`], and the
+//!   specificity order that resolves overlapping rules.
+//! - [`path`]: field paths inside a payload and the patterns rules use.
+//! - [`evaluate`](Policy::evaluate): one message to one output per
+//!   destination, with the deciding rule for every field.
+//! - [`topic`]: MQTT topic filter matching, shared with the broker's ACL.
+
+mod evaluate;
+mod parse;
+pub mod path;
+pub mod rule;
+pub mod topic;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+pub use evaluate::{Decision, DestinationOutput, Evaluation, Message};
+pub use parse::{is_valid_name, PolicyError};
+pub use path::{FieldPath, FieldPattern};
+pub use rule::{
+    Action, CommandRule, DestinationSelector, DeviceSelector, Position, RuleId, SharingRule,
+};
+
+/// A validated policy. The empty policy shares nothing and allows no command.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Policy {
+    rules: Vec<SharingRule>,
+    commands: Vec<CommandRule>,
+    groups: BTreeMap<String, BTreeSet<String>>,
+}
+
+impl Policy {
+    /// Parses and validates policy text. Nothing is partially accepted.
+    pub fn parse(src: &str) -> Result<Self, PolicyError> {
+        parse::parse(src)
+    }
+
+    pub fn rules(&self) -> &[SharingRule] {
+        &self.rules
+    }
+
+    pub fn command_rules(&self) -> &[CommandRule] {
+        &self.commands
+    }
+
+    pub fn rule(&self, id: RuleId) -> Option<&SharingRule> {
+        self.rules.get(id.0)
+    }
+
+    /// Checks that every destination the policy names exists, so that a typo
+    /// is an error rather than a rule that silently never applies.
+    pub fn check_destinations<S: AsRef<str>>(&self, known: &[S]) -> Result<(), PolicyError> {
+        let named = self
+            .rules
+            .iter()
+            .map(|r| (&r.destination, r.position))
+            .chain(self.commands.iter().map(|c| (&c.destination, c.position)));
+        for (dest, position) in named {
+            if let DestinationSelector::Named(name) = dest {
+                if !known.iter().any(|k| k.as_ref() == name) {
+                    let list: Vec<&str> = known.iter().map(|k| k.as_ref()).collect();
+                    return Err(PolicyError {
+                        position,
+                        message: format!(
+                            "destination {name:?} is not configured (configured: {})",
+                            if list.is_empty() { "none".to_string() } else { list.join(", ") }
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Decides, for each destination, what of `msg` it receives.
+    pub fn evaluate<S: AsRef<str>>(&self, msg: &Message<'_>, destinations: &[S]) -> Evaluation {
+        evaluate::evaluate(self, msg, destinations)
+    }
+
+    /// Whether `destination` may send a command to `device` on the local
+    /// topic `topic`; gives the allowing rule's index among the command rules.
+    pub fn allows_command(&self, device: &str, destination: &str, topic: &str) -> Option<usize> {
+        self.commands.iter().position(|c| {
+            c.device.selects(device, &self.groups)
+                && c.destination.selects(destination)
+                && topic::matches(&c.topic, topic)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

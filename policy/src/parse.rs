@@ -1,0 +1,218 @@
+//! Policy text (TOML) to a validated [`Policy`], with every error tied to a
+//! line and column. The syntax is documented in `docs/policy.md`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Range;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::path::FieldPattern;
+use crate::rule::{
+    Action, CommandRule, DestinationSelector, DeviceSelector, Position, SharingRule,
+};
+use crate::{topic, Policy};
+
+/// Why policy text was rejected. The previous policy stays in force.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("policy error at {position}: {message}")]
+pub struct PolicyError {
+    pub position: Position,
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    groups: BTreeMap<String, Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    rule: Vec<Spanned<RawRule>>,
+    #[serde(default)]
+    command: Vec<Spanned<RawCommand>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    device: Spanned<String>,
+    field: Spanned<String>,
+    destination: Spanned<String>,
+    action: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCommand {
+    device: Spanned<String>,
+    destination: Spanned<String>,
+    #[serde(default)]
+    topic: Option<Spanned<String>>,
+}
+
+/// Maps byte offsets in the source to 1-based line and column.
+struct Locator<'a> {
+    src: &'a str,
+}
+
+impl Locator<'_> {
+    fn position(&self, offset: usize) -> Position {
+        let offset = offset.min(self.src.len());
+        let before = self.src.get(..offset).unwrap_or(self.src);
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let column = before.get(line_start..).map(|s| s.chars().count()).unwrap_or(0) + 1;
+        Position { line, column }
+    }
+
+    fn error(&self, span: Range<usize>, message: impl Into<String>) -> PolicyError {
+        PolicyError { position: self.position(span.start), message: message.into() }
+    }
+}
+
+/// An identifier for devices, groups and destinations: what ends up in
+/// topics and URLs, so kept to a safe alphabet.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+pub(crate) fn parse(src: &str) -> Result<Policy, PolicyError> {
+    let loc = Locator { src };
+    let raw: RawPolicy = toml::from_str(src).map_err(|e| {
+        let span = e.span().unwrap_or(0..0);
+        loc.error(span, e.message().trim().to_string())
+    })?;
+
+    let mut groups = BTreeMap::new();
+    for (name, members) in &raw.groups {
+        if !is_valid_name(name) {
+            return Err(loc.error(
+                members.span(),
+                format!("group name {name:?} may use only letters, digits, '_' and '-'"),
+            ));
+        }
+        let mut set = BTreeSet::new();
+        for m in members.get_ref() {
+            if !is_valid_name(m.get_ref()) {
+                return Err(loc.error(m.span(), format!("{:?} is not a valid device id", m.get_ref())));
+            }
+            set.insert(m.get_ref().clone());
+        }
+        groups.insert(name.clone(), set);
+    }
+
+    let device = |s: &Spanned<String>| -> Result<DeviceSelector, PolicyError> {
+        let text = s.get_ref().as_str();
+        if text == "*" {
+            Ok(DeviceSelector::Any)
+        } else if let Some(g) = text.strip_prefix('@') {
+            if groups.contains_key(g) {
+                Ok(DeviceSelector::Group(g.to_string()))
+            } else {
+                Err(loc.error(s.span(), format!("group {g:?} is not defined in [groups]")))
+            }
+        } else if is_valid_name(text) {
+            Ok(DeviceSelector::Device(text.to_string()))
+        } else {
+            Err(loc.error(
+                s.span(),
+                format!("{text:?} is not a device id, '@group' or '*'"),
+            ))
+        }
+    };
+    let destination = |s: &Spanned<String>| -> Result<DestinationSelector, PolicyError> {
+        let text = s.get_ref().as_str();
+        if text == "*" {
+            Ok(DestinationSelector::Any)
+        } else if is_valid_name(text) {
+            Ok(DestinationSelector::Named(text.to_string()))
+        } else {
+            Err(loc.error(s.span(), format!("{text:?} is not a destination name or '*'")))
+        }
+    };
+
+    let mut rules = Vec::with_capacity(raw.rule.len());
+    for r in &raw.rule {
+        let body = r.get_ref();
+        let field = FieldPattern::parse(body.field.get_ref())
+            .map_err(|e| loc.error(body.field.span(), e.to_string()))?;
+        let action = Action::parse(body.action.get_ref()).ok_or_else(|| {
+            loc.error(
+                body.action.span(),
+                format!(
+                    "unknown action {:?}; this version supports: {}",
+                    body.action.get_ref(),
+                    Action::NAMES.join(", ")
+                ),
+            )
+        })?;
+        rules.push(SharingRule {
+            device: device(&body.device)?,
+            field,
+            destination: destination(&body.destination)?,
+            action,
+            position: loc.position(r.span().start),
+        });
+    }
+
+    let mut commands = Vec::with_capacity(raw.command.len());
+    for c in &raw.command {
+        let body = c.get_ref();
+        let topic = match &body.topic {
+            Some(t) if !topic::is_valid_filter(t.get_ref()) => {
+                return Err(loc.error(t.span(), format!("{:?} is not a valid MQTT topic filter", t.get_ref())))
+            }
+            Some(t) => t.get_ref().clone(),
+            None => "#".to_string(),
+        };
+        commands.push(CommandRule {
+            device: device(&body.device)?,
+            destination: destination(&body.destination)?,
+            topic,
+            position: loc.position(c.span().start),
+        });
+    }
+
+    let policy = Policy { rules, commands, groups };
+    check_ties(&policy)?;
+    Ok(policy)
+}
+
+/// Rejects two rules that could both decide the same field of the same
+/// device for the same destination with equal specificity: resolution would
+/// have no winner.
+fn check_ties(policy: &Policy) -> Result<(), PolicyError> {
+    let rules = &policy.rules;
+    for (i, a) in rules.iter().enumerate() {
+        for b in &rules[i + 1..] {
+            if a.rank() != b.rank() || a.destination != b.destination {
+                continue;
+            }
+            let same_devices = match (&a.device, &b.device) {
+                (DeviceSelector::Group(x), DeviceSelector::Group(y)) => {
+                    x == y
+                        || policy
+                            .groups
+                            .get(x)
+                            .zip(policy.groups.get(y))
+                            .is_some_and(|(p, q)| !p.is_disjoint(q))
+                }
+                (x, y) => x == y,
+            };
+            if same_devices && a.field.ties_with(&b.field) {
+                return Err(PolicyError {
+                    position: b.position,
+                    message: format!(
+                        "this rule (device {}, field {}, destination {}) ties with the rule at {} \
+                         (device {}, field {}, destination {}): both match the same field equally \
+                         specifically; make one of them more specific or remove one",
+                        b.device, b.field, b.destination, a.position, a.device, a.field, a.destination
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}

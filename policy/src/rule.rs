@@ -1,0 +1,171 @@
+//! The policy model: sharing rules, command rules, and how specific a rule is.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use crate::path::{FieldPattern, FieldSpecificity};
+
+/// Where a rule was written in the policy text, 1-based.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Position {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}, column {}", self.line, self.column)
+    }
+}
+
+/// Identifies a sharing rule within one policy version: its index in file
+/// order. The ledger pairs it with the policy version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RuleId(pub usize);
+
+impl fmt::Display for RuleId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "rule #{}", self.0 + 1)
+    }
+}
+
+/// Which devices a rule is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DeviceSelector {
+    /// One device, by id.
+    Device(String),
+    /// A group defined in the policy's `[groups]` table, written `@name`.
+    Group(String),
+    /// Every device: `*`.
+    Any,
+}
+
+impl DeviceSelector {
+    pub(crate) fn rank(&self) -> u8 {
+        match self {
+            DeviceSelector::Device(_) => 2,
+            DeviceSelector::Group(_) => 1,
+            DeviceSelector::Any => 0,
+        }
+    }
+
+    pub(crate) fn selects(&self, device: &str, groups: &BTreeMap<String, BTreeSet<String>>) -> bool {
+        match self {
+            DeviceSelector::Device(d) => d == device,
+            DeviceSelector::Group(g) => groups.get(g).is_some_and(|members| members.contains(device)),
+            DeviceSelector::Any => true,
+        }
+    }
+}
+
+impl fmt::Display for DeviceSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeviceSelector::Device(d) => f.write_str(d),
+            DeviceSelector::Group(g) => write!(f, "@{g}"),
+            DeviceSelector::Any => f.write_str("*"),
+        }
+    }
+}
+
+/// Which destinations a rule is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DestinationSelector {
+    Named(String),
+    Any,
+}
+
+impl DestinationSelector {
+    pub(crate) fn rank(&self) -> u8 {
+        match self {
+            DestinationSelector::Named(_) => 1,
+            DestinationSelector::Any => 0,
+        }
+    }
+
+    pub fn selects(&self, destination: &str) -> bool {
+        match self {
+            DestinationSelector::Named(d) => d == destination,
+            DestinationSelector::Any => true,
+        }
+    }
+}
+
+impl fmt::Display for DestinationSelector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DestinationSelector::Named(d) => f.write_str(d),
+            DestinationSelector::Any => f.write_str("*"),
+        }
+    }
+}
+
+/// What happens to a field on its way to a destination.
+///
+/// The set grows with the transform actions of DESIGN §5 (redact, round,
+/// pseudonymize, seal, ...); every action is applied per field, after
+/// resolution has picked the one rule that decides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    Share,
+    Drop,
+}
+
+impl Action {
+    pub const NAMES: &'static [&'static str] = &["share", "drop"];
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "share" => Some(Action::Share),
+            "drop" => Some(Action::Drop),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Action::Share => "share",
+            Action::Drop => "drop",
+        }
+    }
+}
+
+/// One `[[rule]]`: for these devices, this field, this destination, do this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharingRule {
+    pub device: DeviceSelector,
+    pub field: FieldPattern,
+    pub destination: DestinationSelector,
+    pub action: Action,
+    pub position: Position,
+}
+
+/// How specific a rule's match is, compared lexicographically in the order
+/// DESIGN §5 gives: device before field before destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Rank {
+    device: u8,
+    field: FieldSpecificity,
+    destination: u8,
+}
+
+impl SharingRule {
+    pub(crate) fn rank(&self) -> Rank {
+        Rank {
+            device: self.device.rank(),
+            field: self.field.specificity(),
+            destination: self.destination.rank(),
+        }
+    }
+}
+
+/// One `[[command]]`: this destination may send commands to these devices
+/// on topics matching `topic`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandRule {
+    pub device: DeviceSelector,
+    pub destination: DestinationSelector,
+    /// An MQTT topic filter over the device-side (local) topic.
+    pub topic: String,
+    pub position: Position,
+}

@@ -1,0 +1,286 @@
+use super::*;
+
+const DESTS: &[&str] = &["vendor_cloud", "utility"];
+
+fn eval(policy: &str, device: &str, payload: &str) -> Evaluation {
+    let p = Policy::parse(policy).expect("test policy parses");
+    p.evaluate(&Message { device, topic: "t", payload: payload.as_bytes() }, DESTS)
+}
+
+fn out<'a>(e: &'a Evaluation, dest: &str) -> Option<&'a str> {
+    e.outputs
+        .iter()
+        .find(|o| o.destination == dest)
+        .and_then(|o| o.payload.as_deref())
+        .map(|p| std::str::from_utf8(p).expect("utf8"))
+}
+
+const SAMPLE: &str = r#"{"temp":21.5,"ssid":"home","loc":{"lat":52.37,"lon":4.89}}"#;
+
+#[test]
+fn shares_only_the_allowed_field() {
+    let e = eval(
+        r#"
+[[rule]]
+device = "thermo"
+field = "temp"
+destination = "vendor_cloud"
+action = "share"
+"#,
+        "thermo",
+        SAMPLE,
+    );
+    assert_eq!(out(&e, "vendor_cloud"), Some(r#"{"temp":21.5}"#));
+    assert_eq!(out(&e, "utility"), None, "another destination gets nothing");
+}
+
+#[test]
+fn default_is_deny() {
+    let e = eval("", "thermo", SAMPLE);
+    assert!(e.outputs.iter().all(|o| o.payload.is_none()));
+    assert!(e.outputs.iter().all(|o| o.decisions.iter().all(|d| d.rule.is_none())));
+    assert_eq!(e.fields.len(), 4);
+}
+
+#[test]
+fn most_specific_rule_wins_and_is_reported() {
+    let policy = r#"
+[[rule]]
+device = "*"
+field = "*"
+destination = "*"
+action = "share"
+
+[[rule]]
+device = "thermo"
+field = "loc"
+destination = "*"
+action = "drop"
+
+[[rule]]
+device = "thermo"
+field = "loc.lat"
+destination = "utility"
+action = "share"
+"#;
+    let e = eval(policy, "thermo", SAMPLE);
+    assert_eq!(out(&e, "vendor_cloud"), Some(r#"{"temp":21.5,"ssid":"home"}"#));
+    assert_eq!(out(&e, "utility"), Some(r#"{"temp":21.5,"ssid":"home","loc":{"lat":52.37}}"#));
+    let utility = &e.outputs[1];
+    let lat = e.fields.iter().position(|f| f.to_string() == "loc.lat").expect("lat field");
+    assert_eq!(utility.decisions[lat].rule, Some(RuleId(2)));
+    let lon = e.fields.iter().position(|f| f.to_string() == "loc.lon").expect("lon field");
+    assert_eq!(utility.decisions[lon].rule, Some(RuleId(1)));
+    // Another device only sees the catch-all.
+    let other = eval(policy, "plug", SAMPLE);
+    assert_eq!(out(&other, "utility"), Some(SAMPLE));
+}
+
+#[test]
+fn device_beats_group_beats_everyone() {
+    let policy = r#"
+[groups]
+heating = ["thermo", "boiler"]
+
+[[rule]]
+device = "*"
+field = "temp"
+destination = "*"
+action = "share"
+
+[[rule]]
+device = "@heating"
+field = "temp"
+destination = "*"
+action = "drop"
+
+[[rule]]
+device = "boiler"
+field = "temp"
+destination = "*"
+action = "share"
+"#;
+    assert_eq!(out(&eval(policy, "plug", SAMPLE), "utility"), Some(r#"{"temp":21.5}"#));
+    assert_eq!(out(&eval(policy, "thermo", SAMPLE), "utility"), None);
+    assert_eq!(out(&eval(policy, "boiler", SAMPLE), "utility"), Some(r#"{"temp":21.5}"#));
+}
+
+#[test]
+fn non_json_payload_is_the_payload_field() {
+    let policy = r#"
+[[rule]]
+device = "plug"
+field = "$payload"
+destination = "vendor_cloud"
+action = "share"
+"#;
+    let e = eval(policy, "plug", "ON");
+    assert_eq!(out(&e, "vendor_cloud"), Some("ON"));
+    assert_eq!(e.fields[0].to_string(), "$payload");
+    // A JSON object is not addressed by $payload.
+    assert_eq!(out(&eval(policy, "plug", SAMPLE), "vendor_cloud"), None);
+}
+
+#[test]
+fn arrays_are_addressed_with_index_patterns() {
+    let policy = r#"
+[[rule]]
+device = "meter"
+field = "phases[*].w"
+destination = "utility"
+action = "share"
+"#;
+    let e = eval(policy, "meter", r#"{"phases":[{"w":1,"v":230},{"w":2,"v":231}],"id":"x"}"#);
+    assert_eq!(out(&e, "utility"), Some(r#"{"phases":[{"w":1},{"w":2}]}"#));
+}
+
+#[test]
+fn errors_carry_line_and_column() {
+    let err = Policy::parse("[[rule]]\ndevice = \"a\"\nfield = \"temp\"\ndestination = \"x\"\naction = \"launch\"\n")
+        .expect_err("unknown action");
+    assert_eq!(err.position, Position { line: 5, column: 10 });
+    assert!(err.message.contains("launch"), "{}", err.message);
+
+    let err = Policy::parse("[[rule]]\ndevice = \"a\"\nfield = \"a..b\"\ndestination = \"*\"\naction = \"share\"\n")
+        .expect_err("bad path");
+    assert_eq!(err.position.line, 3);
+
+    let err = Policy::parse("[[rule]]\ndevise = \"a\"\n").expect_err("unknown key");
+    assert_eq!(err.position.line, 2);
+
+    let err = Policy::parse("[[rule]\n").expect_err("syntax");
+    assert_eq!(err.position.line, 1);
+}
+
+#[test]
+fn ties_are_rejected_naming_both_rules() {
+    let policy = r#"
+[[rule]]
+device = "a"
+field = "x.*"
+destination = "d"
+action = "share"
+
+[[rule]]
+device = "a"
+field = "*.y"
+destination = "d"
+action = "drop"
+"#;
+    let err = Policy::parse(policy).expect_err("tie");
+    assert_eq!(err.position.line, 8);
+    assert!(err.message.contains("line 2"), "{}", err.message);
+
+    let groups = r#"
+[groups]
+g1 = ["a", "b"]
+g2 = ["b", "c"]
+
+[[rule]]
+device = "@g1"
+field = "x"
+destination = "*"
+action = "share"
+
+[[rule]]
+device = "@g2"
+field = "x"
+destination = "*"
+action = "drop"
+"#;
+    assert!(Policy::parse(groups).is_err(), "overlapping groups tie on device b");
+}
+
+#[test]
+fn unknown_destination_is_an_error() {
+    let p = Policy::parse(
+        "[[rule]]\ndevice = \"a\"\nfield = \"x\"\ndestination = \"vendr\"\naction = \"share\"\n",
+    )
+    .expect("parses");
+    let err = p.check_destinations(&["vendor_cloud"]).expect_err("typo");
+    assert_eq!(err.position.line, 1);
+    assert!(err.message.contains("vendr"));
+    assert!(p.check_destinations(&["vendr"]).is_ok());
+}
+
+#[test]
+fn commands_are_allowed_only_by_a_rule() {
+    let p = Policy::parse(
+        r#"
+[[command]]
+device = "plug"
+destination = "vendor_cloud"
+topic = "cmnd/plug/POWER"
+"#,
+    )
+    .expect("parses");
+    assert_eq!(p.allows_command("plug", "vendor_cloud", "cmnd/plug/POWER"), Some(0));
+    assert_eq!(p.allows_command("plug", "vendor_cloud", "cmnd/plug/Upgrade"), None);
+    assert_eq!(p.allows_command("plug", "utility", "cmnd/plug/POWER"), None);
+    assert_eq!(p.allows_command("other", "vendor_cloud", "cmnd/plug/POWER"), None);
+    assert!(Policy::parse("[[command]]\ndevice=\"a\"\ndestination=\"d\"\ntopic=\"a/#/b\"\n").is_err());
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn json_object() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            any::<i64>().prop_map(serde_json::Value::from),
+            "[a-z]{0,6}".prop_map(serde_json::Value::from),
+            any::<bool>().prop_map(serde_json::Value::from),
+        ];
+        let tree = leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+                prop::collection::btree_map("[a-d]{1,2}", inner, 0..4)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        });
+        prop::collection::btree_map("[a-d]{1,2}", tree, 1..5)
+            .prop_map(|m| serde_json::Value::Object(m.into_iter().collect()))
+    }
+
+    proptest! {
+        #[test]
+        fn empty_policy_never_shares(payload in prop::collection::vec(any::<u8>(), 0..256)) {
+            let e = Policy::default().evaluate(&Message { device: "d", topic: "t", payload: &payload }, DESTS);
+            prop_assert!(e.outputs.iter().all(|o| o.payload.is_none()));
+        }
+
+        #[test]
+        fn share_everything_is_identity(v in json_object()) {
+            let p = Policy::parse("[[rule]]\ndevice=\"*\"\nfield=\"*\"\ndestination=\"*\"\naction=\"share\"\n").unwrap();
+            let bytes = serde_json::to_vec(&v).unwrap();
+            let e = p.evaluate(&Message { device: "d", topic: "t", payload: &bytes }, DESTS);
+            for o in &e.outputs {
+                let got: serde_json::Value = serde_json::from_slice(o.payload.as_deref().unwrap()).unwrap();
+                prop_assert_eq!(&got, &v);
+            }
+        }
+
+        #[test]
+        fn output_holds_only_shared_fields(v in json_object(), key in "[a-d]{1,2}") {
+            let policy = format!("[[rule]]\ndevice=\"d\"\nfield=\"{key}\"\ndestination=\"utility\"\naction=\"share\"\n");
+            let p = Policy::parse(&policy).unwrap();
+            let bytes = serde_json::to_vec(&v).unwrap();
+            let e = p.evaluate(&Message { device: "d", topic: "t", payload: &bytes }, DESTS);
+            prop_assert!(e.outputs[0].payload.is_none());
+            match (&e.outputs[1].payload, v.get(&key)) {
+                (Some(out), Some(orig)) => {
+                    let got: serde_json::Value = serde_json::from_slice(out).unwrap();
+                    let obj = got.as_object().unwrap();
+                    prop_assert_eq!(obj.len(), 1);
+                    // Empty containers are leaves and kept as they are; others keep only their leaves.
+                    prop_assert_eq!(&got[&key], orig);
+                }
+                (None, orig) => {
+                    // A present key always has at least one leaf, so it must be shared.
+                    prop_assert!(orig.is_none());
+                }
+                (Some(_), None) => prop_assert!(false, "shared a field that is not there"),
+            }
+        }
+    }
+}
