@@ -77,12 +77,18 @@ fn bench(c: &mut Criterion) {
     c.bench_function("evaluate 10 rules, 3 destinations, 200-byte JSON", |b| {
         b.iter(|| {
             policy.evaluate(
-                black_box(&Message { device: "thermo-1", topic: "devices/thermo-1/state", payload: PAYLOAD.as_bytes() }),
+                black_box(&Message {
+                    device: "thermo-1",
+                    topic: "devices/thermo-1/state",
+                    payload: PAYLOAD.as_bytes(),
+                }),
                 &dests,
             )
         })
     });
-    c.bench_function("parse 10-rule policy", |b| b.iter(|| Policy::parse(black_box(POLICY))));
+    c.bench_function("parse 10-rule policy", |b| {
+        b.iter(|| Policy::parse(black_box(POLICY)))
+    });
 }
 
 criterion_group!(benches, bench);

@@ -55,7 +55,11 @@ enum Body {
     Opaque,
 }
 
-pub(crate) fn evaluate<S: AsRef<str>>(policy: &Policy, msg: &Message<'_>, destinations: &[S]) -> Evaluation {
+pub(crate) fn evaluate<S: AsRef<str>>(
+    policy: &Policy,
+    msg: &Message<'_>,
+    destinations: &[S],
+) -> Evaluation {
     let body = match serde_json::from_slice::<Value>(msg.payload) {
         Ok(v @ Value::Object(_)) => Body::Object(v),
         _ => Body::Opaque,
@@ -82,8 +86,10 @@ pub(crate) fn evaluate<S: AsRef<str>>(policy: &Policy, msg: &Message<'_>, destin
         .iter()
         .map(|dest| {
             let dest = dest.as_ref();
-            let candidates: Vec<&(RuleId, &SharingRule)> =
-                for_device.iter().filter(|(_, r)| r.destination.selects(dest)).collect();
+            let candidates: Vec<&(RuleId, &SharingRule)> = for_device
+                .iter()
+                .filter(|(_, r)| r.destination.selects(dest))
+                .collect();
             let decisions: Vec<Decision> = fields.iter().map(|f| decide(&candidates, f)).collect();
             let payload = if decisions.iter().any(Decision::is_shared) {
                 match &body {
@@ -97,7 +103,11 @@ pub(crate) fn evaluate<S: AsRef<str>>(policy: &Policy, msg: &Message<'_>, destin
             } else {
                 None
             };
-            DestinationOutput { destination: dest.to_string(), payload, decisions }
+            DestinationOutput {
+                destination: dest.to_string(),
+                payload,
+                decisions,
+            }
         })
         .collect();
 
@@ -118,8 +128,14 @@ fn decide(candidates: &[&(RuleId, &SharingRule)], field: &FieldPath) -> Decision
         }
     }
     match best {
-        Some((_, id, action)) => Decision { rule: Some(id), action },
-        None => Decision { rule: None, action: Action::Drop },
+        Some((_, id, action)) => Decision {
+            rule: Some(id),
+            action,
+        },
+        None => Decision {
+            rule: None,
+            action: Action::Drop,
+        },
     }
 }
 
@@ -159,7 +175,10 @@ fn filter_value(v: &Value, decisions: &[Decision], idx: &mut usize) -> Option<Va
             (!kept.is_empty()).then_some(Value::Object(kept))
         }
         Value::Array(a) if !a.is_empty() => {
-            let kept: Vec<Value> = a.iter().filter_map(|c| filter_value(c, decisions, idx)).collect();
+            let kept: Vec<Value> = a
+                .iter()
+                .filter_map(|c| filter_value(c, decisions, idx))
+                .collect();
             (!kept.is_empty()).then_some(Value::Array(kept))
         }
         leaf => {

@@ -70,7 +70,11 @@ impl Policy {
                         position,
                         message: format!(
                             "destination {name:?} is not configured (configured: {})",
-                            if list.is_empty() { "none".to_string() } else { list.join(", ") }
+                            if list.is_empty() {
+                                "none".to_string()
+                            } else {
+                                list.join(", ")
+                            }
                         ),
                     });
                 }

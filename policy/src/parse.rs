@@ -61,12 +61,19 @@ impl Locator<'_> {
         let before = self.src.get(..offset).unwrap_or(self.src);
         let line = before.matches('\n').count() + 1;
         let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-        let column = before.get(line_start..).map(|s| s.chars().count()).unwrap_or(0) + 1;
+        let column = before
+            .get(line_start..)
+            .map(|s| s.chars().count())
+            .unwrap_or(0)
+            + 1;
         Position { line, column }
     }
 
     fn error(&self, span: Range<usize>, message: impl Into<String>) -> PolicyError {
-        PolicyError { position: self.position(span.start), message: message.into() }
+        PolicyError {
+            position: self.position(span.start),
+            message: message.into(),
+        }
     }
 }
 
@@ -75,7 +82,9 @@ impl Locator<'_> {
 pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 pub(crate) fn parse(src: &str) -> Result<Policy, PolicyError> {
@@ -96,7 +105,10 @@ pub(crate) fn parse(src: &str) -> Result<Policy, PolicyError> {
         let mut set = BTreeSet::new();
         for m in members.get_ref() {
             if !is_valid_name(m.get_ref()) {
-                return Err(loc.error(m.span(), format!("{:?} is not a valid device id", m.get_ref())));
+                return Err(loc.error(
+                    m.span(),
+                    format!("{:?} is not a valid device id", m.get_ref()),
+                ));
             }
             set.insert(m.get_ref().clone());
         }
@@ -129,7 +141,10 @@ pub(crate) fn parse(src: &str) -> Result<Policy, PolicyError> {
         } else if is_valid_name(text) {
             Ok(DestinationSelector::Named(text.to_string()))
         } else {
-            Err(loc.error(s.span(), format!("{text:?} is not a destination name or '*'")))
+            Err(loc.error(
+                s.span(),
+                format!("{text:?} is not a destination name or '*'"),
+            ))
         }
     };
 
@@ -162,7 +177,10 @@ pub(crate) fn parse(src: &str) -> Result<Policy, PolicyError> {
         let body = c.get_ref();
         let topic = match &body.topic {
             Some(t) if !topic::is_valid_filter(t.get_ref()) => {
-                return Err(loc.error(t.span(), format!("{:?} is not a valid MQTT topic filter", t.get_ref())))
+                return Err(loc.error(
+                    t.span(),
+                    format!("{:?} is not a valid MQTT topic filter", t.get_ref()),
+                ))
             }
             Some(t) => t.get_ref().clone(),
             None => "#".to_string(),
@@ -175,7 +193,11 @@ pub(crate) fn parse(src: &str) -> Result<Policy, PolicyError> {
         });
     }
 
-    let policy = Policy { rules, commands, groups };
+    let policy = Policy {
+        rules,
+        commands,
+        groups,
+    };
     check_ties(&policy)?;
     Ok(policy)
 }
@@ -208,7 +230,13 @@ fn check_ties(policy: &Policy) -> Result<(), PolicyError> {
                         "this rule (device {}, field {}, destination {}) ties with the rule at {} \
                          (device {}, field {}, destination {}): both match the same field equally \
                          specifically; make one of them more specific or remove one",
-                        b.device, b.field, b.destination, a.position, a.device, a.field, a.destination
+                        b.device,
+                        b.field,
+                        b.destination,
+                        a.position,
+                        a.device,
+                        a.field,
+                        a.destination
                     ),
                 });
             }

@@ -27,11 +27,17 @@ pub struct FieldPath {
 impl FieldPath {
     /// The path of a non-JSON (or non-object) payload: `$payload`.
     pub fn whole_payload() -> Self {
-        Self { segments: Vec::new(), whole_payload: true }
+        Self {
+            segments: Vec::new(),
+            whole_payload: true,
+        }
     }
 
     pub fn from_segments(segments: Vec<Segment>) -> Self {
-        Self { segments, whole_payload: false }
+        Self {
+            segments,
+            whole_payload: false,
+        }
     }
 
     pub fn segments(&self) -> &[Segment] {
@@ -132,14 +138,20 @@ pub struct PatternError {
 
 impl FieldPattern {
     pub fn parse(text: &str) -> Result<Self, PatternError> {
-        let err = |reason| PatternError { text: text.to_string(), reason };
+        let err = |reason| PatternError {
+            text: text.to_string(),
+            reason,
+        };
         let kind = match text {
             "" => return Err(err("it is empty")),
             "*" => PatternKind::Everything,
             WHOLE_PAYLOAD => PatternKind::WholePayload,
             _ => PatternKind::Segments(parse_segments(text).map_err(err)?),
         };
-        Ok(Self { text: text.to_string(), kind })
+        Ok(Self {
+            text: text.to_string(),
+            kind,
+        })
     }
 
     pub fn as_str(&self) -> &str {
@@ -160,8 +172,14 @@ impl FieldPattern {
 
     pub fn specificity(&self) -> FieldSpecificity {
         match &self.kind {
-            PatternKind::Everything => FieldSpecificity { depth: 0, literals: 0 },
-            PatternKind::WholePayload => FieldSpecificity { depth: 1, literals: 1 },
+            PatternKind::Everything => FieldSpecificity {
+                depth: 0,
+                literals: 0,
+            },
+            PatternKind::WholePayload => FieldSpecificity {
+                depth: 1,
+                literals: 1,
+            },
             PatternKind::Segments(segs) => FieldSpecificity {
                 depth: segs.len(),
                 literals: segs.iter().filter(|s| s.is_literal()).count(),
@@ -291,7 +309,10 @@ mod tests {
     #[test]
     fn bad_patterns_are_rejected() {
         for bad in ["", "a..b", ".a", "a.", "[0]", "a[x]", "a[0", "a[0]b", "a*b"] {
-            assert!(FieldPattern::parse(bad).is_err(), "{bad:?} should be rejected");
+            assert!(
+                FieldPattern::parse(bad).is_err(),
+                "{bad:?} should be rejected"
+            );
         }
     }
 

@@ -49,10 +49,16 @@ impl DeviceSelector {
         }
     }
 
-    pub(crate) fn selects(&self, device: &str, groups: &BTreeMap<String, BTreeSet<String>>) -> bool {
+    pub(crate) fn selects(
+        &self,
+        device: &str,
+        groups: &BTreeMap<String, BTreeSet<String>>,
+    ) -> bool {
         match self {
             DeviceSelector::Device(d) => d == device,
-            DeviceSelector::Group(g) => groups.get(g).is_some_and(|members| members.contains(device)),
+            DeviceSelector::Group(g) => groups
+                .get(g)
+                .is_some_and(|members| members.contains(device)),
             DeviceSelector::Any => true,
         }
     }

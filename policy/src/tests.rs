@@ -4,7 +4,14 @@ const DESTS: &[&str] = &["vendor_cloud", "utility"];
 
 fn eval(policy: &str, device: &str, payload: &str) -> Evaluation {
     let p = Policy::parse(policy).expect("test policy parses");
-    p.evaluate(&Message { device, topic: "t", payload: payload.as_bytes() }, DESTS)
+    p.evaluate(
+        &Message {
+            device,
+            topic: "t",
+            payload: payload.as_bytes(),
+        },
+        DESTS,
+    )
 }
 
 fn out<'a>(e: &'a Evaluation, dest: &str) -> Option<&'a str> {
@@ -38,7 +45,10 @@ action = "share"
 fn default_is_deny() {
     let e = eval("", "thermo", SAMPLE);
     assert!(e.outputs.iter().all(|o| o.payload.is_none()));
-    assert!(e.outputs.iter().all(|o| o.decisions.iter().all(|d| d.rule.is_none())));
+    assert!(e
+        .outputs
+        .iter()
+        .all(|o| o.decisions.iter().all(|d| d.rule.is_none())));
     assert_eq!(e.fields.len(), 4);
 }
 
@@ -64,12 +74,26 @@ destination = "utility"
 action = "share"
 "#;
     let e = eval(policy, "thermo", SAMPLE);
-    assert_eq!(out(&e, "vendor_cloud"), Some(r#"{"temp":21.5,"ssid":"home"}"#));
-    assert_eq!(out(&e, "utility"), Some(r#"{"temp":21.5,"ssid":"home","loc":{"lat":52.37}}"#));
+    assert_eq!(
+        out(&e, "vendor_cloud"),
+        Some(r#"{"temp":21.5,"ssid":"home"}"#)
+    );
+    assert_eq!(
+        out(&e, "utility"),
+        Some(r#"{"temp":21.5,"ssid":"home","loc":{"lat":52.37}}"#)
+    );
     let utility = &e.outputs[1];
-    let lat = e.fields.iter().position(|f| f.to_string() == "loc.lat").expect("lat field");
+    let lat = e
+        .fields
+        .iter()
+        .position(|f| f.to_string() == "loc.lat")
+        .expect("lat field");
     assert_eq!(utility.decisions[lat].rule, Some(RuleId(2)));
-    let lon = e.fields.iter().position(|f| f.to_string() == "loc.lon").expect("lon field");
+    let lon = e
+        .fields
+        .iter()
+        .position(|f| f.to_string() == "loc.lon")
+        .expect("lon field");
     assert_eq!(utility.decisions[lon].rule, Some(RuleId(1)));
     // Another device only sees the catch-all.
     let other = eval(policy, "plug", SAMPLE);
@@ -100,9 +124,15 @@ field = "temp"
 destination = "*"
 action = "share"
 "#;
-    assert_eq!(out(&eval(policy, "plug", SAMPLE), "utility"), Some(r#"{"temp":21.5}"#));
+    assert_eq!(
+        out(&eval(policy, "plug", SAMPLE), "utility"),
+        Some(r#"{"temp":21.5}"#)
+    );
     assert_eq!(out(&eval(policy, "thermo", SAMPLE), "utility"), None);
-    assert_eq!(out(&eval(policy, "boiler", SAMPLE), "utility"), Some(r#"{"temp":21.5}"#));
+    assert_eq!(
+        out(&eval(policy, "boiler", SAMPLE), "utility"),
+        Some(r#"{"temp":21.5}"#)
+    );
 }
 
 #[test]
@@ -130,19 +160,33 @@ field = "phases[*].w"
 destination = "utility"
 action = "share"
 "#;
-    let e = eval(policy, "meter", r#"{"phases":[{"w":1,"v":230},{"w":2,"v":231}],"id":"x"}"#);
+    let e = eval(
+        policy,
+        "meter",
+        r#"{"phases":[{"w":1,"v":230},{"w":2,"v":231}],"id":"x"}"#,
+    );
     assert_eq!(out(&e, "utility"), Some(r#"{"phases":[{"w":1},{"w":2}]}"#));
 }
 
 #[test]
 fn errors_carry_line_and_column() {
-    let err = Policy::parse("[[rule]]\ndevice = \"a\"\nfield = \"temp\"\ndestination = \"x\"\naction = \"launch\"\n")
-        .expect_err("unknown action");
-    assert_eq!(err.position, Position { line: 5, column: 10 });
+    let err = Policy::parse(
+        "[[rule]]\ndevice = \"a\"\nfield = \"temp\"\ndestination = \"x\"\naction = \"launch\"\n",
+    )
+    .expect_err("unknown action");
+    assert_eq!(
+        err.position,
+        Position {
+            line: 5,
+            column: 10
+        }
+    );
     assert!(err.message.contains("launch"), "{}", err.message);
 
-    let err = Policy::parse("[[rule]]\ndevice = \"a\"\nfield = \"a..b\"\ndestination = \"*\"\naction = \"share\"\n")
-        .expect_err("bad path");
+    let err = Policy::parse(
+        "[[rule]]\ndevice = \"a\"\nfield = \"a..b\"\ndestination = \"*\"\naction = \"share\"\n",
+    )
+    .expect_err("bad path");
     assert_eq!(err.position.line, 3);
 
     let err = Policy::parse("[[rule]]\ndevise = \"a\"\n").expect_err("unknown key");
@@ -188,7 +232,10 @@ field = "x"
 destination = "*"
 action = "drop"
 "#;
-    assert!(Policy::parse(groups).is_err(), "overlapping groups tie on device b");
+    assert!(
+        Policy::parse(groups).is_err(),
+        "overlapping groups tie on device b"
+    );
 }
 
 #[test]
@@ -214,11 +261,22 @@ topic = "cmnd/plug/POWER"
 "#,
     )
     .expect("parses");
-    assert_eq!(p.allows_command("plug", "vendor_cloud", "cmnd/plug/POWER"), Some(0));
-    assert_eq!(p.allows_command("plug", "vendor_cloud", "cmnd/plug/Upgrade"), None);
+    assert_eq!(
+        p.allows_command("plug", "vendor_cloud", "cmnd/plug/POWER"),
+        Some(0)
+    );
+    assert_eq!(
+        p.allows_command("plug", "vendor_cloud", "cmnd/plug/Upgrade"),
+        None
+    );
     assert_eq!(p.allows_command("plug", "utility", "cmnd/plug/POWER"), None);
-    assert_eq!(p.allows_command("other", "vendor_cloud", "cmnd/plug/POWER"), None);
-    assert!(Policy::parse("[[command]]\ndevice=\"a\"\ndestination=\"d\"\ntopic=\"a/#/b\"\n").is_err());
+    assert_eq!(
+        p.allows_command("other", "vendor_cloud", "cmnd/plug/POWER"),
+        None
+    );
+    assert!(
+        Policy::parse("[[command]]\ndevice=\"a\"\ndestination=\"d\"\ntopic=\"a/#/b\"\n").is_err()
+    );
 }
 
 mod properties {

@@ -1,0 +1,231 @@
+//! The rmqtt hook handler: authentication, per-device ACL, and the
+//! pipeline hung on `MessagePublishCheckAcl`, which runs in the publisher's
+//! task before routing and before PUBACK.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use rmqtt::codec::v5::SubscribeAckReason;
+use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType};
+use rmqtt::types::{
+    AuthResult, ConnectInfo, FromType, LastWill, PublishAclResult, SubscribeAclResult,
+};
+
+use crate::devices::{Device, DeviceRegistry};
+use crate::pipeline::Pipeline;
+
+pub(super) struct Hooks {
+    pub registry: Arc<DeviceRegistry>,
+    pub pipeline: Arc<Pipeline>,
+    pub max_connections_per_device: u32,
+    /// device id -> client id -> live connections with that client id.
+    /// Client ids are counted, not connections, because a reconnect with the
+    /// same client id takes the old session over rather than adding one.
+    pub connections: DashMap<String, HashMap<String, u32>>,
+}
+
+/// The device a connection belongs to: its MQTT username, which
+/// authentication has bound to the client id.
+fn device_of(username: Option<&str>) -> Option<&str> {
+    username
+}
+
+/// A client id belongs to device `id` if it is `id` or `id.<suffix>`, so one
+/// device may hold several connections with distinct client ids.
+fn client_id_fits(client_id: &str, device: &str) -> bool {
+    client_id == device
+        || client_id
+            .strip_prefix(device)
+            .is_some_and(|rest| rest.starts_with('.') && rest.len() > 1)
+}
+
+impl Hooks {
+    async fn authenticate(&self, ci: &ConnectInfo) -> AuthResult {
+        let client_id = ci.client_id().to_string();
+        let Some(username) = ci.username().map(|u| u.to_string()) else {
+            tracing::warn!(%client_id, "connection refused: no credentials");
+            return AuthResult::NotAuthorized;
+        };
+        let Some(device) = self.registry.get(&username) else {
+            tracing::warn!(%client_id, device = %username, "connection refused: unknown device");
+            return AuthResult::BadUsernameOrPassword;
+        };
+        let Some(password) = ci.password().cloned() else {
+            tracing::warn!(%client_id, device = %username, "connection refused: no password");
+            return AuthResult::BadUsernameOrPassword;
+        };
+        let check = Arc::clone(&device);
+        let ok = tokio::task::spawn_blocking(move || check.verify_password(&password))
+            .await
+            .unwrap_or(false);
+        if !ok {
+            tracing::warn!(%client_id, device = %username, "connection refused: wrong password");
+            return AuthResult::BadUsernameOrPassword;
+        }
+        if !client_id_fits(&client_id, &device.id) {
+            tracing::warn!(%client_id, device = %device.id, "connection refused: client id must be the device id or <id>.<suffix>");
+            return AuthResult::NotAuthorized;
+        }
+        if let Some(will) = ci.last_will() {
+            let topic = match will {
+                LastWill::V3(w) => w.topic.to_string(),
+                LastWill::V5(w) => w.topic.to_string(),
+            };
+            // Wills bypass the publish ACL hook, so a will outside the
+            // device's topics could forge a message (or a command) for
+            // another device when the connection drops.
+            if !device.may_publish(&topic) {
+                tracing::warn!(%client_id, device = %device.id, %topic, "connection refused: will topic outside the device's topics");
+                return AuthResult::NotAuthorized;
+            }
+        }
+        if !self.has_connection_room(&device.id, &client_id) {
+            tracing::warn!(%client_id, device = %device.id, max = self.max_connections_per_device, "connection refused: connection limit for this device reached");
+            return AuthResult::NotAuthorized;
+        }
+        AuthResult::Allow(false, None)
+    }
+
+    fn has_connection_room(&self, device: &str, client_id: &str) -> bool {
+        match self.connections.get(device) {
+            Some(clients) => {
+                clients.contains_key(client_id)
+                    || (clients.len() as u32) < self.max_connections_per_device
+            }
+            None => true,
+        }
+    }
+
+    fn connected(&self, device: &str, client_id: &str) {
+        *self
+            .connections
+            .entry(device.to_string())
+            .or_default()
+            .entry(client_id.to_string())
+            .or_insert(0) += 1;
+    }
+
+    fn disconnected(&self, device: &str, client_id: &str) {
+        if let Some(mut clients) = self.connections.get_mut(device) {
+            if let Some(n) = clients.get_mut(client_id) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    clients.remove(client_id);
+                }
+            }
+        }
+        self.connections.remove_if(device, |_, c| c.is_empty());
+    }
+
+    fn device(&self, username: Option<&str>) -> Option<Arc<Device>> {
+        device_of(username).and_then(|u| self.registry.get(u))
+    }
+
+    async fn check_publish(
+        &self,
+        username: Option<&str>,
+        p: &rmqtt::types::Publish,
+    ) -> PublishAclResult {
+        let Some(device) = self.device(username) else {
+            // The device was removed while connected.
+            return PublishAclResult::rejected(true, Some("unknown device".into()));
+        };
+        let topic: &str = &p.topic;
+        if !device.may_publish(topic) {
+            tracing::warn!(device = %device.id, %topic, "publish refused: topic outside the device's topics");
+            return PublishAclResult::rejected(false, None);
+        }
+        let durable = p.qos != rmqtt::codec::types::QoS::AtMostOnce;
+        match self
+            .pipeline
+            .handle(&device.id, topic, &p.payload, durable)
+            .await
+        {
+            Ok(()) => PublishAclResult::allow(),
+            Err(e) => {
+                // No PUBACK: close the connection so the device resends
+                // once the store works again. Nothing acknowledged is lost.
+                tracing::error!(device = %device.id, %topic, error = %e, "message not stored; closing the connection without acknowledging");
+                PublishAclResult::rejected(true, Some("storage unavailable".into()))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Handler for Hooks {
+    async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
+        match param {
+            Parameter::ClientAuthenticate(ci) => (
+                false,
+                Some(HookResult::AuthResult(self.authenticate(ci).await)),
+            ),
+            Parameter::ClientConnected(s) => {
+                if let Some(u) = s.id.username.as_deref() {
+                    self.connected(u, &s.id.client_id);
+                }
+                (true, acc)
+            }
+            Parameter::ClientDisconnected(s, _) => {
+                if let Some(u) = s.id.username.as_deref() {
+                    self.disconnected(u, &s.id.client_id);
+                }
+                (true, acc)
+            }
+            Parameter::ClientSubscribeCheckAcl(s, sub) => {
+                let allowed = self
+                    .device(s.id.username.as_deref())
+                    .is_some_and(|d| d.may_subscribe(&sub.topic_filter));
+                let result = if allowed {
+                    SubscribeAclResult::new_success(sub.opts.qos(), None)
+                } else {
+                    tracing::warn!(client_id = %s.id.client_id, filter = %sub.topic_filter, "subscribe refused: outside the device's topics");
+                    SubscribeAclResult::new_failure(SubscribeAckReason::NotAuthorized)
+                };
+                (false, Some(HookResult::SubscribeAclResult(result)))
+            }
+            Parameter::MessagePublishCheckAcl(s, p) => {
+                let result = self.check_publish(s.id.username.as_deref(), p).await;
+                (false, Some(HookResult::PublishAclResult(result)))
+            }
+            Parameter::MessagePublish(Some(s), from, p)
+                if matches!(from.typ(), FromType::LastWill) =>
+            {
+                // The will was checked against the device's topics at
+                // CONNECT; it still has to pass the policy like any message.
+                if let Some(device) = self.device(s.id.username.as_deref()) {
+                    if let Err(e) = self
+                        .pipeline
+                        .handle(&device.id, &p.topic, &p.payload, true)
+                        .await
+                    {
+                        tracing::error!(device = %device.id, error = %e, "will message not stored");
+                    }
+                }
+                (true, acc)
+            }
+            Parameter::MessageDropped(to, from, p, reason) => {
+                tracing::warn!(to = ?to.as_ref().map(|t| t.client_id.to_string()), from = %from.client_id, topic = %p.topic, %reason, "broker dropped a message");
+                (true, acc)
+            }
+            _ => (true, acc),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_id_fits;
+
+    #[test]
+    fn client_ids_bind_to_the_device() {
+        assert!(client_id_fits("plug", "plug"));
+        assert!(client_id_fits("plug.a", "plug"));
+        assert!(!client_id_fits("plug.", "plug"));
+        assert!(!client_id_fits("plug2", "plug"));
+        assert!(!client_id_fits("plu", "plug"));
+        assert!(!client_id_fits("other", "plug"));
+    }
+}

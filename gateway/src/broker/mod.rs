@@ -1,0 +1,206 @@
+//! The device-facing MQTT broker: rmqtt embedded in the process.
+//!
+//! This module is the only place that knows rmqtt. rmqtt ships breaking 0.x
+//! releases often; an upgrade, or a swap to another broker, touches only
+//! here. What the rest of dataward sees is [`Broker::start`] and
+//! [`Broker::publish`].
+//!
+//! rmqtt settings chosen deliberately (each is a trap with the defaults):
+//! - the CPU busy check is off: it refuses connections above 90% load, which
+//!   a small hub reaches during a burst;
+//! - anonymous access is off, and auth runs in our hook;
+//! - the subscriber queue is sized from config, and drops are logged through
+//!   the `MessageDropped` hook;
+//! - message expiry is set from config instead of rmqtt's 300 s;
+//! - the listener uses SO_REUSEADDR and retries its bind, for restarts.
+
+mod hooks;
+mod retain;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rmqtt::context::ServerContext;
+use rmqtt::hook::Type;
+use rmqtt::net::Builder;
+use rmqtt::server::MqttServer;
+use rmqtt::session::SessionState;
+use rmqtt::types::{From, Id};
+use tokio::task::JoinHandle;
+
+use crate::devices::DeviceRegistry;
+use crate::pipeline::Pipeline;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("cannot listen for MQTT on {addr}: {reason}")]
+    Bind { addr: SocketAddr, reason: String },
+    #[error("delivering to devices failed: {0}")]
+    Deliver(String),
+}
+
+/// What the broker needs from the config.
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    pub listen: SocketAddr,
+    pub max_packet_bytes: u32,
+    pub max_connections_per_device: u32,
+    pub max_queued_messages: usize,
+    pub message_expiry: Duration,
+}
+
+pub struct Broker {
+    scx: ServerContext,
+    local_addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Broker {
+    pub async fn start(
+        settings: BrokerSettings,
+        registry: Arc<DeviceRegistry>,
+        pipeline: Arc<Pipeline>,
+    ) -> Result<Self, BrokerError> {
+        let scx = ServerContext::new().busy_check_enable(false).build().await;
+        *scx.extends.retain_mut().await = Box::new(retain::InMemoryRetain::default());
+
+        let hooks = hooks::Hooks {
+            registry,
+            pipeline,
+            max_connections_per_device: settings.max_connections_per_device,
+            connections: Default::default(),
+        };
+        let handler = Arc::new(hooks);
+        let register = scx.extends.hook_mgr().register();
+        for typ in [
+            Type::ClientAuthenticate,
+            Type::ClientConnected,
+            Type::ClientDisconnected,
+            Type::ClientSubscribeCheckAcl,
+            Type::MessagePublishCheckAcl,
+            Type::MessagePublish,
+            Type::MessageDropped,
+        ] {
+            register
+                .add(typ, Box::new(SharedHandler(Arc::clone(&handler))))
+                .await;
+        }
+        register.start().await;
+
+        let listener = bind_with_retry(&settings).await?;
+        let local_addr = listener.local_addr().map_err(|e| BrokerError::Bind {
+            addr: settings.listen,
+            reason: e.to_string(),
+        })?;
+        let server = MqttServer::new(scx.clone()).listener(listener).build();
+        let task = tokio::spawn(async move {
+            if let Err(e) = server.run().await {
+                tracing::error!(error = %e, "the MQTT broker stopped");
+            }
+        });
+        tracing::info!(%local_addr, "MQTT broker listening for devices");
+        Ok(Self {
+            scx,
+            local_addr,
+            task,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Delivers a message to whichever devices subscribed to `topic`, as the
+    /// hub itself (used for commands that the policy let through).
+    pub async fn publish(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        qos1: bool,
+    ) -> Result<(), BrokerError> {
+        use rmqtt::codec::types::{Publish as Packet, QoS};
+        let packet = Packet {
+            dup: false,
+            retain: false,
+            qos: if qos1 {
+                QoS::AtLeastOnce
+            } else {
+                QoS::AtMostOnce
+            },
+            topic: topic.into(),
+            packet_id: None,
+            payload: bytes::Bytes::copy_from_slice(payload),
+            properties: None,
+        };
+        let publish = rmqtt::types::Publish {
+            inner: Box::new(packet),
+            target_clientid: None,
+            delay_interval: None,
+            create_time: Some(now_ms() as i64),
+        };
+        let id = Id::new(self.scx.node.id(), 0, None, None, "dataward".into(), None);
+        SessionState::forwards(&self.scx, From::from_system(id), publish, false, None)
+            .await
+            .map_err(|e| BrokerError::Deliver(e.to_string()))
+    }
+
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+async fn bind_with_retry(settings: &BrokerSettings) -> Result<rmqtt::net::Listener, BrokerError> {
+    let mut last = String::new();
+    // A restarted hub may find its old socket still in TIME_WAIT or the old
+    // process still exiting; a few retries cover that without hiding a real
+    // conflict for long.
+    for attempt in 0..10 {
+        let built = Builder::new()
+            .name("devices")
+            .laddr(settings.listen)
+            .reuseaddr(Some(true))
+            .nodelay(true)
+            .allow_anonymous(false)
+            .allow_zero_keepalive(true)
+            .max_packet_size(settings.max_packet_bytes)
+            .max_mqueue_len(settings.max_queued_messages)
+            .message_expiry_interval(settings.message_expiry)
+            .max_inflight(std::num::NonZeroU16::new(64).unwrap_or(std::num::NonZeroU16::MIN))
+            .bind()
+            .and_then(|b| b.tcp());
+        match built {
+            Ok(l) => return Ok(l),
+            Err(e) => {
+                last = e.to_string();
+                tracing::warn!(addr = %settings.listen, attempt, error = %last, "MQTT bind failed; retrying");
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    }
+    Err(BrokerError::Bind {
+        addr: settings.listen,
+        reason: last,
+    })
+}
+
+/// rmqtt wants one boxed handler per hook type; they all share one state.
+struct SharedHandler(Arc<hooks::Hooks>);
+
+#[async_trait::async_trait]
+impl rmqtt::hook::Handler for SharedHandler {
+    async fn hook(
+        &self,
+        param: &rmqtt::hook::Parameter,
+        acc: Option<rmqtt::hook::HookResult>,
+    ) -> rmqtt::hook::ReturnType {
+        self.0.hook(param, acc).await
+    }
+}

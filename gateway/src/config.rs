@@ -1,0 +1,337 @@
+//! The configuration file (TOML): listeners, data directory, destinations,
+//! limits. Unknown keys are errors, reported with line and column; every key
+//! has an embedded default so `dataward run` works with no file at all.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Where `dataward run` looks for a config file when `--config` is not given.
+pub const SYSTEM_CONFIG: &str = "/etc/dataward/dataward.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}, line {line}, column {column}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the store lives. Relative paths are relative to the working
+    /// directory, like the embedded default `./dataward-data`.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// The policy file. Default: `<data_dir>/policy.toml` if it exists;
+    /// with no policy at all, nothing leaves the home.
+    #[serde(default)]
+    pub policy: Option<PathBuf>,
+    #[serde(default)]
+    pub mqtt: MqttConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default, rename = "destination")]
+    pub destinations: Vec<DestinationConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    #[serde(default = "default_mqtt_listen")]
+    pub listen: SocketAddr,
+    /// Largest MQTT packet a device may send; a larger one closes its
+    /// connection.
+    #[serde(default = "default_max_packet")]
+    pub max_packet_bytes: u32,
+    /// Simultaneous connections one device's credential may hold.
+    #[serde(default = "default_conn_per_device")]
+    pub max_connections_per_device: u32,
+    /// Messages queued for one subscribed device before the oldest are
+    /// dropped (and logged).
+    #[serde(default = "default_mqueue")]
+    pub max_queued_messages: usize,
+    /// How long a command queued for an offline device, or a retained
+    /// message, stays valid.
+    #[serde(default = "default_expiry")]
+    pub message_expiry_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    #[serde(default = "default_http_listen")]
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// Entries an outbox may hold per destination while the cloud is
+    /// unreachable; above it, the oldest are dropped and logged.
+    #[serde(default = "default_outbox_max")]
+    pub outbox_max_entries: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// The name rules use, e.g. `vendor_cloud`.
+    pub name: String,
+    /// `mqtt://host:port` or `mqtts://host:port` (TLS, verified).
+    pub url: String,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// PEM file with the CA certificates to trust for `mqtts://`; without it
+    /// the system's trust store is used.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Remote topic = `topic_prefix` + local topic.
+    #[serde(default)]
+    pub topic_prefix: String,
+    /// Cloud-to-device commands: the uplink subscribes to
+    /// `command_prefix` + `#`, and a message on `command_prefix` + T is a
+    /// command for local topic T. No prefix: no commands from this cloud.
+    #[serde(default)]
+    pub command_prefix: Option<String>,
+    /// QoS 1 messages in flight to this cloud at once.
+    #[serde(default = "default_inflight")]
+    pub max_inflight: u16,
+    #[serde(default = "default_keepalive")]
+    pub keep_alive_secs: u64,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./dataward-data")
+}
+fn default_mqtt_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 1883))
+}
+fn default_http_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8080))
+}
+fn default_max_packet() -> u32 {
+    256 * 1024
+}
+fn default_conn_per_device() -> u32 {
+    2
+}
+fn default_mqueue() -> usize {
+    10_000
+}
+fn default_expiry() -> u64 {
+    3600
+}
+fn default_outbox_max() -> u64 {
+    1_000_000
+}
+fn default_inflight() -> u16 {
+    64
+}
+fn default_keepalive() -> u64 {
+    30
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_mqtt_listen(),
+            max_packet_bytes: default_max_packet(),
+            max_connections_per_device: default_conn_per_device(),
+            max_queued_messages: default_mqueue(),
+            message_expiry_secs: default_expiry(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_http_listen(),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            outbox_max_entries: default_outbox_max(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: default_data_dir(),
+            policy: None,
+            mqtt: MqttConfig::default(),
+            http: HttpConfig::default(),
+            store: StoreConfig::default(),
+            destinations: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut cfg =
+            Self::parse(&text).map_err(|(line, column, message)| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                line,
+                column,
+                message,
+            })?;
+        // Paths inside the file are relative to the file, not to wherever
+        // the service happens to be started from.
+        if let Some(dir) = path.parent() {
+            if let Some(p) = cfg.policy.as_mut().filter(|p| p.is_relative()) {
+                *p = dir.join(&*p);
+            }
+            for d in &mut cfg.destinations {
+                if let Some(ca) = d.ca_file.as_mut().filter(|p| p.is_relative()) {
+                    *ca = dir.join(&*ca);
+                }
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Parses and validates config text; errors are (line, column, message).
+    pub fn parse(text: &str) -> Result<Self, (usize, usize, String)> {
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            let (line, column) = line_col(text, e.span().map(|s| s.start).unwrap_or(0));
+            (line, column, e.message().trim().to_string())
+        })?;
+        cfg.validate(text)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, text: &str) -> Result<(), (usize, usize, String)> {
+        // Semantic errors point at the destination's name in the text.
+        let at = |needle: &str| {
+            let off = text.find(needle).unwrap_or(0);
+            line_col(text, off)
+        };
+        let mut seen = std::collections::HashSet::new();
+        for d in &self.destinations {
+            let (line, column) = at(&format!("\"{}\"", d.name));
+            let fail = |m: String| Err((line, column, m));
+            if !policy::is_valid_name(&d.name) {
+                return fail(format!(
+                    "destination name {:?} may use only letters, digits, '_' and '-'",
+                    d.name
+                ));
+            }
+            if !seen.insert(d.name.as_str()) {
+                return fail(format!("destination {:?} is defined twice", d.name));
+            }
+            if let Err(e) = crate::uplink::Endpoint::parse(&d.url) {
+                return fail(format!("destination {:?}: {e}", d.name));
+            }
+            if d.max_inflight == 0 {
+                return fail(format!(
+                    "destination {:?}: max_inflight must be at least 1",
+                    d.name
+                ));
+            }
+            if d.command_prefix
+                .as_deref()
+                .is_some_and(|p| p.contains(['#', '+']))
+            {
+                return fail(format!(
+                    "destination {:?}: command_prefix may not contain wildcards",
+                    d.name
+                ));
+            }
+        }
+        if self.mqtt.max_connections_per_device == 0 {
+            let (line, column) = at("max_connections_per_device");
+            return Err((
+                line,
+                column,
+                "max_connections_per_device must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn destination_names(&self) -> Vec<String> {
+        self.destinations.iter().map(|d| d.name.clone()).collect()
+    }
+
+    /// The policy file in effect: the configured one, or the data
+    /// directory's `policy.toml` if present.
+    pub fn policy_path(&self) -> Option<PathBuf> {
+        self.policy.clone().or_else(|| {
+            let p = self.data_dir.join("policy.toml");
+            p.exists().then_some(p)
+        })
+    }
+}
+
+pub(crate) fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset.min(text.len())).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    (
+        line,
+        before.get(start..).map(|s| s.chars().count()).unwrap_or(0) + 1,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_is_the_embedded_defaults() {
+        let c = Config::parse("").expect("empty config");
+        assert_eq!(c.mqtt.listen.port(), 1883);
+        assert_eq!(c.http.listen.port(), 8080);
+        assert_eq!(c.data_dir, PathBuf::from("./dataward-data"));
+        assert!(c.destinations.is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_report_line_and_column() {
+        let (line, column, msg) =
+            Config::parse("data_dir = \"x\"\n[mqtt]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n")
+                .expect_err("unknown key");
+        assert_eq!((line, column), (4, 1));
+        assert!(msg.contains("lisen"), "{msg}");
+    }
+
+    #[test]
+    fn destinations_are_validated() {
+        let ok = "[[destination]]\nname = \"vendor_cloud\"\nurl = \"mqtt://127.0.0.1:1883\"\n";
+        assert_eq!(Config::parse(ok).expect("valid").destinations.len(), 1);
+        let bad_url = "[[destination]]\nname = \"v\"\nurl = \"http://x\"\n";
+        let (line, _, msg) = Config::parse(bad_url).expect_err("bad scheme");
+        assert_eq!(line, 2);
+        assert!(msg.contains("mqtt://"), "{msg}");
+        let twice = format!("{ok}{ok}");
+        assert!(Config::parse(&twice).is_err());
+        assert!(Config::parse("[[destination]]\nname = \"a b\"\nurl = \"mqtt://h:1\"\n").is_err());
+    }
+}

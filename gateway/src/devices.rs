@@ -1,0 +1,306 @@
+//! Devices: identity, credentials and the topics each may use.
+//!
+//! A device is known by its credential, never by the topic it claims. The
+//! password is random, shown once, and stored only as an Argon2id hash.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("{0:?} does not make a valid device id: use letters, digits, '-' or '_' (at most 64)")]
+    InvalidId(String),
+    #[error("a device with id {0:?} already exists")]
+    Exists(String),
+    #[error("no device with id {0:?}")]
+    NotFound(String),
+    #[error("unknown preset {0:?}; presets: generic, tasmota, shelly, zigbee2mqtt")]
+    UnknownPreset(String),
+    #[error("hashing the credential failed: {0}")]
+    Hash(String),
+    #[error("a stored device record is unreadable: {0}")]
+    Corrupt(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Topic conventions of common device firmware. `{id}` stands for the
+/// device id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    Generic,
+    Tasmota,
+    Shelly,
+    Zigbee2mqtt,
+}
+
+impl Preset {
+    pub fn parse(s: &str) -> Result<Self, DeviceError> {
+        match s {
+            "generic" => Ok(Preset::Generic),
+            "tasmota" => Ok(Preset::Tasmota),
+            "shelly" => Ok(Preset::Shelly),
+            "zigbee2mqtt" => Ok(Preset::Zigbee2mqtt),
+            other => Err(DeviceError::UnknownPreset(other.to_string())),
+        }
+    }
+
+    /// (publish patterns, subscribe patterns)
+    fn patterns(self) -> (&'static [&'static str], &'static [&'static str]) {
+        match self {
+            Preset::Generic => (&["devices/{id}/#"], &["devices/{id}/cmd/#"]),
+            Preset::Tasmota => (&["tele/{id}/#", "stat/{id}/#"], &["cmnd/{id}/#"]),
+            Preset::Shelly => (
+                &[
+                    "shellies/{id}/#",
+                    "{id}/events/#",
+                    "{id}/status/#",
+                    "{id}/online",
+                ],
+                &[
+                    "shellies/{id}/+/+/command",
+                    "shellies/{id}/command",
+                    "{id}/rpc",
+                ],
+            ),
+            // One bridge per home speaks for many Zigbee devices under its
+            // base topic, which is the device id here.
+            Preset::Zigbee2mqtt => (
+                &["{id}/#"],
+                &[
+                    "{id}/+/set",
+                    "{id}/+/set/#",
+                    "{id}/+/get",
+                    "{id}/bridge/request/#",
+                ],
+            ),
+        }
+    }
+}
+
+/// A registered device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Device {
+    pub id: String,
+    pub name: String,
+    pub preset: Preset,
+    /// Topic filters the device may publish to.
+    pub publish: Vec<String>,
+    /// Topic filters the device may subscribe to.
+    pub subscribe: Vec<String>,
+    pub password_hash: String,
+    pub created_ms: u64,
+}
+
+impl Device {
+    pub fn may_publish(&self, topic: &str) -> bool {
+        self.publish
+            .iter()
+            .any(|p| policy::topic::matches(p, topic))
+    }
+
+    pub fn may_subscribe(&self, filter: &str) -> bool {
+        self.subscribe
+            .iter()
+            .any(|p| policy::topic::filter_within(filter, p))
+    }
+
+    /// Whether a message on `topic` would be delivered to this device if it
+    /// subscribed to all it may: used to route a cloud command.
+    pub fn receives(&self, topic: &str) -> bool {
+        self.subscribe
+            .iter()
+            .any(|p| policy::topic::matches(p, topic))
+    }
+
+    /// Checks a password against the stored Argon2id hash. Deliberately
+    /// slow (that is the point of Argon2): call it off the async runtime.
+    pub fn verify_password(&self, password: &[u8]) -> bool {
+        match PasswordHash::new(&self.password_hash) {
+            Ok(hash) => Argon2::default().verify_password(password, &hash).is_ok(),
+            Err(_) => false,
+        }
+    }
+}
+
+/// Turns a display name into a device id: `Living Room Plug` becomes
+/// `living-room-plug`.
+pub fn id_from_name(name: &str) -> Result<String, DeviceError> {
+    let mut id = String::new();
+    for c in name.trim().chars() {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            id.push(c.to_ascii_lowercase());
+        } else if !id.ends_with('-') && !id.is_empty() {
+            id.push('-');
+        }
+    }
+    let id = id.trim_end_matches('-').to_string();
+    if policy::is_valid_name(&id) {
+        Ok(id)
+    } else {
+        Err(DeviceError::InvalidId(name.to_string()))
+    }
+}
+
+/// A fresh random password: 24 bytes from the OS RNG, base64url (32 chars).
+fn new_password() -> Zeroizing<String> {
+    use base64::Engine;
+    let mut raw = Zeroizing::new([0u8; 24]);
+    rand::rngs::OsRng.fill_bytes(raw.as_mut());
+    Zeroizing::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw.as_ref()))
+}
+
+/// The devices tree plus an in-memory copy for the broker's hot path.
+pub struct DeviceRegistry {
+    tree: sled::Tree,
+    cache: RwLock<BTreeMap<String, Arc<Device>>>,
+}
+
+impl DeviceRegistry {
+    pub fn open(store: &Store) -> Result<Self, DeviceError> {
+        let tree = store.tree("devices")?;
+        let mut cache = BTreeMap::new();
+        for kv in tree.iter() {
+            let (_, v) = kv.map_err(StoreError::from)?;
+            let d: Device =
+                serde_json::from_slice(&v).map_err(|e| DeviceError::Corrupt(e.to_string()))?;
+            cache.insert(d.id.clone(), Arc::new(d));
+        }
+        Ok(Self {
+            tree,
+            cache: RwLock::new(cache),
+        })
+    }
+
+    /// Registers a device and returns it with its one-time password.
+    pub fn add(
+        &self,
+        id: &str,
+        name: &str,
+        preset: Preset,
+        now_ms: u64,
+    ) -> Result<(Device, Zeroizing<String>), DeviceError> {
+        if !policy::is_valid_name(id) {
+            return Err(DeviceError::InvalidId(id.to_string()));
+        }
+        if self.get(id).is_some() {
+            return Err(DeviceError::Exists(id.to_string()));
+        }
+        let password = new_password();
+        let salt = SaltString::generate(&mut rand::rngs::OsRng);
+        let hash = Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map_err(|e| DeviceError::Hash(e.to_string()))?
+            .to_string();
+        let (publish, subscribe) = preset.patterns();
+        let fill = |ps: &[&str]| ps.iter().map(|p| p.replace("{id}", id)).collect::<Vec<_>>();
+        let device = Device {
+            id: id.to_string(),
+            name: name.to_string(),
+            preset,
+            publish: fill(publish),
+            subscribe: fill(subscribe),
+            password_hash: hash,
+            created_ms: now_ms,
+        };
+        let bytes = serde_json::to_vec(&device).map_err(|e| DeviceError::Corrupt(e.to_string()))?;
+        self.tree
+            .insert(id.as_bytes(), bytes)
+            .map_err(StoreError::from)?;
+        self.cache_mut()
+            .insert(device.id.clone(), Arc::new(device.clone()));
+        Ok((device, password))
+    }
+
+    pub fn remove(&self, id: &str) -> Result<(), DeviceError> {
+        if self
+            .tree
+            .remove(id.as_bytes())
+            .map_err(StoreError::from)?
+            .is_none()
+        {
+            return Err(DeviceError::NotFound(id.to_string()));
+        }
+        self.cache_mut().remove(id);
+        Ok(())
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Device>> {
+        self.cache.read().ok().and_then(|c| c.get(id).cloned())
+    }
+
+    pub fn list(&self) -> Vec<Arc<Device>> {
+        self.cache
+            .read()
+            .map(|c| c.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The devices a message on local `topic` would reach.
+    pub fn receivers_of(&self, topic: &str) -> Vec<Arc<Device>> {
+        self.list()
+            .into_iter()
+            .filter(|d| d.receives(topic))
+            .collect()
+    }
+
+    fn cache_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, Arc<Device>>> {
+        // A poisoned lock only means another thread panicked mid-insert of a
+        // complete value; the map itself is still consistent.
+        self.cache.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_come_from_names() {
+        assert_eq!(
+            id_from_name("Living Room Plug").unwrap(),
+            "living-room-plug"
+        );
+        assert_eq!(id_from_name("  thermo_1 ").unwrap(), "thermo_1");
+        assert!(id_from_name("!!!").is_err());
+        assert!(id_from_name(&"x".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn credentials_are_random_hashed_and_verified() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let reg = DeviceRegistry::open(&store).expect("registry");
+        let (d1, p1) = reg.add("plug", "Plug", Preset::Tasmota, 1).expect("add");
+        let (_, p2) = reg.add("plug2", "Plug 2", Preset::Tasmota, 1).expect("add");
+        assert_ne!(*p1, *p2);
+        assert!(!d1.password_hash.contains(p1.as_str()));
+        assert!(d1.password_hash.starts_with("$argon2id$"));
+        assert!(d1.verify_password(p1.as_bytes()));
+        assert!(!d1.verify_password(p2.as_bytes()));
+        assert!(matches!(
+            reg.add("plug", "again", Preset::Generic, 1),
+            Err(DeviceError::Exists(_))
+        ));
+        assert!(d1.may_publish("tele/plug/SENSOR"));
+        assert!(!d1.may_publish("tele/plug2/SENSOR"));
+        assert!(d1.may_subscribe("cmnd/plug/POWER"));
+        assert!(!d1.may_subscribe("cmnd/#"));
+        assert!(!d1.may_subscribe("#"));
+        drop(reg);
+        let reg = DeviceRegistry::open(&store).expect("reopen");
+        assert_eq!(reg.list().len(), 2);
+        reg.remove("plug").expect("remove");
+        assert!(reg.get("plug").is_none());
+        assert!(matches!(reg.remove("plug"), Err(DeviceError::NotFound(_))));
+    }
+}

@@ -1,0 +1,206 @@
+//! Per-destination outbox: what the policy allowed out, kept on disk until
+//! the destination acknowledges it.
+
+use std::ops::Bound;
+use std::sync::Mutex;
+
+use super::StoreError;
+
+/// One message waiting for a destination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    pub key: u64,
+    pub device: String,
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// An ordered queue in the sled tree `outbox/<destination>`. Keys are
+/// assigned and inserted under one lock, so a reader that has seen key `k`
+/// will never later find a smaller key appearing: order per device holds
+/// and nothing is skipped.
+pub struct Outbox {
+    tree: sled::Tree,
+    next: Mutex<u64>,
+    max_entries: u64,
+}
+
+impl Outbox {
+    pub(super) fn open(
+        db: &sled::Db,
+        destination: &str,
+        max_entries: u64,
+    ) -> Result<Self, StoreError> {
+        let tree = db.open_tree(format!("outbox/{destination}"))?;
+        let next = match tree.last()? {
+            Some((k, _)) => key_of(&k)? + 1,
+            None => 1,
+        };
+        Ok(Self {
+            tree,
+            next: Mutex::new(next),
+            max_entries: max_entries.max(1),
+        })
+    }
+
+    pub fn push(&self, device: &str, topic: &str, payload: &[u8]) -> Result<u64, StoreError> {
+        let mut value = Vec::with_capacity(4 + device.len() + topic.len() + payload.len());
+        for part in [device.as_bytes(), topic.as_bytes()] {
+            let len = u16::try_from(part.len())
+                .map_err(|_| StoreError::Corrupt("name too long".into()))?;
+            value.extend_from_slice(&len.to_be_bytes());
+            value.extend_from_slice(part);
+        }
+        value.extend_from_slice(payload);
+        let mut next = self
+            .next
+            .lock()
+            .map_err(|_| StoreError::Corrupt("outbox lock poisoned".into()))?;
+        let key = *next;
+        self.tree.insert(key.to_be_bytes(), value)?;
+        *next += 1;
+        drop(next);
+        self.enforce_quota(key)?;
+        Ok(key)
+    }
+
+    /// Drops the oldest entries once the outbox holds more than its quota.
+    fn enforce_quota(&self, newest: u64) -> Result<(), StoreError> {
+        // Cheap check first: keys are dense, so the span bounds the count.
+        let Some((first, _)) = self.tree.first()? else {
+            return Ok(());
+        };
+        let oldest = key_of(&first)?;
+        if newest.saturating_sub(oldest) < self.max_entries {
+            return Ok(());
+        }
+        let excess = self.tree.len() as u64;
+        if excess <= self.max_entries {
+            return Ok(());
+        }
+        let mut dropped = 0;
+        for kv in self.tree.iter().take((excess - self.max_entries) as usize) {
+            let (k, _) = kv?;
+            self.tree.remove(k)?;
+            dropped += 1;
+        }
+        tracing::warn!(
+            dropped,
+            quota = self.max_entries,
+            "outbox over quota: oldest entries dropped"
+        );
+        Ok(())
+    }
+
+    /// Up to `limit` entries with keys above `after`, in key order.
+    pub fn read_after(
+        &self,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let start = match after {
+            Some(k) => Bound::Excluded(k.to_be_bytes()),
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for kv in self
+            .tree
+            .range::<[u8; 8], _>((start, Bound::Unbounded))
+            .take(limit)
+        {
+            let (k, v) = kv?;
+            out.push(decode(key_of(&k)?, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// The destination acknowledged `key`.
+    pub fn remove(&self, key: u64) -> Result<(), StoreError> {
+        self.tree.remove(key.to_be_bytes())?;
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.tree.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tree.is_empty()
+    }
+}
+
+fn key_of(k: &[u8]) -> Result<u64, StoreError> {
+    k.try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| StoreError::Corrupt(format!("outbox key {k:02x?}")))
+}
+
+fn decode(key: u64, v: &[u8]) -> Result<OutboxEntry, StoreError> {
+    let corrupt = || StoreError::Corrupt(format!("outbox entry {key}"));
+    let mut rest = v;
+    let mut parts = Vec::with_capacity(2);
+    for _ in 0..2 {
+        let len = u16::from_be_bytes(
+            rest.get(..2)
+                .and_then(|s| s.try_into().ok())
+                .ok_or_else(corrupt)?,
+        ) as usize;
+        let part = rest.get(2..2 + len).ok_or_else(corrupt)?;
+        parts.push(String::from_utf8(part.to_vec()).map_err(|_| corrupt())?);
+        rest = &rest[2 + len..];
+    }
+    let topic = parts.pop().ok_or_else(corrupt)?;
+    let device = parts.pop().ok_or_else(corrupt)?;
+    Ok(OutboxEntry {
+        key,
+        device,
+        topic,
+        payload: rest.to_vec(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::Store;
+
+    #[test]
+    fn entries_come_out_in_order_and_leave_on_ack() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let ob = store.outbox("cloud", 100).expect("outbox");
+        for i in 0..5u8 {
+            ob.push("dev", "t/x", &[i]).expect("push");
+        }
+        let first = ob.read_after(None, 3).expect("read");
+        assert_eq!(
+            first.iter().map(|e| e.payload[0]).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
+        let rest = ob.read_after(Some(first[2].key), 10).expect("read");
+        assert_eq!(rest.len(), 2);
+        ob.remove(first[0].key).expect("remove");
+        assert_eq!(ob.len(), 4);
+        assert_eq!(first[1].device, "dev");
+        assert_eq!(first[1].topic, "t/x");
+        drop(ob);
+        // Keys continue after a reopen instead of restarting.
+        let ob = store.outbox("cloud", 100).expect("reopen");
+        let k = ob.push("dev", "t", b"z").expect("push");
+        assert!(k > rest[1].key);
+    }
+
+    #[test]
+    fn quota_drops_the_oldest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let ob = store.outbox("cloud", 3).expect("outbox");
+        for i in 0..6u8 {
+            ob.push("dev", "t", &[i]).expect("push");
+        }
+        let left = ob.read_after(None, 10).expect("read");
+        assert_eq!(
+            left.iter().map(|e| e.payload[0]).collect::<Vec<_>>(),
+            vec![3, 4, 5]
+        );
+    }
+}

@@ -1,0 +1,394 @@
+//! The uplink: one MQTT client per destination, fed from that destination's
+//! on-disk outbox.
+//!
+//! An outbox entry leaves the disk only when the cloud's PUBACK for it
+//! arrives. After any connection error the client is rebuilt from scratch
+//! and everything not yet acknowledged is sent again, oldest first: delivery
+//! is at least once, in order per device (the outbox is one ordered queue).
+//! Reconnects back off exponentially with jitter, so a hub fleet does not
+//! hammer a cloud that just came back.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, Event, MqttOptions, Outgoing, Packet, QoS, TlsConfiguration,
+    Transport,
+};
+use tokio::sync::{mpsc, watch, Notify};
+
+use crate::config::DestinationConfig;
+use crate::store::Outbox;
+
+/// Where a destination lives, parsed from its `mqtt://` / `mqtts://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+impl Endpoint {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("mqtt://") {
+            (false, r)
+        } else {
+            return Err(format!("url {url:?} must start with mqtt:// or mqtts://"));
+        };
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+                let port = p
+                    .parse::<u16>()
+                    .map_err(|_| format!("url {url:?} has an invalid port"))?;
+                (h, port)
+            }
+            _ => (rest, if tls { 8883 } else { 1883 }),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains(['/', '@', '?', '#']) {
+            return Err(format!("url {url:?} has no valid host"));
+        }
+        Ok(Self {
+            host: host.to_string(),
+            port,
+            tls,
+        })
+    }
+}
+
+/// A command that arrived from a destination, for the command router.
+#[derive(Debug, Clone)]
+pub struct InboundCommand {
+    pub destination: String,
+    /// The local (device-side) topic.
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// What the rest of the hub can see of an uplink.
+#[derive(Debug, Default)]
+pub struct UplinkStatus {
+    pub connected: AtomicBool,
+    pub delivered: AtomicU64,
+    pub reconnects: AtomicU64,
+}
+
+pub struct Uplink {
+    cfg: DestinationConfig,
+    endpoint: Endpoint,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    outbox: Arc<Outbox>,
+    wake: Arc<Notify>,
+    commands: mpsc::Sender<InboundCommand>,
+    pub status: Arc<UplinkStatus>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    #[error("destination {name}: {reason}")]
+    Config { name: String, reason: String },
+}
+
+enum SessionEnd {
+    Shutdown,
+    Lost(String),
+}
+
+impl Uplink {
+    pub fn new(
+        cfg: DestinationConfig,
+        outbox: Arc<Outbox>,
+        wake: Arc<Notify>,
+        commands: mpsc::Sender<InboundCommand>,
+    ) -> Result<Self, UplinkError> {
+        let err = |reason: String| UplinkError::Config {
+            name: cfg.name.clone(),
+            reason,
+        };
+        let endpoint = Endpoint::parse(&cfg.url).map_err(err)?;
+        let tls = if endpoint.tls {
+            Some(tls_config(&cfg).map_err(err)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            cfg,
+            endpoint,
+            tls,
+            outbox,
+            wake,
+            commands,
+            status: Arc::default(),
+        })
+    }
+
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut failures: u32 = 0;
+        loop {
+            match self.session(&mut shutdown, &mut failures).await {
+                SessionEnd::Shutdown => return,
+                SessionEnd::Lost(reason) => {
+                    self.status.connected.store(false, Ordering::Relaxed);
+                    self.status.reconnects.fetch_add(1, Ordering::Relaxed);
+                    failures = failures.saturating_add(1);
+                    let delay = backoff(failures);
+                    tracing::warn!(destination = %self.cfg.name, %reason, backlog = self.outbox.len(), retry_in_ms = delay.as_millis() as u64, "uplink disconnected");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    fn options(&self) -> MqttOptions {
+        let client_id = self
+            .cfg
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("dataward-{}", self.cfg.name));
+        let mut opts = MqttOptions::new(client_id, self.endpoint.host.clone(), self.endpoint.port);
+        opts.set_keep_alive(Duration::from_secs(self.cfg.keep_alive_secs.max(5)));
+        opts.set_clean_session(true);
+        opts.set_inflight(self.cfg.max_inflight);
+        opts.set_max_packet_size(1 << 20, 1 << 20);
+        if let Some(user) = &self.cfg.username {
+            opts.set_credentials(user.clone(), self.cfg.password.clone().unwrap_or_default());
+        }
+        if let Some(tls) = &self.tls {
+            opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+                Arc::clone(tls),
+            )));
+        }
+        opts
+    }
+
+    async fn session(
+        &self,
+        shutdown: &mut watch::Receiver<bool>,
+        failures: &mut u32,
+    ) -> SessionEnd {
+        let window = usize::from(self.cfg.max_inflight);
+        let (client, mut events) = AsyncClient::new(self.options(), window * 2 + 16);
+
+        // Connect, with a bound so a black-holed cloud does not hang us.
+        let connected = tokio::time::timeout(Duration::from_secs(15), async {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(ack)))
+                        if ack.code == ConnectReturnCode::Success =>
+                    {
+                        return Ok(())
+                    }
+                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                        return Err(format!("cloud refused the connection: {:?}", ack.code))
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(e.to_string()),
+                }
+            }
+        });
+        tokio::select! {
+            r = connected => match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return SessionEnd::Lost(e),
+                Err(_) => return SessionEnd::Lost("connect timed out".into()),
+            },
+            _ = shutdown.changed() => return SessionEnd::Shutdown,
+        }
+        *failures = 0;
+        self.status.connected.store(true, Ordering::Relaxed);
+        tracing::info!(destination = %self.cfg.name, host = %self.endpoint.host, port = self.endpoint.port, backlog = self.outbox.len(), "uplink connected");
+
+        if let Some(prefix) = &self.cfg.command_prefix {
+            if let Err(e) = client.try_subscribe(format!("{prefix}#"), QoS::AtLeastOnce) {
+                return SessionEnd::Lost(format!("subscribing to commands failed: {e}"));
+            }
+        }
+
+        let mut cursor: Option<u64> = None;
+        // Keys handed to the client whose packet id we have not seen yet;
+        // rumqttc sends in the order we publish, so they pair up in order.
+        let mut unsent: VecDeque<u64> = VecDeque::new();
+        let mut inflight: HashMap<u16, u64> = HashMap::new();
+        loop {
+            let room = window.saturating_sub(unsent.len() + inflight.len());
+            if room > 0 {
+                let entries = match self.outbox.read_after(cursor, room) {
+                    Ok(e) => e,
+                    Err(e) => return SessionEnd::Lost(format!("reading the outbox failed: {e}")),
+                };
+                for entry in entries {
+                    let topic = format!("{}{}", self.cfg.topic_prefix, entry.topic);
+                    if let Err(e) =
+                        client.try_publish(topic, QoS::AtLeastOnce, false, entry.payload)
+                    {
+                        return SessionEnd::Lost(format!("queueing a publish failed: {e}"));
+                    }
+                    unsent.push_back(entry.key);
+                    cursor = Some(entry.key);
+                }
+            }
+            tokio::select! {
+                event = events.poll() => match event {
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                        if let Some(key) = unsent.pop_front() {
+                            inflight.insert(pkid, key);
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                        if let Some(key) = inflight.remove(&ack.pkid) {
+                            if let Err(e) = self.outbox.remove(key) {
+                                return SessionEnd::Lost(format!("removing an acknowledged entry failed: {e}"));
+                            }
+                            self.status.delivered.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => self.command(&p.topic, &p.payload),
+                    Ok(_) => {}
+                    Err(e) => return SessionEnd::Lost(e.to_string()),
+                },
+                _ = self.wake.notified(), if room > 0 => {}
+                _ = shutdown.changed() => {
+                    let _ = client.try_disconnect();
+                    return SessionEnd::Shutdown;
+                }
+            }
+        }
+    }
+
+    fn command(&self, remote_topic: &str, payload: &[u8]) {
+        let Some(local) = self
+            .cfg
+            .command_prefix
+            .as_deref()
+            .and_then(|p| remote_topic.strip_prefix(p))
+        else {
+            return;
+        };
+        let cmd = InboundCommand {
+            destination: self.cfg.name.clone(),
+            topic: local.to_string(),
+            payload: payload.to_vec(),
+        };
+        if self.commands.try_send(cmd).is_err() {
+            tracing::warn!(destination = %self.cfg.name, topic = %local, "command dropped: the command queue is full");
+        }
+    }
+}
+
+/// Exponential backoff from 250 ms to 30 s, with the upper half jittered.
+fn backoff(failures: u32) -> Duration {
+    let base_ms = 250u64
+        .saturating_mul(1 << failures.min(7).saturating_sub(1))
+        .min(30_000);
+    let jitter = rand::thread_rng().gen_range(0..=base_ms / 2);
+    Duration::from_millis(base_ms / 2 + jitter)
+}
+
+fn tls_config(cfg: &DestinationConfig) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &cfg.ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("cannot read ca_file {}: {e}", path.display()))?;
+            let mut added = 0;
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                let cert = cert.map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("ca_file {}: {e}", path.display()))?;
+                added += 1;
+            }
+            if added == 0 {
+                return Err(format!(
+                    "ca_file {} holds no PEM certificate",
+                    path.display()
+                ));
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            for cert in native.certs {
+                let _ = roots.add(cert);
+            }
+            if roots.is_empty() {
+                return Err("no system CA certificates found; set ca_file".into());
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse() {
+        assert_eq!(
+            Endpoint::parse("mqtt://127.0.0.1:1884").unwrap(),
+            Endpoint {
+                host: "127.0.0.1".into(),
+                port: 1884,
+                tls: false
+            }
+        );
+        assert_eq!(Endpoint::parse("mqtts://cloud.example").unwrap().port, 8883);
+        assert_eq!(Endpoint::parse("mqtt://[::1]:1883").unwrap().host, "::1");
+        for bad in [
+            "http://x",
+            "mqtt://",
+            "mqtt://h:99999",
+            "mqtt://u@h:1",
+            "h:1",
+        ] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_and_stays_bounded() {
+        for f in 1..40 {
+            let d = backoff(f);
+            assert!(d <= Duration::from_secs(30));
+            assert!(d >= Duration::from_millis(125));
+        }
+        // The base doubles, so the lower bound of a later attempt is above
+        // the upper bound of the first.
+        assert!(backoff(6) > backoff(1));
+    }
+
+    #[test]
+    fn ca_file_must_hold_certificates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, "not a certificate").expect("write");
+        let cfg = DestinationConfig {
+            name: "c".into(),
+            url: "mqtts://h:8883".into(),
+            client_id: None,
+            username: None,
+            password: None,
+            ca_file: Some(path),
+            topic_prefix: String::new(),
+            command_prefix: None,
+            max_inflight: 8,
+            keep_alive_secs: 30,
+        };
+        assert!(tls_config(&cfg).is_err());
+    }
+}
