@@ -1,8 +1,9 @@
 //! Policy evaluation cost per message: the DESIGN §11 budget is a few
 //! microseconds.
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, Criterion};
 use policy::{Message, Policy};
+use std::hint::black_box;
 
 const POLICY: &str = r#"
 [groups]

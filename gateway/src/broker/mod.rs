@@ -170,6 +170,8 @@ async fn bind_with_retry(settings: &BrokerSettings) -> Result<rmqtt::net::Listen
             .nodelay(true)
             .allow_anonymous(false)
             .allow_zero_keepalive(true)
+            // A client that never finishes its CONNECT holds a slot; cut it.
+            .handshake_timeout(Duration::from_secs(10))
             .max_packet_size(settings.max_packet_bytes)
             .max_mqueue_len(settings.max_queued_messages)
             .message_expiry_interval(settings.message_expiry)

@@ -1,0 +1,688 @@
+//! End to end: the real `dataward` binary, a real mosquitto as the cloud,
+//! rumqttc clients as devices.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use dataward_tests::*;
+use rumqttc::{Event, Outgoing, Packet, QoS};
+
+const SAMPLE: &str = r#"{"temp":21.5,"ssid":"home","loc":{"lat":52.37,"lon":4.89}}"#;
+
+fn write_policy(dir: &Path, text: &str) -> Result<std::path::PathBuf> {
+    let p = dir.join("policy.toml");
+    std::fs::write(&p, text)?;
+    Ok(p)
+}
+
+const SHARE_ALL: &str =
+    "[[rule]]\ndevice = \"*\"\nfield = \"*\"\ndestination = \"*\"\naction = \"share\"\n";
+
+/// Polls the event loop in the background so publishes flow; returns the
+/// client and a handle that yields what the loop saw.
+fn drive(mut events: rumqttc::EventLoop) -> tokio::task::JoinHandle<Vec<Event>> {
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Ok(Ok(ev)) = tokio::time::timeout(Duration::from_secs(3), events.poll()).await {
+            seen.push(ev);
+        }
+        seen
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_shares_only_allowed_fields_and_default_denies() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let cloud = Cloud::start()?;
+    let thermo = add_device(&data, "thermo", "generic")?;
+    let silent = add_device(&data, "silent", "generic")?;
+    let policy = write_policy(
+        dir.path(),
+        "[[rule]]\ndevice = \"thermo\"\nfield = \"temp\"\ndestination = \"vendor_cloud\"\naction = \"share\"\n",
+    )?;
+    let gw = Gateway::start(dir.path(), &config_for(&data, &cloud, Some(&policy), ""))?;
+    let (sub, mut sub_events) = cloud_subscriber(&cloud, "home/#", "sub-policy").await?;
+
+    // The device with no rules publishes first: the outbox is one ordered
+    // queue, so had it been forwarded it would arrive before thermo's.
+    let (c2, e2) = connect(device_options(gw.mqtt, &silent, "silent")).await?;
+    let d2 = drive(e2);
+    c2.publish("devices/silent/state", QoS::AtLeastOnce, false, SAMPLE)
+        .await?;
+    let (c1, e1) = connect(device_options(gw.mqtt, &thermo, "thermo")).await?;
+    let d1 = drive(e1);
+    c1.publish("devices/thermo/state", QoS::AtLeastOnce, false, SAMPLE)
+        .await?;
+
+    let got = collect(Some(&sub), &mut sub_events, Duration::from_secs(10), |g| {
+        !g.is_empty()
+    })
+    .await;
+    assert_eq!(
+        got.len(),
+        1,
+        "exactly one message reaches the cloud: {got:?}"
+    );
+    assert_eq!(got[0].0, "home/devices/thermo/state");
+    assert_eq!(std::str::from_utf8(&got[0].1)?, r#"{"temp":21.5}"#);
+    // Nothing else trails behind it.
+    let more = collect(
+        Some(&sub),
+        &mut sub_events,
+        Duration::from_millis(700),
+        |g| !g.is_empty(),
+    )
+    .await;
+    assert!(more.is_empty(), "unexpected extra messages: {more:?}");
+    drop((c1, c2));
+    let _ = (d1.await, d2.await);
+    gw.stop()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_without_valid_credentials_are_refused() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let cloud = Cloud::start()?;
+    let dev = add_device(&data, "dev1", "generic")?;
+    let gw = Gateway::start(dir.path(), &config_for(&data, &cloud, None, ""))?;
+
+    let unknown = DeviceCreds {
+        id: "nobody".into(),
+        password: dev.password.clone(),
+    };
+    assert!(
+        connect(device_options(gw.mqtt, &unknown, "nobody"))
+            .await
+            .is_err(),
+        "unknown device"
+    );
+    let wrong = DeviceCreds {
+        id: dev.id.clone(),
+        password: "not-the-password".into(),
+    };
+    assert!(
+        connect(device_options(gw.mqtt, &wrong, "dev1"))
+            .await
+            .is_err(),
+        "wrong password"
+    );
+    let mut anon = rumqttc::MqttOptions::new("dev1", gw.mqtt.ip().to_string(), gw.mqtt.port());
+    anon.set_keep_alive(Duration::from_secs(30));
+    assert!(connect(anon).await.is_err(), "no credentials");
+    // Right credential, but a client id that claims another device.
+    assert!(
+        connect(device_options(gw.mqtt, &dev, "dev2"))
+            .await
+            .is_err(),
+        "foreign client id"
+    );
+    // And the right one works, so the refusals above mean something.
+    let (c, _e) = connect(device_options(gw.mqtt, &dev, "dev1")).await?;
+    drop(c);
+    assert!(gw.log().contains("wrong password"));
+    gw.stop()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_cannot_read_or_spoof_each_other() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let cloud = Cloud::start()?;
+    let dev1 = add_device(&data, "dev1", "generic")?;
+    let dev2 = add_device(&data, "dev2", "generic")?;
+    // Everything is shared, so any spoofed message would show at the cloud.
+    let policy = write_policy(dir.path(), SHARE_ALL)?;
+    let gw = Gateway::start(dir.path(), &config_for(&data, &cloud, Some(&policy), ""))?;
+    let (sub, mut cloud_events) = cloud_subscriber(&cloud, "home/#", "sub-acl").await?;
+
+    let (c2, mut e2) = connect(device_options(gw.mqtt, &dev2, "dev2")).await?;
+    c2.subscribe("#", QoS::AtLeastOnce).await?;
+    c2.subscribe("devices/dev1/#", QoS::AtLeastOnce).await?;
+    c2.subscribe("devices/dev2/cmd/#", QoS::AtLeastOnce).await?;
+    let mut codes = Vec::new();
+    while codes.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(5), e2.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::SubAck(ack)))) => codes.push(ack.return_codes[0]),
+            Ok(Ok(_)) => {}
+            other => bail!("no SUBACK: {other:?}"),
+        }
+    }
+    assert_eq!(
+        codes[0],
+        rumqttc::SubscribeReasonCode::Failure,
+        "subscribe to # refused"
+    );
+    assert_eq!(
+        codes[1],
+        rumqttc::SubscribeReasonCode::Failure,
+        "subscribe to dev1's topics refused"
+    );
+    assert!(
+        matches!(codes[2], rumqttc::SubscribeReasonCode::Success(_)),
+        "own command topic allowed"
+    );
+
+    let (c1, mut e1) = connect(device_options(gw.mqtt, &dev1, "dev1")).await?;
+    c1.subscribe("devices/dev1/cmd/#", QoS::AtLeastOnce).await?;
+    // dev2 tries to speak for dev1, on its data and its command topics.
+    c2.publish(
+        "devices/dev1/state",
+        QoS::AtLeastOnce,
+        false,
+        r#"{"spoof":1}"#,
+    )
+    .await?;
+    c2.publish("devices/dev1/cmd/power", QoS::AtLeastOnce, false, "ON")
+        .await?;
+    // dev1 publishes for real.
+    c1.publish(
+        "devices/dev1/state",
+        QoS::AtLeastOnce,
+        false,
+        r#"{"real":1}"#,
+    )
+    .await?;
+
+    let dev2_saw =
+        tokio::spawn(
+            async move { collect(None, &mut e2, Duration::from_secs(3), |_| false).await },
+        );
+    let dev1_saw =
+        tokio::spawn(
+            async move { collect(None, &mut e1, Duration::from_secs(3), |_| false).await },
+        );
+    let at_cloud = collect(
+        Some(&sub),
+        &mut cloud_events,
+        Duration::from_secs(3),
+        |_| false,
+    )
+    .await;
+    assert_eq!(
+        at_cloud.len(),
+        1,
+        "only dev1's own message reaches the cloud: {at_cloud:?}"
+    );
+    assert_eq!(at_cloud[0].1, br#"{"real":1}"#);
+    assert!(
+        dev2_saw.await?.is_empty(),
+        "dev2 received another device's data"
+    );
+    assert!(
+        dev1_saw.await?.is_empty(),
+        "dev1 received a spoofed command"
+    );
+    assert!(gw.log().contains("publish refused"));
+    gw.stop()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_zero_and_both_protocol_versions_work() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let cloud = Cloud::start()?;
+    let v3 = add_device(&data, "v3dev", "generic")?;
+    let v5 = add_device(&data, "v5dev", "generic")?;
+    let policy = write_policy(dir.path(), SHARE_ALL)?;
+    let gw = Gateway::start(dir.path(), &config_for(&data, &cloud, Some(&policy), ""))?;
+    let (sub, mut cloud_events) = cloud_subscriber(&cloud, "home/#", "sub-versions").await?;
+
+    let mut o3 = device_options(gw.mqtt, &v3, "v3dev");
+    o3.set_keep_alive(Duration::ZERO);
+    let (c3, e3) = connect(o3).await?;
+    let d3 = drive(e3);
+    c3.publish("devices/v3dev/x", QoS::AtLeastOnce, false, "from-3.1.1")
+        .await?;
+
+    let mut o5 = rumqttc::v5::MqttOptions::new("v5dev", gw.mqtt.ip().to_string(), gw.mqtt.port());
+    o5.set_credentials(v5.id.clone(), v5.password.clone());
+    let (c5, mut e5) = rumqttc::v5::AsyncClient::new(o5, 16);
+    c5.publish(
+        "devices/v5dev/x",
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        false,
+        "from-5",
+    )
+    .await?;
+    let mut v5_acked = false;
+    for _ in 0..50 {
+        match tokio::time::timeout(Duration::from_secs(5), e5.poll()).await {
+            Ok(Ok(rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::PubAck(a)))) => {
+                assert_eq!(a.reason, rumqttc::v5::mqttbytes::v5::PubAckReason::Success);
+                v5_acked = true;
+                break;
+            }
+            Ok(Ok(_)) => {}
+            other => bail!("v5 client failed: {other:?}"),
+        }
+    }
+    assert!(v5_acked, "the v5 publish was acknowledged");
+
+    let got = collect(
+        Some(&sub),
+        &mut cloud_events,
+        Duration::from_secs(10),
+        |g| g.len() >= 2,
+    )
+    .await;
+    let payloads: Vec<&[u8]> = got.iter().map(|(_, p)| p.as_slice()).collect();
+    assert!(payloads.contains(&b"from-3.1.1".as_slice()), "{got:?}");
+    assert!(payloads.contains(&b"from-5".as_slice()), "{got:?}");
+    drop(c3);
+    let _ = d3.await;
+    gw.stop()?;
+    Ok(())
+}
+
+/// Publishes `n` QoS 1 messages numbered 0..n, driving the event loop, and
+/// returns the numbers the gateway acknowledged. Stops early when `stop`
+/// fires (the gateway died) and returns what was acknowledged by then.
+async fn publish_numbered(
+    client: rumqttc::AsyncClient,
+    mut events: rumqttc::EventLoop,
+    topic: &str,
+    n: usize,
+    pace_every: usize,
+) -> Vec<usize> {
+    let topic = topic.to_string();
+    let publisher = tokio::spawn(async move {
+        for i in 0..n {
+            let payload = format!(r#"{{"seq":{i},"temp":20.5}}"#);
+            if client
+                .publish(topic.clone(), QoS::AtLeastOnce, false, payload)
+                .await
+                .is_err()
+            {
+                break;
+            }
+            if pace_every > 0 && i % pace_every == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        client
+    });
+    let mut sent: std::collections::VecDeque<usize> = Default::default();
+    let mut next_seq = 0usize;
+    let mut pkid_to_seq: HashMap<u16, usize> = HashMap::new();
+    let mut acked = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), events.poll()).await {
+            Ok(Ok(Event::Outgoing(Outgoing::Publish(pkid)))) => {
+                sent.push_back(next_seq);
+                pkid_to_seq.insert(pkid, next_seq);
+                next_seq += 1;
+            }
+            Ok(Ok(Event::Incoming(Packet::PubAck(a)))) => {
+                if let Some(s) = pkid_to_seq.remove(&a.pkid) {
+                    acked.push(s);
+                }
+                if acked.len() == n {
+                    break;
+                }
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    drop(publisher);
+    acked
+}
+
+fn seq_of(payload: &[u8]) -> Option<usize> {
+    let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+    v["seq"].as_u64().map(|s| s as usize)
+}
+
+/// Every number 0..n present; first arrivals in increasing order
+/// (redelivery after an outage may repeat a few, never reorder).
+fn check_complete_in_order(got: &[(String, Vec<u8>)], n: usize) -> Result<usize> {
+    let mut seen = vec![false; n];
+    let mut last_first = None;
+    let mut dups = 0;
+    for (_, p) in got {
+        let Some(s) = seq_of(p) else {
+            bail!("unexpected payload {:?}", String::from_utf8_lossy(p))
+        };
+        if s >= n {
+            bail!("sequence {s} out of range");
+        }
+        if seen[s] {
+            dups += 1;
+            continue;
+        }
+        if let Some(l) = last_first {
+            if s < l {
+                bail!("{s} first arrived after {l}: order broken");
+            }
+        }
+        seen[s] = true;
+        last_first = Some(s);
+    }
+    let missing: Vec<usize> = (0..n).filter(|i| !seen[*i]).collect();
+    if !missing.is_empty() {
+        bail!(
+            "{} messages missing, first {:?}",
+            missing.len(),
+            &missing[..missing.len().min(10)]
+        );
+    }
+    Ok(dups)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloud_outage_loses_nothing_and_keeps_order() -> Result<()> {
+    const N: usize = 2000;
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let mut cloud = Cloud::start()?;
+    let dev = add_device(&data, "meter", "generic")?;
+    let policy = write_policy(dir.path(), SHARE_ALL)?;
+    let gw = Gateway::start(dir.path(), &config_for(&data, &cloud, Some(&policy), ""))?;
+    let (sub, mut sub_events) = cloud_subscriber(&cloud, "home/#", "sub-outage").await?;
+
+    let (client, events) = connect(device_options(gw.mqtt, &dev, "meter")).await?;
+    let publishing = tokio::spawn(publish_numbered(
+        client,
+        events,
+        "devices/meter/reading",
+        N,
+        10,
+    ));
+
+    // Let part of the stream through, then take the cloud away.
+    let mut before = collect(Some(&sub), &mut sub_events, Duration::from_secs(20), |g| {
+        g.len() >= 200
+    })
+    .await;
+    cloud.stop()?;
+    // The subscriber's client has already read (and acknowledged) whatever
+    // the cloud sent before it stopped; keep those too.
+    // rumqttc reports the connection error before the events it parsed in
+    // the same read, so poll past a few errors.
+    let mut errors = 0;
+    while errors < 3 {
+        match tokio::time::timeout(Duration::from_secs(2), sub_events.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                before.push((p.topic.clone(), p.payload.to_vec()));
+                let _ = sub.try_ack(&p);
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => errors += 1,
+            Err(_) => break,
+        }
+    }
+    drop(sub);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    cloud.restart()?;
+    let (sub, mut sub_events, redelivered) =
+        resume_cloud_subscriber(&cloud, "home/#", "sub-outage").await?;
+    before.extend(redelivered);
+
+    let acked = publishing.await?;
+    assert_eq!(
+        acked.len(),
+        N,
+        "the gateway acknowledged every message while the cloud was down"
+    );
+    let seen_before: std::collections::HashSet<usize> =
+        before.iter().filter_map(|(_, p)| seq_of(p)).collect();
+    let mut all = before;
+    let rest = collect(Some(&sub), &mut sub_events, Duration::from_secs(60), |g| {
+        let mut seen = seen_before.clone();
+        seen.extend(g.iter().filter_map(|(_, p)| seq_of(p)));
+        seen.len() >= N
+    })
+    .await;
+    all.extend(rest);
+    let dups = check_complete_in_order(&all, N)?;
+    eprintln!("outage: {N} delivered, {dups} redelivered duplicates");
+    assert!(
+        gw.log().contains("uplink disconnected"),
+        "the outage was noticed"
+    );
+    gw.stop()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_keeps_every_acknowledged_message() -> Result<()> {
+    const N: usize = 20_000;
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let cloud = Cloud::start()?;
+    let dev = add_device(&data, "meter", "generic")?;
+    let policy = write_policy(dir.path(), SHARE_ALL)?;
+    let config = config_for(&data, &cloud, Some(&policy), "");
+    let gw = Gateway::start(dir.path(), &config)?;
+    let (sub, mut sub_events) = cloud_subscriber(&cloud, "home/#", "sub-crash").await?;
+
+    let (client, events) = connect(device_options(gw.mqtt, &dev, "meter")).await?;
+    let publishing = tokio::spawn(publish_numbered(
+        client,
+        events,
+        "devices/meter/reading",
+        N,
+        0,
+    ));
+    // Kill it mid-stream, with no chance to flush.
+    let early = collect(Some(&sub), &mut sub_events, Duration::from_secs(30), |g| {
+        g.len() >= 1000
+    })
+    .await;
+    assert!(early.len() >= 1000, "the stream got going before the crash");
+    gw.crash()?;
+    let acked = publishing.await?;
+    assert!(
+        !acked.is_empty() && acked.len() < N,
+        "the crash came mid-stream ({} acked)",
+        acked.len()
+    );
+
+    let gw = Gateway::start(dir.path(), &config)?;
+    let want: std::collections::HashSet<usize> = acked.iter().copied().collect();
+    let seen_early: std::collections::HashSet<usize> =
+        early.iter().filter_map(|(_, p)| seq_of(p)).collect();
+    let mut all = early;
+    let rest = collect(Some(&sub), &mut sub_events, Duration::from_secs(60), |g| {
+        let mut seen = seen_early.clone();
+        seen.extend(g.iter().filter_map(|(_, p)| seq_of(p)));
+        want.iter().all(|s| seen.contains(s))
+    })
+    .await;
+    all.extend(rest);
+    let at_cloud: std::collections::HashSet<usize> =
+        all.iter().filter_map(|(_, p)| seq_of(p)).collect();
+    let lost: Vec<usize> = want
+        .iter()
+        .filter(|s| !at_cloud.contains(s))
+        .copied()
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged messages never reached the cloud, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(10)]
+    );
+    gw.stop()?;
+
+    let out = cli(&[
+        "export",
+        "--device",
+        "meter",
+        "--data-dir",
+        &data.to_string_lossy(),
+    ])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let in_history: std::collections::HashSet<usize> = String::from_utf8(out.stdout)?
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["payload"].as_str().and_then(|p| seq_of(p.as_bytes())))
+        .collect();
+    let missing: Vec<usize> = want
+        .iter()
+        .filter(|s| !in_history.contains(s))
+        .copied()
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged messages missing from history",
+        missing.len()
+    );
+    eprintln!(
+        "crash: {} acknowledged before kill -9, all in history and at the cloud",
+        want.len()
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_input_closes_only_that_connection() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let cloud = Cloud::start()?;
+    let good = add_device(&data, "good", "generic")?;
+    let big = add_device(&data, "big", "generic")?;
+    let policy = write_policy(dir.path(), SHARE_ALL)?;
+    let gw = Gateway::start(
+        dir.path(),
+        &config_for(
+            &data,
+            &cloud,
+            Some(&policy),
+            "[mqtt]\nmax_packet_bytes = 4096\n",
+        ),
+    )?;
+    let (sub, mut cloud_events) = cloud_subscriber(&cloud, "home/#", "sub-garbage").await?;
+    let (gc, ge) = connect(device_options(gw.mqtt, &good, "good")).await?;
+    let gd = drive(ge);
+
+    let closed = |mut s: TcpStream| -> Result<bool> {
+        s.set_read_timeout(Some(Duration::from_secs(15)))?;
+        let mut buf = [0u8; 64];
+        Ok(matches!(s.read(&mut buf), Ok(0) | Err(_)))
+    };
+    // Garbage bytes.
+    let mut s = TcpStream::connect(gw.mqtt)?;
+    s.write_all(b"\xde\xad\xbe\xef GET / HTTP/1.1\r\n\r\n\x00\x01\x02")?;
+    assert!(closed(s)?, "garbage closes the connection");
+    // A CONNECT cut short, then the client goes quiet.
+    let mut s = TcpStream::connect(gw.mqtt)?;
+    s.write_all(&[0x10, 0x40, 0x00, 0x04, b'M', b'Q'])?;
+    s.shutdown(std::net::Shutdown::Write)?;
+    assert!(closed(s)?, "a truncated packet closes the connection");
+    // A payload over the limit.
+    let (bc, mut be) = connect(device_options(gw.mqtt, &big, "big")).await?;
+    bc.publish(
+        "devices/big/x",
+        QoS::AtLeastOnce,
+        false,
+        vec![b'x'; 64 * 1024],
+    )
+    .await?;
+    let mut big_closed = false;
+    for _ in 0..20 {
+        match tokio::time::timeout(Duration::from_secs(5), be.poll()).await {
+            Ok(Err(_)) => {
+                big_closed = true;
+                break;
+            }
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => {
+                bail!("an oversized payload was accepted")
+            }
+            Ok(Ok(_)) => {}
+            Err(_) => break,
+        }
+    }
+    assert!(big_closed, "an oversized payload closes that connection");
+
+    // The other device is unaffected, and the process is up.
+    gc.publish("devices/good/x", QoS::AtLeastOnce, false, r#"{"ok":true}"#)
+        .await?;
+    let got = collect(
+        Some(&sub),
+        &mut cloud_events,
+        Duration::from_secs(10),
+        |g| !g.is_empty(),
+    )
+    .await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].1, br#"{"ok":true}"#);
+    assert!(gw.healthz()?.contains("\"ok\""));
+    drop(gc);
+    let _ = gd.await;
+    gw.stop()?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_reach_a_device_only_when_allowed() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let cloud = Cloud::start()?;
+    let plug = add_device(&data, "plug", "tasmota")?;
+    let policy = write_policy(
+        dir.path(),
+        "[[command]]\ndevice = \"plug\"\ndestination = \"vendor_cloud\"\ntopic = \"cmnd/plug/POWER\"\n",
+    )?;
+    let gw = Gateway::start(dir.path(), &config_for(&data, &cloud, Some(&policy), ""))?;
+    let (pc, mut pe) = connect(device_options(gw.mqtt, &plug, "plug")).await?;
+    pc.subscribe("cmnd/plug/#", QoS::AtLeastOnce).await?;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), pe.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::SubAck(a)))) => {
+                assert!(matches!(
+                    a.return_codes[0],
+                    rumqttc::SubscribeReasonCode::Success(_)
+                ));
+                break;
+            }
+            Ok(Ok(_)) => {}
+            other => bail!("no SUBACK: {other:?}"),
+        }
+    }
+    let (cc, ce) = connect({
+        let mut o = rumqttc::MqttOptions::new("vendor", "127.0.0.1", cloud.port);
+        o.set_keep_alive(Duration::from_secs(30));
+        o
+    })
+    .await?;
+    let cd = drive(ce);
+    gw.wait_for_log("uplink connected", Duration::from_secs(10))?;
+    // The command subscription goes out right after the connect.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cc.publish(
+        "home/cmd/cmnd/plug/Upgrade",
+        QoS::AtLeastOnce,
+        false,
+        "http://evil/fw.bin",
+    )
+    .await?;
+    cc.publish("home/cmd/cmnd/plug/POWER", QoS::AtLeastOnce, false, "ON")
+        .await?;
+    let got = collect(None, &mut pe, Duration::from_secs(10), |g| !g.is_empty()).await;
+    let more = collect(None, &mut pe, Duration::from_millis(700), |g| !g.is_empty()).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0], ("cmnd/plug/POWER".to_string(), b"ON".to_vec()));
+    assert!(
+        more.is_empty(),
+        "a disallowed command got through: {more:?}"
+    );
+    assert!(gw.log().contains("command dropped"));
+    drop(cc);
+    let _ = cd.await;
+    gw.stop()?;
+    Ok(())
+}
