@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs dataward's whole test suite on a fresh machine: installs what the
+# tests need (mosquitto from Debian's packages) if it is missing, then runs
+# `cargo test` over the workspace. Used as-is by .ci/run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+[ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
+command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
+if [ "${#need[@]}" -gt 0 ]; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  echo "installing: ${need[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# The tests start their own mosquitto on free loopback ports; the one the
+# Debian package may have started as a service is not used.
+
+cargo build --workspace --all-targets --locked
+cargo test --workspace --locked -- --test-threads=2
