@@ -18,6 +18,7 @@ use crate::pipeline::Pipeline;
 
 pub(super) struct Hooks {
     pub registry: Arc<DeviceRegistry>,
+    pub verifier: crate::devices::CredentialChecker,
     pub pipeline: Arc<Pipeline>,
     pub max_connections_per_device: u32,
     /// device id -> client id -> live connections with that client id.
@@ -56,10 +57,7 @@ impl Hooks {
             tracing::warn!(%client_id, device = %username, "connection refused: no password");
             return AuthResult::BadUsernameOrPassword;
         };
-        let check = Arc::clone(&device);
-        let ok = tokio::task::spawn_blocking(move || check.verify_password(&password))
-            .await
-            .unwrap_or(false);
+        let ok = self.verifier.verify(Arc::clone(&device), password).await;
         if !ok {
             tracing::warn!(%client_id, device = %username, "connection refused: wrong password");
             return AuthResult::BadUsernameOrPassword;

@@ -67,6 +67,7 @@ impl Broker {
 
         let hooks = hooks::Hooks {
             registry,
+            verifier: crate::devices::CredentialChecker::start(),
             pipeline,
             max_connections_per_device: settings.max_connections_per_device,
             connections: Default::default(),
