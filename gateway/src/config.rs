@@ -12,7 +12,7 @@ pub const SYSTEM_CONFIG: &str = "/etc/dataward/dataward.toml";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     Read {
         path: PathBuf,
         source: std::io::Error,

@@ -192,6 +192,122 @@ fn signal(child: &Child, sig: &str) -> Result<()> {
     Ok(())
 }
 
+/// A throwaway certificate authority and a server certificate for
+/// 127.0.0.1, made with the openssl command line.
+pub struct TestCa {
+    _dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCa {
+    pub fn new() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let p = |n: &str| dir.path().join(n);
+        let ext = p("ext.cnf");
+        std::fs::write(
+            &ext,
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )?;
+        let steps: Vec<Vec<String>> = vec![
+            vec![
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=dataward test CA",
+                "-keyout",
+            ]
+            .into_iter()
+            .map(String::from)
+            .chain(
+                [p("ca.key"), p("ca.pem")]
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, x)| {
+                        let v = x.display().to_string();
+                        if i == 0 {
+                            vec![v]
+                        } else {
+                            vec!["-out".to_string(), v]
+                        }
+                    }),
+            )
+            .collect(),
+            vec![
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-keyout",
+            ]
+            .into_iter()
+            .map(String::from)
+            .chain([
+                p("server.key").display().to_string(),
+                "-out".into(),
+                p("server.csr").display().to_string(),
+            ])
+            .collect(),
+            vec!["x509", "-req", "-days", "2", "-in"]
+                .into_iter()
+                .map(String::from)
+                .chain([
+                    p("server.csr").display().to_string(),
+                    "-CA".into(),
+                    p("ca.pem").display().to_string(),
+                    "-CAkey".into(),
+                    p("ca.key").display().to_string(),
+                    "-CAcreateserial".into(),
+                    "-out".into(),
+                    p("server.pem").display().to_string(),
+                    "-extfile".into(),
+                    ext.display().to_string(),
+                ])
+                .collect(),
+        ];
+        for args in steps {
+            let out = Command::new("openssl")
+                .args(&args)
+                .output()
+                .context("running openssl (scripts/test.sh installs it)")?;
+            if !out.status.success() {
+                bail!(
+                    "openssl {args:?} failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        Ok(Self {
+            ca: p("ca.pem"),
+            cert: p("server.pem"),
+            key: p("server.key"),
+            _dir: dir,
+        })
+    }
+
+    /// mosquitto config lines for an extra TLS listener on `port`.
+    pub fn listener(&self, port: u16) -> Vec<String> {
+        vec![
+            format!("listener {port} 127.0.0.1"),
+            format!("cafile {}", self.ca.display()),
+            format!("certfile {}", self.cert.display()),
+            format!("keyfile {}", self.key.display()),
+        ]
+    }
+}
+
 /// Runs `dataward ARGS`; returns its output whatever the exit code.
 pub fn cli(args: &[&str]) -> Result<Output> {
     Ok(Command::new(dataward_bin()?)

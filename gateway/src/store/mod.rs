@@ -22,7 +22,7 @@ pub use outbox::{Outbox, OutboxEntry};
 pub enum StoreError {
     #[error("the data directory {0} is in use by another dataward process (stop it first)")]
     Locked(String),
-    #[error("cannot open the store in {path}: {source}")]
+    #[error("cannot open the store in {path}")]
     Open { path: String, source: sled::Error },
     #[error("storage failure: {0}")]
     Engine(#[from] sled::Error),

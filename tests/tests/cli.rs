@@ -1,0 +1,198 @@
+//! The command line as a user meets it: exit codes (0 ok, 1 runtime
+//! failure, 2 bad usage or input) and one clear sentence on stderr.
+
+use anyhow::Result;
+use dataward_tests::*;
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn usage_errors_exit_2_and_help_exits_0() -> Result<()> {
+    let help = cli(&["--help"])?;
+    assert_eq!(help.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&help.stdout);
+    for cmd in ["run", "device", "policy", "export"] {
+        assert!(text.contains(cmd), "--help lists {cmd}");
+    }
+    assert_eq!(cli(&["frobnicate"])?.status.code(), Some(2));
+    assert_eq!(cli(&["device", "add"])?.status.code(), Some(2));
+    let dir = tempfile::tempdir()?;
+    let bad = cli(&[
+        "device",
+        "add",
+        "x",
+        "--preset",
+        "nope",
+        "--data-dir",
+        &dir.path().to_string_lossy(),
+    ])?;
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(stderr(&bad).contains("unknown preset"), "{}", stderr(&bad));
+    Ok(())
+}
+
+#[test]
+fn broken_config_and_policy_name_line_and_column() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("dataward.toml");
+    std::fs::write(&config, "data_dir = \"x\"\nlisten = 1\n")?;
+    let out = cli(&["run", "--config", &config.to_string_lossy()])?;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("line 2, column 1"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("panicked"));
+
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "[[rule]]\ndevice = \"a\"\nfield = \"temp\"\ndestination = \"*\"\naction = \"launch\"\n",
+    )?;
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n",
+            dir.path().join("data").display().to_string()
+        ),
+    )?;
+    let out = cli(&[
+        "policy",
+        "check",
+        &policy.to_string_lossy(),
+        "--config",
+        &config.to_string_lossy(),
+    ])?;
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("line 5, column 10"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The gateway refuses to start on that policy, rather than sharing
+    // something the user did not mean.
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\npolicy = {:?}\n",
+            dir.path().join("data").display().to_string(),
+            policy.display().to_string()
+        ),
+    )?;
+    let out = cli(&[
+        "run",
+        "--config",
+        &config.to_string_lossy(),
+        "--mqtt-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+    ])?;
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("unknown action"), "{}", stderr(&out));
+
+    std::fs::write(
+        &policy,
+        "[[rule]]\ndevice = \"a\"\nfield = \"temp\"\ndestination = \"*\"\naction = \"share\"\n",
+    )?;
+    let ok = cli(&[
+        "policy",
+        "check",
+        &policy.to_string_lossy(),
+        "--config",
+        &config.to_string_lossy(),
+    ])?;
+    assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
+    Ok(())
+}
+
+#[test]
+fn store_in_use_or_corrupt_is_a_clear_runtime_error() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    add_device(&data, "first", "generic")?;
+    let cloud = Cloud::start()?;
+    let gw = Gateway::start(dir.path(), &config_for(&data, &cloud, None, ""))?;
+    let out = cli(&[
+        "device",
+        "add",
+        "second",
+        "--data-dir",
+        &data.to_string_lossy(),
+    ])?;
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("in use by another dataward process"),
+        "{}",
+        stderr(&out)
+    );
+    gw.stop()?;
+
+    let broken = dir.path().join("broken");
+    std::fs::create_dir_all(broken.join("db"))?;
+    std::fs::write(broken.join("db").join("conf"), b"\xff\xfe garbage")?;
+    std::fs::write(broken.join("db").join("db"), vec![0xa5u8; 4096])?;
+    let out = cli(&["device", "list", "--data-dir", &broken.to_string_lossy()])?;
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("error: cannot open the store in"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
+    Ok(())
+}
+
+#[test]
+fn device_add_prints_credentials_once_and_list_never_does() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let d = add_device(&data, "Kitchen <script>alert(1)</script> Plug", "tasmota")?;
+    assert_eq!(d.id, "kitchen-script-alert-1-script-plug");
+    assert!(d.password.len() >= 32);
+    let list = cli(&[
+        "device",
+        "list",
+        "--json",
+        "--data-dir",
+        &data.to_string_lossy(),
+    ])?;
+    assert_eq!(list.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(text.contains(&d.id));
+    assert!(
+        !text.contains(&d.password),
+        "the password is shown only once"
+    );
+    assert!(!text.contains("argon2"), "the hash is not shown either");
+    let again = cli(&[
+        "device",
+        "add",
+        "Kitchen <script>alert(1)</script> Plug",
+        "--data-dir",
+        &data.to_string_lossy(),
+    ])?;
+    assert_eq!(again.status.code(), Some(2));
+    assert!(stderr(&again).contains("already exists"));
+    let rm = cli(&[
+        "device",
+        "remove",
+        &d.id,
+        "--data-dir",
+        &data.to_string_lossy(),
+    ])?;
+    assert_eq!(rm.status.code(), Some(0));
+    let rm = cli(&[
+        "device",
+        "remove",
+        &d.id,
+        "--data-dir",
+        &data.to_string_lossy(),
+    ])?;
+    assert_eq!(rm.status.code(), Some(2));
+    Ok(())
+}
