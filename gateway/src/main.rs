@@ -246,7 +246,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             output,
         } => {
             let config = load_config(&common)?;
-            let store = Store::open(&config.data_dir)?;
+            let store = Store::open_existing(&config.data_dir)?;
             let history = store.history()?;
             let mut out: Box<dyn Write> = match &output {
                 Some(p) => Box::new(std::io::BufWriter::new(
@@ -297,9 +297,13 @@ fn device_json(d: &gateway::devices::Device) -> serde_json::Value {
 }
 
 fn device(action: DeviceCommand) -> anyhow::Result<()> {
-    let open = |common: &Common| -> anyhow::Result<(Store, DeviceRegistry)> {
+    let open = |common: &Common, create: bool| -> anyhow::Result<(Store, DeviceRegistry)> {
         let config = load_config(common)?;
-        let store = Store::open(&config.data_dir)?;
+        let store = if create {
+            Store::open(&config.data_dir)?
+        } else {
+            Store::open_existing(&config.data_dir)?
+        };
         let reg = DeviceRegistry::open(&store)?;
         Ok((store, reg))
     };
@@ -316,7 +320,7 @@ fn device(action: DeviceCommand) -> anyhow::Result<()> {
                 Some(id) => id,
                 None => id_from_name(&name)?,
             };
-            let (store, reg) = open(&common)?;
+            let (store, reg) = open(&common, true)?;
             let (device, password) = reg.add(&id, &name, preset, now_ms())?;
             store.flush()?;
             if json {
@@ -337,7 +341,7 @@ fn device(action: DeviceCommand) -> anyhow::Result<()> {
             Ok(())
         }
         DeviceCommand::List { common, json } => {
-            let (_, reg) = open(&common)?;
+            let (_, reg) = open(&common, false)?;
             let devices = reg.list();
             if json {
                 println!(
@@ -359,7 +363,7 @@ fn device(action: DeviceCommand) -> anyhow::Result<()> {
             Ok(())
         }
         DeviceCommand::Show { common, id, json } => {
-            let (_, reg) = open(&common)?;
+            let (_, reg) = open(&common, false)?;
             let d = reg
                 .get(&id)
                 .ok_or(gateway::devices::DeviceError::NotFound(id))?;
@@ -377,7 +381,7 @@ fn device(action: DeviceCommand) -> anyhow::Result<()> {
             Ok(())
         }
         DeviceCommand::Remove { common, id } => {
-            let (store, reg) = open(&common)?;
+            let (store, reg) = open(&common, false)?;
             reg.remove(&id)?;
             store.flush()?;
             println!("removed device {id}; its credential no longer works (its history stays until deleted)");

@@ -302,6 +302,23 @@ mod properties {
 
     proptest! {
         #[test]
+        fn parsing_arbitrary_text_never_panics(text in "\\PC{0,200}") {
+            let _ = Policy::parse(&text);
+        }
+
+        #[test]
+        fn parsing_rule_shaped_text_never_panics(
+            device in "[@*a-z\\[\\]\"$.]{0,8}",
+            field in "[a-z*.\\[\\]0-9$\"]{0,12}",
+            action in "[a-z]{0,6}",
+        ) {
+            let text = format!("[[rule]]\ndevice = {device:?}\nfield = {field:?}\ndestination = \"*\"\naction = {action:?}\n");
+            if let Err(e) = Policy::parse(&text) {
+                prop_assert!(e.position.line >= 1 && e.position.column >= 1);
+            }
+        }
+
+        #[test]
         fn empty_policy_never_shares(payload in prop::collection::vec(any::<u8>(), 0..256)) {
             let e = Policy::default().evaluate(&Message { device: "d", topic: "t", payload: &payload }, DESTS);
             prop_assert!(e.outputs.iter().all(|o| o.payload.is_none()));

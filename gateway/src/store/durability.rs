@@ -12,6 +12,8 @@ use super::StoreError;
 struct Flushed {
     covered: u64,
     error: Option<String>,
+    /// The committer has stopped: nothing later will be flushed.
+    closed: bool,
 }
 
 pub struct Durability {
@@ -27,6 +29,7 @@ impl Durability {
         let (flushed, _) = watch::channel(Flushed {
             covered: 0,
             error: None,
+            closed: false,
         });
         Self {
             db,
@@ -41,10 +44,14 @@ impl Durability {
         let ticket = self.written.fetch_add(1, Ordering::SeqCst) + 1;
         let mut rx = self.flushed.subscribe();
         self.kick.notify_one();
+        let shutting_down = || StoreError::Flush("the store is shutting down".into());
         let state = rx
-            .wait_for(|f| f.covered >= ticket)
+            .wait_for(|f| f.covered >= ticket || f.closed)
             .await
-            .map_err(|_| StoreError::Flush("the store is shutting down".into()))?;
+            .map_err(|_| shutting_down())?;
+        if state.covered < ticket {
+            return Err(shutting_down());
+        }
         match &state.error {
             Some(e) => Err(StoreError::Flush(e.clone())),
             None => Ok(()),
@@ -78,6 +85,7 @@ impl Durability {
             self.flushed.send_replace(Flushed {
                 covered: target,
                 error: result,
+                closed: false,
             });
         }
         let target = self.written.load(Ordering::SeqCst);
@@ -85,6 +93,61 @@ impl Durability {
         self.flushed.send_replace(Flushed {
             covered: target,
             error,
+            closed: true,
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use crate::store::{HistoryStore, Store};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_flush_serves_many_writers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let d = Arc::clone(&store.durability);
+        let committer = tokio::spawn(async move { d.run(stop_rx).await });
+        let history = Arc::new(store.history().expect("history"));
+        let mut writers = Vec::new();
+        for w in 0..50u8 {
+            let (h, d) = (Arc::clone(&history), Arc::clone(&store.durability));
+            writers.push(tokio::spawn(async move {
+                h.append("dev", 0, "t", &[w]).expect("append");
+                d.sync().await
+            }));
+        }
+        for w in writers {
+            w.await.expect("join").expect("durable");
+        }
+        assert!(store.durability.healthy());
+        stop_tx.send(true).expect("stop");
+        committer.await.expect("committer");
+        drop(history);
+        drop(store);
+        // Everything acknowledged as durable is there after a reopen.
+        let store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(store.history().expect("history").count("dev"), 50);
+    }
+
+    #[tokio::test]
+    async fn sync_fails_instead_of_hanging_once_the_committer_is_gone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let d = Arc::clone(&store.durability);
+        let committer = tokio::spawn(async move { d.run(stop_rx).await });
+        stop_tx.send(true).expect("stop");
+        committer.await.expect("committer");
+        // Nothing flushes any more: a writer must not wait forever.
+        let waited =
+            tokio::time::timeout(std::time::Duration::from_secs(10), store.durability.sync()).await;
+        assert!(
+            matches!(waited, Ok(Err(_))),
+            "sync after shutdown fails at once: {waited:?}"
+        );
     }
 }

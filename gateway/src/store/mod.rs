@@ -24,6 +24,8 @@ pub enum StoreError {
     Locked(String),
     #[error("cannot open the store in {path}")]
     Open { path: String, source: sled::Error },
+    #[error("no dataward data directory at {0} (nothing registered yet, or a wrong --data-dir?)")]
+    Missing(String),
     #[error("storage failure: {0}")]
     Engine(#[from] sled::Error),
     #[error("a stored record is corrupt: {0}")]
@@ -80,6 +82,15 @@ impl Store {
 
     pub fn outbox(&self, destination: &str, max_entries: u64) -> Result<Outbox, StoreError> {
         Outbox::open(&self.db, destination, max_entries)
+    }
+
+    /// Opens an existing store; for commands that only read or change what
+    /// is there, so a mistyped `--data-dir` does not create an empty one.
+    pub fn open_existing(dir: &Path) -> Result<Self, StoreError> {
+        if !dir.join("db").exists() {
+            return Err(StoreError::Missing(dir.display().to_string()));
+        }
+        Self::open(dir)
     }
 
     /// Blocking flush, for shutdown and for CLI commands.
