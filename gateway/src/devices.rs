@@ -22,6 +22,13 @@ pub enum DeviceError {
     Exists(String),
     #[error("no device with id {0:?}")]
     NotFound(String),
+    #[error("device {id:?} would use topic {ours:?}, which overlaps {theirs:?} of device {other:?}; choose another id")]
+    TopicConflict {
+        id: String,
+        ours: String,
+        other: String,
+        theirs: String,
+    },
     #[error("unknown preset {0:?}; presets: generic, tasmota, shelly, zigbee2mqtt")]
     UnknownPreset(String),
     #[error("hashing the credential failed: {0}")]
@@ -262,6 +269,23 @@ impl DeviceRegistry {
             password_hash: hash,
             created_ms: now_ms,
         };
+        // Topic spaces must not touch: otherwise one device could publish
+        // into another's topics (e.g. a zigbee2mqtt bridge with id
+        // "devices" would cover every generic device's command topics).
+        for other in self.list() {
+            for ours in device.publish.iter().chain(&device.subscribe) {
+                for theirs in other.publish.iter().chain(&other.subscribe) {
+                    if policy::topic::filters_overlap(ours, theirs) {
+                        return Err(DeviceError::TopicConflict {
+                            id: device.id.clone(),
+                            ours: ours.clone(),
+                            other: other.id.clone(),
+                            theirs: theirs.clone(),
+                        });
+                    }
+                }
+            }
+        }
         let bytes = serde_json::to_vec(&device).map_err(|e| DeviceError::Corrupt(e.to_string()))?;
         self.tree
             .insert(id.as_bytes(), bytes)
@@ -346,6 +370,12 @@ mod tests {
         assert!(d1.may_subscribe("cmnd/plug/POWER"));
         assert!(!d1.may_subscribe("cmnd/#"));
         assert!(!d1.may_subscribe("#"));
+        // A zigbee2mqtt bridge named "tele" would cover every Tasmota's
+        // telemetry topics.
+        assert!(matches!(
+            reg.add("tele", "Bridge", Preset::Zigbee2mqtt, 1),
+            Err(DeviceError::TopicConflict { .. })
+        ));
         drop(reg);
         let reg = DeviceRegistry::open(&store).expect("reopen");
         assert_eq!(reg.list().len(), 2);

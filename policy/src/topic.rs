@@ -71,6 +71,31 @@ pub fn filter_within(inner: &str, outer: &str) -> bool {
     }
 }
 
+/// Whether some topic name matches both filters.
+///
+/// Used to keep devices' topic spaces apart: a device whose patterns
+/// overlap another's could publish into its command topics.
+pub fn filters_overlap(a: &str, b: &str) -> bool {
+    // A leading wildcard cannot reach `$` topics, so a `$` literal only
+    // meets another `$` literal or a filter starting with that same level.
+    if (a.starts_with('$') && (b.starts_with('+') || b.starts_with('#')))
+        || (b.starts_with('$') && (a.starts_with('+') || a.starts_with('#')))
+    {
+        return false;
+    }
+    let mut x = a.split('/');
+    let mut y = b.split('/');
+    loop {
+        match (x.next(), y.next()) {
+            (Some("#"), _) | (_, Some("#")) => return true,
+            (Some("+"), Some(_)) | (Some(_), Some("+")) => {}
+            (Some(l), Some(r)) if l == r => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +128,18 @@ mod tests {
         assert!(!filter_within("x/+/z", "x/y/z"));
         assert!(!filter_within("$SYS/a", "#"));
         assert!(filter_within("$SYS/a", "$SYS/#"));
+    }
+
+    #[test]
+    fn overlap_of_filters() {
+        assert!(filters_overlap("devices/#", "devices/a/cmd/+"));
+        assert!(filters_overlap("+/a/#", "x/+/y"));
+        assert!(filters_overlap("a/b", "a/b"));
+        assert!(!filters_overlap("devices/a/#", "devices/b/#"));
+        assert!(!filters_overlap("a/+", "a/b/c"));
+        assert!(filters_overlap("a/#", "a"));
+        assert!(!filters_overlap("#", "$SYS/x"));
+        assert!(!filters_overlap("tele/a/#", "cmnd/a/#"));
     }
 
     #[test]

@@ -81,7 +81,8 @@ async fn policy_shares_only_allowed_fields_and_default_denies() -> Result<()> {
     assert!(more.is_empty(), "unexpected extra messages: {more:?}");
     drop((c1, c2));
     let _ = (d1.await, d2.await);
-    gw.stop()?;
+    let status = gw.stop()?;
+    assert!(status.success(), "SIGTERM gives a clean exit: {status:?}");
     Ok(())
 }
 
@@ -266,6 +267,33 @@ async fn keepalive_zero_and_both_protocol_versions_work() -> Result<()> {
         }
     }
     assert!(v5_acked, "the v5 publish was acknowledged");
+    // Outside its topics, a v5 device is told so in the PUBACK.
+    c5.publish(
+        "devices/v3dev/x",
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        false,
+        "spoof",
+    )
+    .await?;
+    let mut refused = false;
+    for _ in 0..50 {
+        match tokio::time::timeout(Duration::from_secs(5), e5.poll()).await {
+            Ok(Ok(rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::PubAck(a)))) => {
+                assert_eq!(
+                    a.reason,
+                    rumqttc::v5::mqttbytes::v5::PubAckReason::NotAuthorized
+                );
+                refused = true;
+                break;
+            }
+            Ok(Ok(_)) => {}
+            other => bail!("v5 client failed: {other:?}"),
+        }
+    }
+    assert!(refused, "the v5 spoof got a PUBACK");
+    // QoS 0 flows too.
+    c3.publish("devices/v3dev/y", QoS::AtMostOnce, false, "qos0")
+        .await?;
 
     let got = collect(
         Some(&sub),
