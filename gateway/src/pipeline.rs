@@ -85,22 +85,18 @@ impl Pipeline {
         );
         let now = now_ms();
         self.history.append(device, now, topic, payload)?;
-        let mut woken = Vec::new();
         for (lane, out) in self.lanes.iter().zip(&eval.outputs) {
             if let Some(p) = &out.payload {
                 lane.outbox.push(device, topic, p)?;
-                woken.push(&lane.wake);
+                // Sent while the flush runs, not after it: the cloud may see
+                // a message before it is durable here. A crash in between
+                // means no PUBACK, so the device sends again: a duplicate at
+                // the cloud, never a loss.
+                lane.wake.notify_one();
             }
         }
         if durable {
             self.durability.sync().await?;
-        }
-        // Woken after the flush so that a burst leaves in larger batches. An
-        // uplink that is already awake may send an entry before its flush;
-        // after a crash that can only mean a duplicate (the device, with no
-        // PUBACK, sends again), never a loss.
-        for w in woken {
-            w.notify_one();
         }
         Ok(())
     }
