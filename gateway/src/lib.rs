@@ -33,7 +33,16 @@ pub fn load_policy(config: &config::Config) -> anyhow::Result<policy::Policy> {
         tracing::info!("no policy file: nothing is shared with any destination");
         return Ok(policy::Policy::default());
     };
-    let text = std::fs::read_to_string(&path)
+    read_policy(&path, config)
+}
+
+/// Reads and validates one policy file, including that every destination it
+/// names is configured.
+pub fn read_policy(
+    path: &std::path::Path,
+    config: &config::Config,
+) -> anyhow::Result<policy::Policy> {
+    let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read policy file {}", path.display()))?;
     let policy = policy::Policy::parse(&text)
         .and_then(|p| {

@@ -224,14 +224,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             action: PolicyCommand::Check { common, file },
         } => {
             let config = load_config(&common)?;
-            let text = std::fs::read_to_string(&file)
-                .with_context(|| format!("cannot read {}", file.display()))?;
-            let policy = policy::Policy::parse(&text)
-                .and_then(|p| {
-                    p.check_destinations(&config.destination_names())
-                        .map(|()| p)
-                })
-                .map_err(|e| BadInput(format!("{}: {e}", file.display())))?;
+            let policy = gateway::read_policy(&file, &config)?;
             println!(
                 "{}: valid ({} sharing rules, {} command rules)",
                 file.display(),

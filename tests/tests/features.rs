@@ -7,17 +7,13 @@ use anyhow::{bail, Result};
 use dataward_tests::*;
 use rumqttc::{Event, LastWill, Packet, QoS};
 
-const SHARE_ALL: &str =
-    "[[rule]]\ndevice = \"*\"\nfield = \"*\"\ndestination = \"*\"\naction = \"share\"\n";
-
 fn setup(extra: &str) -> Result<(tempfile::TempDir, Cloud, Gateway, DeviceCreds, DeviceCreds)> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let cloud = Cloud::start()?;
     let a = add_device(&data, "a", "generic")?;
     let b = add_device(&data, "b", "generic")?;
-    let policy = dir.path().join("policy.toml");
-    std::fs::write(&policy, SHARE_ALL)?;
+    let policy = write_policy(dir.path(), SHARE_ALL)?;
     let gw = Gateway::start(dir.path(), &config_for(&data, &cloud, Some(&policy), extra))?;
     Ok((dir, cloud, gw, a, b))
 }

@@ -1,0 +1,257 @@
+//! The `dataward` binary as a user runs it: the CLI, and `dataward run`.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::cloud::{signal, Cloud};
+
+/// The workspace's target directory, where `dataward` is built.
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+/// Path to the `dataward` binary, building it once if needed (so a test
+/// never fails or skips just because the binary was not built first).
+pub fn dataward_bin() -> Result<PathBuf> {
+    static BIN: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Ok(p) = std::env::var("DATAWARD_BIN") {
+            return Ok(PathBuf::from(p));
+        }
+        let profile = if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        };
+        let mut args = vec!["build", "-q", "-p", "gateway", "--bin", "dataward"];
+        if profile == "release" {
+            args.push("--release");
+        }
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(&args)
+            .current_dir(workspace_root())
+            .status()
+            .map_err(|e| format!("cannot run cargo: {e}"))?;
+        if !status.success() {
+            return Err("building dataward failed".into());
+        }
+        let target = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| workspace_root().join("target"));
+        Ok(target.join(profile).join("dataward"))
+    })
+    .clone()
+    .map_err(|e| anyhow!(e))
+}
+
+/// Runs `dataward ARGS`; returns its output whatever the exit code.
+pub fn cli(args: &[&str]) -> Result<Output> {
+    Ok(Command::new(dataward_bin()?)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()?)
+}
+
+/// A registered device's credentials, as `device add --json` printed them.
+#[derive(Debug, Clone)]
+pub struct DeviceCreds {
+    pub id: String,
+    pub password: String,
+}
+
+pub fn add_device(data_dir: &Path, name: &str, preset: &str) -> Result<DeviceCreds> {
+    let dir = data_dir.to_string_lossy();
+    let out = cli(&[
+        "device",
+        "add",
+        name,
+        "--preset",
+        preset,
+        "--json",
+        "--data-dir",
+        &dir,
+    ])?;
+    if !out.status.success() {
+        bail!(
+            "device add failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let field = |k: &str| {
+        v[k].as_str()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("no {k} in {v}"))
+    };
+    Ok(DeviceCreds {
+        id: field("id")?,
+        password: field("password")?,
+    })
+}
+
+/// A running `dataward run`.
+pub struct Gateway {
+    pub mqtt: SocketAddr,
+    pub http: SocketAddr,
+    child: Child,
+    stderr_log: PathBuf,
+}
+
+impl Gateway {
+    /// Starts the gateway with `config` (TOML text, written next to the
+    /// data directory); MQTT and HTTP listen on free loopback ports.
+    pub fn start(dir: &Path, config: &str) -> Result<Self> {
+        let conf = dir.join("dataward.toml");
+        std::fs::write(&conf, config)?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("gateway.log"))?;
+        let mut child = Command::new(dataward_bin()?)
+            .args(["run", "--config"])
+            .arg(&conf)
+            .args([
+                "--mqtt-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ])
+            .env(
+                "RUST_LOG",
+                std::env::var("DATAWARD_TEST_LOG").unwrap_or_else(|_| "info,rmqtt=warn".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .context("starting dataward")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let line = rx.recv_timeout(Duration::from_secs(30)).map_err(|_| {
+            anyhow!(
+                "dataward did not start; see {}",
+                dir.join("gateway.log").display()
+            )
+        })?;
+        let addr = |key: &str| -> Result<SocketAddr> {
+            let part = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .ok_or_else(|| anyhow!("no {key} in {line:?}"))?;
+            Ok(part.parse()?)
+        };
+        Ok(Self {
+            mqtt: addr("mqtt=")?,
+            http: addr("http=")?,
+            child,
+            stderr_log: dir.join("gateway.log"),
+        })
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    /// Waits until the gateway's log contains `needle`.
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("{needle:?} did not appear in the gateway log within {timeout:?}")
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, and wait for a clean exit.
+    pub fn stop(mut self) -> Result<std::process::ExitStatus> {
+        signal(&self.child, "TERM")?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(s);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("dataward did not stop within 20 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// kill -9: no chance to flush anything.
+    pub fn crash(mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    pub fn healthz(&self) -> Result<String> {
+        use std::io::{Read, Write};
+        let mut s = TcpStream::connect(self.http)?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            s,
+            "GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A gateway config with one destination, `vendor_cloud`, at `cloud`.
+pub fn config_for(data_dir: &Path, cloud: &Cloud, policy: Option<&Path>, extra: &str) -> String {
+    let policy = policy
+        .map(|p| format!("policy = {:?}\n", p.display().to_string()))
+        .unwrap_or_default();
+    format!(
+        "data_dir = {:?}\n{policy}\n[[destination]]\nname = \"vendor_cloud\"\nurl = \"{}\"\ntopic_prefix = \"home/\"\n\
+         command_prefix = \"home/cmd/\"\nmax_inflight = 64\n{extra}",
+        data_dir.display().to_string(),
+        cloud.url()
+    )
+}
+
+/// A policy that shares every field of every device with every destination.
+pub const SHARE_ALL: &str =
+    "[[rule]]\ndevice = \"*\"\nfield = \"*\"\ndestination = \"*\"\naction = \"share\"\n";
+
+/// Writes `text` as `policy.toml` in `dir` and returns its path.
+pub fn write_policy(dir: &Path, text: &str) -> Result<PathBuf> {
+    let p = dir.join("policy.toml");
+    std::fs::write(&p, text)?;
+    Ok(p)
+}
