@@ -188,9 +188,18 @@ impl Gateway {
         self.child.id()
     }
 
-    /// SIGTERM, and wait for a clean exit.
-    pub fn stop(mut self) -> Result<std::process::ExitStatus> {
-        signal(&self.child, "TERM")?;
+    /// SIGTERM, and wait for the exit.
+    pub fn stop(self) -> Result<std::process::ExitStatus> {
+        self.signal_and_wait("TERM")
+    }
+
+    /// SIGINT (Ctrl-C), and wait for the exit.
+    pub fn interrupt(self) -> Result<std::process::ExitStatus> {
+        self.signal_and_wait("INT")
+    }
+
+    fn signal_and_wait(mut self, sig: &str) -> Result<std::process::ExitStatus> {
+        signal(&self.child, sig)?;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(s) = self.child.try_wait()? {
@@ -198,7 +207,7 @@ impl Gateway {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                bail!("dataward did not stop within 20 s of SIGTERM");
+                bail!("dataward did not stop within 20 s of SIG{sig}");
             }
             std::thread::sleep(Duration::from_millis(20));
         }

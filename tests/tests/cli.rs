@@ -196,3 +196,15 @@ fn device_add_prints_credentials_once_and_list_never_does() -> Result<()> {
     assert_eq!(rm.status.code(), Some(2));
     Ok(())
 }
+
+#[test]
+fn ctrl_c_stops_the_gateway_cleanly() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let cloud = Cloud::start()?;
+    let gw = Gateway::start(dir.path(), &config_for(&data, &cloud, None, ""))?;
+    let status = gw.interrupt()?;
+    assert!(status.success(), "SIGINT gives a clean exit: {status:?}");
+    assert!(std::fs::read_to_string(dir.path().join("gateway.log"))?.contains("stopped cleanly"));
+    Ok(())
+}

@@ -360,6 +360,27 @@ async fn malformed_input_closes_only_that_connection() -> Result<()> {
     }
     assert!(big_closed, "an oversized payload closes that connection");
 
+    // Random bytes, some starting like a CONNECT: a bounded, seeded storm.
+    let mut seed: u64 = 0x5eed_da7a;
+    let mut next = move || {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) as u8
+    };
+    for i in 0..60 {
+        let mut blob: Vec<u8> = (0..(8 + usize::from(next()) % 200))
+            .map(|_| next())
+            .collect();
+        if i % 3 == 0 {
+            blob[0] = 0x10; // CONNECT, with whatever follows
+        }
+        if let Ok(mut s) = TcpStream::connect(gw.mqtt) {
+            let _ = s.write_all(&blob);
+            let _ = s.shutdown(std::net::Shutdown::Write);
+        }
+    }
+
     // The other device is unaffected, and the process is up.
     gc.publish("devices/good/x", QoS::AtLeastOnce, false, r#"{"ok":true}"#)
         .await?;

@@ -50,6 +50,8 @@ pub struct BrokerSettings {
     pub message_expiry: Duration,
 }
 
+const DEVICE_LISTENER: rmqtt::types::ListenerId = 1;
+
 pub struct Broker {
     scx: ServerContext,
     local_addr: SocketAddr,
@@ -94,7 +96,11 @@ impl Broker {
             addr: settings.listen,
             reason: e.to_string(),
         })?;
-        let server = MqttServer::new(scx.clone()).listener(listener).build();
+        // A fixed listener id: rmqtt keys per-listener state by it, and
+        // derives one from the port otherwise (0 when the OS picks it).
+        let server = MqttServer::new(scx.clone())
+            .listener_by_id(listener, DEVICE_LISTENER)
+            .build();
         let task = tokio::spawn(async move {
             if let Err(e) = server.run().await {
                 tracing::error!(error = %e, "the MQTT broker stopped");
@@ -140,7 +146,14 @@ impl Broker {
             delay_interval: None,
             create_time: Some(now_ms() as i64),
         };
-        let id = Id::new(self.scx.node.id(), 0, None, None, "dataward".into(), None);
+        let id = Id::new(
+            self.scx.node.id(),
+            DEVICE_LISTENER,
+            None,
+            None,
+            "dataward".into(),
+            None,
+        );
         SessionState::forwards(&self.scx, From::from_system(id), publish, false, None)
             .await
             .map_err(|e| BrokerError::Deliver(e.to_string()))
