@@ -54,14 +54,14 @@ pub async fn route(
         match check(&registry, &pipeline.policy(), &cmd) {
             Ok(()) => match broker.publish(&cmd.topic, &cmd.payload, true).await {
                 Ok(()) => {
-                    tracing::info!(destination = %cmd.destination, topic = %cmd.topic, "command relayed to device")
+                    tracing::info!(destination = %cmd.destination, topic = ?cmd.topic, "command relayed to device")
                 }
                 Err(e) => {
-                    tracing::warn!(destination = %cmd.destination, topic = %cmd.topic, error = %e, "command not delivered")
+                    tracing::warn!(destination = %cmd.destination, topic = ?cmd.topic, error = %e, "command not delivered")
                 }
             },
             Err(reason) => {
-                tracing::warn!(destination = %cmd.destination, topic = %cmd.topic, ?reason, "command dropped: no rule allows it")
+                tracing::warn!(destination = %cmd.destination, topic = ?cmd.topic, ?reason, "command dropped: no rule allows it")
             }
         }
     }

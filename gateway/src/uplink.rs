@@ -279,7 +279,7 @@ impl Uplink {
             payload: payload.to_vec(),
         };
         if self.commands.try_send(cmd).is_err() {
-            tracing::warn!(destination = %self.cfg.name, topic = %local, "command dropped: the command queue is full");
+            tracing::warn!(destination = %self.cfg.name, topic = ?local, "command dropped: the command queue is full");
         }
     }
 }

@@ -27,6 +27,10 @@ pub(super) struct Hooks {
     pub connections: DashMap<String, HashMap<String, u32>>,
 }
 
+// Device-supplied strings (client ids, usernames, topics) are logged with
+// `?` (Debug), which escapes control characters: a hostile topic cannot
+// forge log lines or terminal escapes.
+
 /// The device a connection belongs to: its MQTT username, which
 /// authentication has bound to the client id.
 fn device_of(username: Option<&str>) -> Option<&str> {
@@ -46,24 +50,24 @@ impl Hooks {
     async fn authenticate(&self, ci: &ConnectInfo) -> AuthResult {
         let client_id = ci.client_id().to_string();
         let Some(username) = ci.username().map(|u| u.to_string()) else {
-            tracing::warn!(%client_id, "connection refused: no credentials");
+            tracing::warn!(?client_id, "connection refused: no credentials");
             return AuthResult::NotAuthorized;
         };
         let Some(device) = self.registry.get(&username) else {
-            tracing::warn!(%client_id, device = %username, "connection refused: unknown device");
+            tracing::warn!(?client_id, device = ?username, "connection refused: unknown device");
             return AuthResult::BadUsernameOrPassword;
         };
         let Some(password) = ci.password().cloned() else {
-            tracing::warn!(%client_id, device = %username, "connection refused: no password");
+            tracing::warn!(?client_id, device = ?username, "connection refused: no password");
             return AuthResult::BadUsernameOrPassword;
         };
         let ok = self.verifier.verify(Arc::clone(&device), password).await;
         if !ok {
-            tracing::warn!(%client_id, device = %username, "connection refused: wrong password");
+            tracing::warn!(?client_id, device = ?username, "connection refused: wrong password");
             return AuthResult::BadUsernameOrPassword;
         }
         if !client_id_fits(&client_id, &device.id) {
-            tracing::warn!(%client_id, device = %device.id, "connection refused: client id must be the device id or <id>.<suffix>");
+            tracing::warn!(?client_id, device = %device.id, "connection refused: client id must be the device id or <id>.<suffix>");
             return AuthResult::NotAuthorized;
         }
         if let Some(will) = ci.last_will() {
@@ -75,12 +79,12 @@ impl Hooks {
             // device's topics could forge a message (or a command) for
             // another device when the connection drops.
             if !device.may_publish(&topic) {
-                tracing::warn!(%client_id, device = %device.id, %topic, "connection refused: will topic outside the device's topics");
+                tracing::warn!(?client_id, device = %device.id, ?topic, "connection refused: will topic outside the device's topics");
                 return AuthResult::NotAuthorized;
             }
         }
         if !self.has_connection_room(&device.id, &client_id) {
-            tracing::warn!(%client_id, device = %device.id, max = self.max_connections_per_device, "connection refused: connection limit for this device reached");
+            tracing::warn!(?client_id, device = %device.id, max = self.max_connections_per_device, "connection refused: connection limit for this device reached");
             return AuthResult::NotAuthorized;
         }
         AuthResult::Allow(false, None)
@@ -132,7 +136,7 @@ impl Hooks {
         };
         let topic: &str = &p.topic;
         if !device.may_publish(topic) {
-            tracing::warn!(device = %device.id, %topic, "publish refused: topic outside the device's topics");
+            tracing::warn!(device = %device.id, ?topic, "publish refused: topic outside the device's topics");
             return PublishAclResult::rejected(false, None);
         }
         let durable = p.qos != rmqtt::codec::types::QoS::AtMostOnce;
@@ -145,7 +149,7 @@ impl Hooks {
             Err(e) => {
                 // No PUBACK: close the connection so the device resends
                 // once the store works again. Nothing acknowledged is lost.
-                tracing::error!(device = %device.id, %topic, error = %e, "message not stored; closing the connection without acknowledging");
+                tracing::error!(device = %device.id, ?topic, error = %e, "message not stored; closing the connection without acknowledging");
                 PublishAclResult::rejected(true, Some("storage unavailable".into()))
             }
         }
@@ -179,7 +183,7 @@ impl Handler for Hooks {
                 let result = if allowed {
                     SubscribeAclResult::new_success(sub.opts.qos(), None)
                 } else {
-                    tracing::warn!(client_id = %s.id.client_id, filter = %sub.topic_filter, "subscribe refused: outside the device's topics");
+                    tracing::warn!(client_id = ?s.id.client_id, filter = ?sub.topic_filter, "subscribe refused: outside the device's topics");
                     SubscribeAclResult::new_failure(SubscribeAckReason::NotAuthorized)
                 };
                 (false, Some(HookResult::SubscribeAclResult(result)))
@@ -205,7 +209,7 @@ impl Handler for Hooks {
                 (true, acc)
             }
             Parameter::MessageDropped(to, from, p, reason) => {
-                tracing::warn!(to = ?to.as_ref().map(|t| t.client_id.to_string()), from = %from.client_id, topic = %p.topic, %reason, "broker dropped a message");
+                tracing::warn!(to = ?to.as_ref().map(|t| t.client_id.to_string()), from = ?from.client_id, topic = ?p.topic, %reason, "broker dropped a message");
                 (true, acc)
             }
             _ => (true, acc),
