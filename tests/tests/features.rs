@@ -113,3 +113,23 @@ async fn connections_per_device_are_limited() -> Result<()> {
     gw.stop()?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_connections_free_their_slot() -> Result<()> {
+    let (_dir, _cloud, gw, a, _b) = setup("[mqtt]\nmax_connections_per_device = 1\n")?;
+    for round in 0..3 {
+        let (c, mut e) = connect(device_options(gw.mqtt, &a, "a")).await?;
+        if round % 2 == 0 {
+            c.disconnect().await?;
+            let _ = tokio::time::timeout(Duration::from_secs(2), e.poll()).await;
+        }
+        // Odd rounds just drop the socket, with no DISCONNECT.
+        drop((c, e));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // The slot is free again, for another client id of the same device.
+    let (c, _e) = connect(device_options(gw.mqtt, &a, "a.other")).await?;
+    drop(c);
+    gw.stop()?;
+    Ok(())
+}
