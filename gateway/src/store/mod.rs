@@ -26,7 +26,7 @@ pub enum StoreError {
     Open { path: String, source: sled::Error },
     #[error("no dataward data directory at {0} (nothing registered yet, or a wrong --data-dir?)")]
     Missing(String),
-    #[error("storage failure: {0}")]
+    #[error("storage failure")]
     Engine(#[from] sled::Error),
     #[error("a stored record is corrupt: {0}")]
     Corrupt(String),
