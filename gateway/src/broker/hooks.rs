@@ -31,12 +31,6 @@ pub(super) struct Hooks {
 // `?` (Debug), which escapes control characters: a hostile topic cannot
 // forge log lines or terminal escapes.
 
-/// The device a connection belongs to: its MQTT username, which
-/// authentication has bound to the client id.
-fn device_of(username: Option<&str>) -> Option<&str> {
-    username
-}
-
 /// A client id belongs to device `id` if it is `id` or `id.<suffix>`, so one
 /// device may hold several connections with distinct client ids.
 fn client_id_fits(client_id: &str, device: &str) -> bool {
@@ -121,8 +115,10 @@ impl Hooks {
         self.connections.remove_if(device, |_, c| c.is_empty());
     }
 
+    /// The device a connection belongs to: its MQTT username, which
+    /// authentication bound to the client id.
     fn device(&self, username: Option<&str>) -> Option<Arc<Device>> {
-        device_of(username).and_then(|u| self.registry.get(u))
+        username.and_then(|u| self.registry.get(u))
     }
 
     async fn check_publish(
