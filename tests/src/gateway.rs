@@ -264,3 +264,29 @@ pub fn write_policy(dir: &Path, text: &str) -> Result<PathBuf> {
     std::fs::write(&p, text)?;
     Ok(p)
 }
+
+/// The `seq` numbers of one device's stored messages, read back through
+/// `dataward export` (gateway stopped) from JSON payloads like
+/// `{"seq":12,...}`.
+pub fn stored_seqs(data_dir: &Path, device: &str) -> Result<std::collections::HashSet<usize>> {
+    let out = cli(&[
+        "export",
+        "--device",
+        device,
+        "--data-dir",
+        &data_dir.to_string_lossy(),
+    ])?;
+    if !out.status.success() {
+        bail!("export failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8(out.stdout)?
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| {
+            v["payload"]
+                .as_str()
+                .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
+        })
+        .filter_map(|p| p["seq"].as_u64().map(|s| s as usize))
+        .collect())
+}

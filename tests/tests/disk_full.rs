@@ -105,31 +105,8 @@ async fn full_disk_refuses_without_losing_what_was_acknowledged() -> Result<()> 
 
     // With room again, every acknowledged message is in the history.
     disk.grow("32m")?;
-    let out = cli(&[
-        "export",
-        "--device",
-        "dev",
-        "--data-dir",
-        &data.to_string_lossy(),
-    ])?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stored: std::collections::HashSet<u64> = String::from_utf8(out.stdout)?
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| {
-            v["payload"]
-                .as_str()
-                .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
-        })
-        .filter_map(|p| p["seq"].as_u64())
-        .collect();
-    let missing: Vec<usize> = (0..acked)
-        .filter(|s| !stored.contains(&(*s as u64)))
-        .collect();
+    let stored = stored_seqs(&data, "dev")?;
+    let missing: Vec<usize> = (0..acked).filter(|s| !stored.contains(s)).collect();
     assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
     Ok(())
 }

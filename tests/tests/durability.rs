@@ -239,23 +239,7 @@ async fn crash_keeps_every_acknowledged_message() -> Result<()> {
     );
     gw.stop()?;
 
-    let out = cli(&[
-        "export",
-        "--device",
-        "meter",
-        "--data-dir",
-        &data.to_string_lossy(),
-    ])?;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let in_history: std::collections::HashSet<usize> = String::from_utf8(out.stdout)?
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| v["payload"].as_str().and_then(|p| seq_of(p.as_bytes())))
-        .collect();
+    let in_history = stored_seqs(&data, "meter")?;
     let missing: Vec<usize> = want
         .iter()
         .filter(|s| !in_history.contains(s))
