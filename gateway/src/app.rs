@@ -1,7 +1,6 @@
 //! `dataward run`: wires the store, policy, broker, uplinks and HTTP
 //! together, and takes them down in order on Ctrl-C or SIGTERM.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,13 +25,6 @@ impl web_ui::Hub for HubState {
             store_ok: self.durability.healthy(),
         }
     }
-}
-
-/// Addresses the running hub actually listens on.
-#[derive(Debug, Clone, Copy)]
-pub struct Listening {
-    pub mqtt: SocketAddr,
-    pub http: SocketAddr,
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -102,10 +94,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let http = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
-    let listening = Listening {
-        mqtt: broker.local_addr(),
-        http: http.local_addr()?,
-    };
+    let (mqtt_addr, http_addr) = (broker.local_addr(), http.local_addr()?);
     let app = web_ui::router(Arc::new(HubState {
         durability: Arc::clone(&durability),
     }));
@@ -122,11 +111,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Tests and scripts read this line to find the ports.
     println!(
         "dataward running: mqtt={} http={} data_dir={}",
-        listening.mqtt,
-        listening.http,
+        mqtt_addr,
+        http_addr,
         config.data_dir.display()
     );
-    tracing::info!(mqtt = %listening.mqtt, http = %listening.http, destinations = config.destinations.len(), devices = registry.list().len(), "dataward running");
+    tracing::info!(mqtt = %mqtt_addr, http = %http_addr, destinations = config.destinations.len(), devices = registry.list().len(), "dataward running");
 
     wait_for_signal().await;
     tracing::info!("shutting down");

@@ -6,7 +6,7 @@
 //! only when the history record and every outbox entry are durable (for
 //! QoS 1), so an acknowledged message survives a crash.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use policy::{Message, Policy};
@@ -28,7 +28,7 @@ pub struct Lane {
 }
 
 pub struct Pipeline {
-    policy: RwLock<Arc<Policy>>,
+    policy: Arc<Policy>,
     history: Arc<dyn HistoryStore>,
     lanes: Vec<Lane>,
     names: Vec<String>,
@@ -44,7 +44,7 @@ impl Pipeline {
     ) -> Self {
         let names = lanes.iter().map(|l| l.name.clone()).collect();
         Self {
-            policy: RwLock::new(Arc::new(policy)),
+            policy: Arc::new(policy),
             history,
             lanes,
             names,
@@ -52,19 +52,10 @@ impl Pipeline {
         }
     }
 
-    /// The policy in force. A message evaluates against one snapshot, so it
-    /// never sees half of an old policy and half of a new one.
+    /// The policy in force, loaded at start. (Changing it while running,
+    /// with an atomic swap, comes with the policy API.)
     pub fn policy(&self) -> Arc<Policy> {
-        match self.policy.read() {
-            Ok(p) => Arc::clone(&p),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
-    }
-
-    /// Swaps in a new, already validated policy.
-    pub fn set_policy(&self, policy: Policy) {
-        let mut slot = self.policy.write().unwrap_or_else(|e| e.into_inner());
-        *slot = Arc::new(policy);
+        Arc::clone(&self.policy)
     }
 
     pub async fn handle(

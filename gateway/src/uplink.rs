@@ -9,7 +9,6 @@
 //! hammer a cloud that just came back.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -71,14 +70,6 @@ pub struct InboundCommand {
     pub payload: Vec<u8>,
 }
 
-/// What the rest of the hub can see of an uplink.
-#[derive(Debug, Default)]
-pub struct UplinkStatus {
-    pub connected: AtomicBool,
-    pub delivered: AtomicU64,
-    pub reconnects: AtomicU64,
-}
-
 pub struct Uplink {
     cfg: DestinationConfig,
     endpoint: Endpoint,
@@ -86,7 +77,6 @@ pub struct Uplink {
     outbox: Arc<Outbox>,
     wake: Arc<Notify>,
     commands: mpsc::Sender<InboundCommand>,
-    pub status: Arc<UplinkStatus>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,7 +114,6 @@ impl Uplink {
             outbox,
             wake,
             commands,
-            status: Arc::default(),
         })
     }
 
@@ -134,8 +123,6 @@ impl Uplink {
             match self.session(&mut shutdown, &mut failures).await {
                 SessionEnd::Shutdown => return,
                 SessionEnd::Lost(reason) => {
-                    self.status.connected.store(false, Ordering::Relaxed);
-                    self.status.reconnects.fetch_add(1, Ordering::Relaxed);
                     failures = failures.saturating_add(1);
                     let delay = backoff(failures);
                     tracing::warn!(destination = %self.cfg.name, %reason, backlog = self.outbox.len(), retry_in_ms = delay.as_millis() as u64, "uplink disconnected");
@@ -204,7 +191,6 @@ impl Uplink {
             _ = shutdown.changed() => return SessionEnd::Shutdown,
         }
         *failures = 0;
-        self.status.connected.store(true, Ordering::Relaxed);
         tracing::info!(destination = %self.cfg.name, host = %self.endpoint.host, port = self.endpoint.port, backlog = self.outbox.len(), "uplink connected");
 
         if let Some(prefix) = &self.cfg.command_prefix {
@@ -248,7 +234,6 @@ impl Uplink {
                             if let Err(e) = self.outbox.remove(key) {
                                 return SessionEnd::Lost(format!("removing an acknowledged entry failed: {e}"));
                             }
-                            self.status.delivered.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => self.command(&p.topic, &p.payload),
