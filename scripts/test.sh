@@ -23,7 +23,7 @@ cargo build --workspace --all-targets --locked
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --workspace --locked -- --test-threads=2 2>&1 | tee "$log"
+cargo test --workspace --locked --no-fail-fast -- --test-threads=2 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line over every test binary (cargo prints one per binary,

@@ -28,6 +28,9 @@ impl web_ui::Hub for HubState {
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // Before anything is announced: a signal that arrives between the
+    // "running" line and the first poll must still mean a clean stop.
+    let stop = StopSignal::install().context("watching for Ctrl-C and SIGTERM")?;
     let store = Store::open(&config.data_dir)?;
     let registry = Arc::new(DeviceRegistry::open(&store).context("loading devices")?);
     let policy = load_policy(&config)?;
@@ -117,7 +120,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     tracing::info!(mqtt = %mqtt_addr, http = %http_addr, destinations = config.destinations.len(), devices = registry.list().len(), "dataward running");
 
-    wait_for_signal().await;
+    stop.wait().await;
     tracing::info!("shutting down");
     // Devices first, so nothing new arrives; then uplinks and HTTP; the
     // committer flushes last.
@@ -134,25 +137,38 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// Ctrl-C or SIGTERM, registered up front so neither can kill the process
+/// with its default action once startup has begun.
+struct StopSignal {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot watch SIGTERM; Ctrl-C only");
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignal {
+    fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                interrupt: signal(SignalKind::interrupt())?,
+                terminate: signal(SignalKind::terminate())?,
+            })
         }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    async fn wait(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
