@@ -204,13 +204,18 @@ impl Uplink {
         // rumqttc sends in the order we publish, so they pair up in order.
         let mut unsent: VecDeque<u64> = VecDeque::new();
         let mut inflight: HashMap<u16, u64> = HashMap::new();
+        // Whether the outbox may hold entries past `cursor`: set by a wake,
+        // cleared by a read that came back short. Saves a tree scan for
+        // every acknowledgement.
+        let mut maybe_more = true;
         loop {
             let room = window.saturating_sub(unsent.len() + inflight.len());
-            if room > 0 {
+            if room > 0 && maybe_more {
                 let entries = match self.outbox.read_after(cursor, room) {
                     Ok(e) => e,
                     Err(e) => return SessionEnd::Lost(format!("reading the outbox failed: {e}")),
                 };
+                maybe_more = entries.len() == room;
                 for entry in entries {
                     let topic = format!("{}{}", self.cfg.topic_prefix, entry.topic);
                     if let Err(e) =
@@ -240,7 +245,7 @@ impl Uplink {
                     Ok(_) => {}
                     Err(e) => return SessionEnd::Lost(e.to_string()),
                 },
-                _ = self.wake.notified(), if room > 0 => {}
+                _ = self.wake.notified(), if room > 0 => maybe_more = true,
                 _ = shutdown.changed() => {
                     let _ = client.try_disconnect();
                     return SessionEnd::Shutdown;

@@ -2,6 +2,7 @@
 //! the destination acknowledges it.
 
 use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use super::StoreError;
@@ -22,6 +23,9 @@ pub struct OutboxEntry {
 pub struct Outbox {
     tree: sled::Tree,
     next: Mutex<u64>,
+    /// No key below this is present: lets a push skip the quota check
+    /// without touching the tree.
+    oldest_bound: AtomicU64,
     max_entries: u64,
 }
 
@@ -36,9 +40,14 @@ impl Outbox {
             Some((k, _)) => key_of(&k)? + 1,
             None => 1,
         };
+        let oldest = match tree.first()? {
+            Some((k, _)) => key_of(&k)?,
+            None => next,
+        };
         Ok(Self {
             tree,
             next: Mutex::new(next),
+            oldest_bound: AtomicU64::new(oldest),
             max_entries: max_entries.max(1),
         })
     }
@@ -64,31 +73,27 @@ impl Outbox {
         Ok(key)
     }
 
-    /// Drops the oldest entries once the outbox holds more than its quota.
+    /// Keeps only the newest `max_entries` keys. Keys are dense, so this is
+    /// the quota by count, and it costs nothing until the quota is reached.
     fn enforce_quota(&self, newest: u64) -> Result<(), StoreError> {
-        // Cheap check first: keys are dense, so the span bounds the count.
-        let Some((first, _)) = self.tree.first()? else {
-            return Ok(());
-        };
-        let oldest = key_of(&first)?;
-        if newest.saturating_sub(oldest) < self.max_entries {
+        let cutoff = (newest + 1).saturating_sub(self.max_entries);
+        if self.oldest_bound.load(Ordering::Acquire) >= cutoff {
             return Ok(());
         }
-        let excess = self.tree.len() as u64;
-        if excess <= self.max_entries {
-            return Ok(());
-        }
-        let mut dropped = 0;
-        for kv in self.tree.iter().take((excess - self.max_entries) as usize) {
+        let mut dropped = 0u64;
+        for kv in self.tree.range(..cutoff.to_be_bytes()) {
             let (k, _) = kv?;
             self.tree.remove(k)?;
             dropped += 1;
         }
-        tracing::warn!(
-            dropped,
-            quota = self.max_entries,
-            "outbox over quota: oldest entries dropped"
-        );
+        self.oldest_bound.fetch_max(cutoff, Ordering::AcqRel);
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                quota = self.max_entries,
+                "outbox over quota: oldest entries dropped"
+            );
+        }
         Ok(())
     }
 
@@ -201,6 +206,15 @@ mod tests {
         assert_eq!(
             left.iter().map(|e| e.payload[0]).collect::<Vec<_>>(),
             vec![3, 4, 5]
+        );
+        // After a reopen the quota still holds, counted from what is there.
+        drop(ob);
+        let ob = store.outbox("cloud", 3).expect("reopen");
+        ob.push("dev", "t", &[6]).expect("push");
+        let left = ob.read_after(None, 10).expect("read");
+        assert_eq!(
+            left.iter().map(|e| e.payload[0]).collect::<Vec<_>>(),
+            vec![4, 5, 6]
         );
     }
 }
