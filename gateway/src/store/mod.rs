@@ -54,7 +54,11 @@ impl Store {
             // Flushing is ours (group commit); sled's timer would only add
             // uncoordinated fsyncs.
             .flush_every_ms(None)
-            .cache_capacity(16 * 1024 * 1024)
+            // sled's in-memory form of cached pages runs several times the
+            // budget it counts: at 16 MiB, RSS under load swung from 48 to
+            // 72 MB; at 4 MiB it stays near 30-35 MB, with no loss of
+            // throughput (the hot pages are the newest ones).
+            .cache_capacity(4 * 1024 * 1024)
             .open()
             .map_err(|e| match &e {
                 sled::Error::Io(io)

@@ -173,6 +173,7 @@ struct RunResult {
     p99_ms: f64,
     max_ms: f64,
     peak_rss_kb: Option<u64>,
+    backlog_at_end: u64,
 }
 
 fn rss_kb(pid: u32) -> Option<u64> {
@@ -244,6 +245,11 @@ async fn run_load(
             peak = peak.max(rss_kb(pid));
         }
     }
+    // Acknowledged but not yet at the cloud when the load stops: how far the
+    // uplink trails the devices.
+    let backlog_at_end = acked
+        .load(Ordering::Relaxed)
+        .saturating_sub(rec.lock().unwrap_or_else(|e| e.into_inner()).seen.len() as u64);
     let mut sent = 0;
     let mut clients = Vec::new();
     for (sender, poller) in tasks {
@@ -288,12 +294,13 @@ async fn run_load(
         p99_ms: pct(0.99),
         max_ms: lat.last().copied().unwrap_or(0) as f64 / 1000.0,
         peak_rss_kb: peak,
+        backlog_at_end,
     })
 }
 
 fn print(name: &str, r: &RunResult) {
     println!(
-        "{name:<34} acked {:>8}  delivered {:>8}  lost {:>6}  dup {:>5}  {:>9.0} msg/s  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>8.2} ms{}",
+        "{name:<34} acked {:>8}  delivered {:>8}  lost {:>6}  dup {:>5}  {:>9.0} msg/s  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>8.2} ms  backlog at end {:>6}{}",
         r.acked,
         r.delivered,
         r.acked.saturating_sub(r.delivered),
@@ -302,6 +309,7 @@ fn print(name: &str, r: &RunResult) {
         r.p50_ms,
         r.p99_ms,
         r.max_ms,
+        r.backlog_at_end,
         r.peak_rss_kb.map(|k| format!("  peak RSS {:.1} MB", k as f64 / 1024.0)).unwrap_or_default()
     );
 }
