@@ -8,6 +8,13 @@ fn stderr(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+/// The command exited with `code` and said `needle` on stderr.
+fn assert_fails_with(o: &std::process::Output, code: i32, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(code), "{err}");
+    assert!(err.contains(needle), "expected {needle:?} in: {err}");
+}
+
 #[test]
 fn usage_errors_exit_2_and_help_exits_0() -> Result<()> {
     let help = cli(&["--help"])?;
@@ -39,12 +46,7 @@ fn broken_config_and_policy_name_line_and_column() -> Result<()> {
     let config = dir.path().join("dataward.toml");
     std::fs::write(&config, "data_dir = \"x\"\nlisten = 1\n")?;
     let out = cli(&["run", "--config", &config.to_string_lossy()])?;
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("line 2, column 1"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails_with(&out, 2, "line 2, column 1");
     assert!(!stderr(&out).contains("panicked"));
 
     let policy = dir.path().join("policy.toml");
@@ -66,12 +68,7 @@ fn broken_config_and_policy_name_line_and_column() -> Result<()> {
         "--config",
         &config.to_string_lossy(),
     ])?;
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("line 5, column 10"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails_with(&out, 2, "line 5, column 10");
 
     // The gateway refuses to start on that policy, rather than sharing
     // something the user did not mean.
@@ -92,8 +89,7 @@ fn broken_config_and_policy_name_line_and_column() -> Result<()> {
         "--http-listen",
         "127.0.0.1:0",
     ])?;
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(stderr(&out).contains("unknown action"), "{}", stderr(&out));
+    assert_fails_with(&out, 2, "unknown action");
 
     std::fs::write(
         &policy,
@@ -124,12 +120,7 @@ fn store_in_use_or_corrupt_is_a_clear_runtime_error() -> Result<()> {
         "--data-dir",
         &data.to_string_lossy(),
     ])?;
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("in use by another dataward process"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails_with(&out, 1, "in use by another dataward process");
     gw.stop()?;
 
     let broken = dir.path().join("broken");
@@ -137,12 +128,7 @@ fn store_in_use_or_corrupt_is_a_clear_runtime_error() -> Result<()> {
     std::fs::write(broken.join("db").join("conf"), b"\xff\xfe garbage")?;
     std::fs::write(broken.join("db").join("db"), vec![0xa5u8; 4096])?;
     let out = cli(&["device", "list", "--data-dir", &broken.to_string_lossy()])?;
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("error: cannot open the store in"),
-        "{}",
-        stderr(&out)
-    );
+    assert_fails_with(&out, 1, "error: cannot open the store in");
     assert!(!stderr(&out).contains("panicked"), "{}", stderr(&out));
     Ok(())
 }
