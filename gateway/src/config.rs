@@ -117,6 +117,45 @@ pub struct DestinationConfig {
     pub keep_alive_secs: u64,
 }
 
+/// Where a destination lives, parsed from its `mqtt://` / `mqtts://` URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+impl Endpoint {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("mqtt://") {
+            (false, r)
+        } else {
+            return Err(format!("url {url:?} must start with mqtt:// or mqtts://"));
+        };
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+                let port = p
+                    .parse::<u16>()
+                    .map_err(|_| format!("url {url:?} has an invalid port"))?;
+                (h, port)
+            }
+            _ => (rest, if tls { 8883 } else { 1883 }),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() || host.contains(['/', '@', '?', '#']) {
+            return Err(format!("url {url:?} has no valid host"));
+        }
+        Ok(Self {
+            host: host.to_string(),
+            port,
+            tls,
+        })
+    }
+}
+
 fn default_data_dir() -> PathBuf {
     PathBuf::from("./dataward-data")
 }
@@ -246,7 +285,7 @@ impl Config {
             if !seen.insert(d.name.as_str()) {
                 return fail(format!("destination {:?} is defined twice", d.name));
             }
-            if let Err(e) = crate::uplink::Endpoint::parse(&d.url) {
+            if let Err(e) = Endpoint::parse(&d.url) {
                 return fail(format!("destination {:?}: {e}", d.name));
             }
             if d.max_inflight == 0 {
@@ -320,6 +359,29 @@ mod tests {
                 .expect_err("unknown key");
         assert_eq!((line, column), (4, 1));
         assert!(msg.contains("lisen"), "{msg}");
+    }
+
+    #[test]
+    fn urls_parse() {
+        assert_eq!(
+            Endpoint::parse("mqtt://127.0.0.1:1884").unwrap(),
+            Endpoint {
+                host: "127.0.0.1".into(),
+                port: 1884,
+                tls: false
+            }
+        );
+        assert_eq!(Endpoint::parse("mqtts://cloud.example").unwrap().port, 8883);
+        assert_eq!(Endpoint::parse("mqtt://[::1]:1883").unwrap().host, "::1");
+        for bad in [
+            "http://x",
+            "mqtt://",
+            "mqtt://h:99999",
+            "mqtt://u@h:1",
+            "h:1",
+        ] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

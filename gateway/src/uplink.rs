@@ -19,47 +19,8 @@ use rumqttc::{
 };
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::config::DestinationConfig;
+use crate::config::{DestinationConfig, Endpoint};
 use crate::store::Outbox;
-
-/// Where a destination lives, parsed from its `mqtt://` / `mqtts://` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    pub host: String,
-    pub port: u16,
-    pub tls: bool,
-}
-
-impl Endpoint {
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
-            (true, r)
-        } else if let Some(r) = url.strip_prefix("mqtt://") {
-            (false, r)
-        } else {
-            return Err(format!("url {url:?} must start with mqtt:// or mqtts://"));
-        };
-        let rest = rest.trim_end_matches('/');
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-                let port = p
-                    .parse::<u16>()
-                    .map_err(|_| format!("url {url:?} has an invalid port"))?;
-                (h, port)
-            }
-            _ => (rest, if tls { 8883 } else { 1883 }),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() || host.contains(['/', '@', '?', '#']) {
-            return Err(format!("url {url:?} has no valid host"));
-        }
-        Ok(Self {
-            host: host.to_string(),
-            port,
-            tls,
-        })
-    }
-}
 
 /// A command that arrived from a destination, for the command router.
 #[derive(Debug, Clone)]
@@ -326,29 +287,6 @@ fn tls_config(cfg: &DestinationConfig) -> Result<Arc<rustls::ClientConfig>, Stri
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls_parse() {
-        assert_eq!(
-            Endpoint::parse("mqtt://127.0.0.1:1884").unwrap(),
-            Endpoint {
-                host: "127.0.0.1".into(),
-                port: 1884,
-                tls: false
-            }
-        );
-        assert_eq!(Endpoint::parse("mqtts://cloud.example").unwrap().port, 8883);
-        assert_eq!(Endpoint::parse("mqtt://[::1]:1883").unwrap().host, "::1");
-        for bad in [
-            "http://x",
-            "mqtt://",
-            "mqtt://h:99999",
-            "mqtt://u@h:1",
-            "h:1",
-        ] {
-            assert!(Endpoint::parse(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn backoff_grows_and_stays_bounded() {
