@@ -1,19 +1,24 @@
-//! `dataward run`: wires the store, policy, broker, uplinks and HTTP
-//! together, and takes them down in order on Ctrl-C or SIGTERM.
+//! `dataward run`: wires the store, policy, broker, uplinks, the control
+//! socket and HTTP together, and takes them down in order on Ctrl-C or
+//! SIGTERM. SIGHUP re-reads the configured policy file.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::broker::{Broker, BrokerSettings};
+use crate::commands;
 use crate::config::Config;
+use crate::control::lock::{DataDirLock, LockError, Role};
+use crate::control::server::ControlServer;
+use crate::control::{LinkHandle, Live, Operations};
 use crate::devices::DeviceRegistry;
 use crate::pipeline::{Lane, Pipeline};
 use crate::store::{Durability, Store};
 use crate::uplink::Uplink;
-use crate::{commands, load_policy};
 
 struct HubState {
     durability: Arc<Durability>,
@@ -27,15 +32,44 @@ impl web_ui::Hub for HubState {
     }
 }
 
+/// Takes the data directory for this gateway. Another gateway there is an
+/// error at once; a CLI command working on the store is waited for.
+async fn lock_data_dir(config: &Config) -> anyhow::Result<DataDirLock> {
+    let dir = &config.data_dir;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    let deadline = Instant::now() + crate::control::client::BUSY_WAIT;
+    loop {
+        match DataDirLock::try_acquire(dir, Role::Gateway) {
+            Ok(lock) => return Ok(lock),
+            Err(LockError::Held {
+                holder: Some(h), ..
+            }) if h.role == Role::Command && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context("another dataward is using this data directory; not starting"))
+            }
+        }
+    }
+}
+
 pub async fn run(config: Config) -> anyhow::Result<()> {
     // Before anything is announced: a signal that arrives between the
     // "running" line and the first poll must still mean a clean stop.
-    let stop = StopSignal::install().context("watching for Ctrl-C and SIGTERM")?;
+    let mut signals = Signals::install().context("watching for Ctrl-C, SIGTERM and SIGHUP")?;
+    let lock = lock_data_dir(&config).await?;
+    let started = Instant::now();
     let store = Store::open(&config.data_dir)?;
     let registry = Arc::new(DeviceRegistry::open(&store).context("loading devices")?);
-    let policy = load_policy(&config)?;
+    let policy = crate::control::policy_at_start(&config, &store)?;
+    tracing::info!(version = policy.version, "policy in force");
     if registry.list().is_empty() {
-        tracing::warn!("no devices registered yet: add one with `dataward device add NAME` (with the hub stopped)");
+        tracing::warn!("no devices registered yet: add one with `dataward device add NAME`");
     }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -49,6 +83,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let mut lanes = Vec::new();
     let mut uplinks = Vec::new();
+    let mut links = Vec::new();
     for dest in &config.destinations {
         let outbox = Arc::new(store.outbox(&dest.name, config.store.outbox_max_entries)?);
         let wake = Arc::new(Notify::new());
@@ -57,7 +92,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             outbox: Arc::clone(&outbox),
             wake: Arc::clone(&wake),
         });
-        uplinks.push(Uplink::new(dest.clone(), outbox, wake, cmd_tx.clone())?);
+        let uplink = Uplink::new(dest.clone(), Arc::clone(&outbox), wake, cmd_tx.clone())?;
+        links.push(LinkHandle {
+            name: dest.name.clone(),
+            state: uplink.state(),
+            outbox,
+        });
+        uplinks.push(uplink);
     }
     drop(cmd_tx);
     let history = Arc::new(store.history()?);
@@ -94,6 +135,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Arc::clone(&broker),
     ));
 
+    let ops = Arc::new(Operations::running(
+        config.clone(),
+        store.clone(),
+        Arc::clone(&registry),
+        Live {
+            broker: Arc::clone(&broker),
+            pipeline: Arc::clone(&pipeline),
+            links,
+            started,
+        },
+    ));
+    let control = ControlServer::start(&config.data_dir, Arc::clone(&ops), shutdown_rx.clone())
+        .with_context(|| {
+            format!(
+                "cannot serve the control socket in {}",
+                config.data_dir.display()
+            )
+        })?;
+
     let http = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
@@ -113,17 +173,32 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     // Tests and scripts read this line to find the ports.
     println!(
-        "dataward running: mqtt={} http={} data_dir={}",
+        "dataward running: mqtt={} http={} data_dir={} pid={}",
         mqtt_addr,
         http_addr,
-        config.data_dir.display()
+        config.data_dir.display(),
+        std::process::id()
     );
     tracing::info!(mqtt = %mqtt_addr, http = %http_addr, destinations = config.destinations.len(), devices = registry.list().len(), "dataward running");
 
-    stop.wait().await;
+    while signals.next().await == Signal::ReloadPolicy {
+        match ops.reload_policy_file().await {
+            Ok(Some(a)) if a.changed => {
+                tracing::info!(version = a.version, "SIGHUP: policy file applied")
+            }
+            Ok(Some(a)) => {
+                tracing::info!(version = a.version, "SIGHUP: policy file unchanged")
+            }
+            Ok(None) => tracing::info!("SIGHUP: no policy file is configured"),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: policy file rejected; the policy in force stays")
+            }
+        }
+    }
     tracing::info!("shutting down");
-    // Devices first, so nothing new arrives; then uplinks and HTTP; the
-    // committer flushes last.
+    // The control socket first (no new requests), then devices, so nothing
+    // new arrives; then uplinks and HTTP; the committer flushes last.
+    drop(control);
     broker.stop();
     let _ = shutdown_tx.send(true);
     for t in uplink_tasks {
@@ -133,42 +208,40 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = http_task.await;
     let _ = committer.await;
     store.flush().context("final flush of the store")?;
+    drop(lock);
     tracing::info!("stopped cleanly");
     Ok(())
 }
 
-/// Ctrl-C or SIGTERM, registered up front so neither can kill the process
-/// with its default action once startup has begun.
-struct StopSignal {
-    #[cfg(unix)]
-    interrupt: tokio::signal::unix::Signal,
-    #[cfg(unix)]
-    terminate: tokio::signal::unix::Signal,
+#[derive(Debug, PartialEq, Eq)]
+enum Signal {
+    Stop,
+    ReloadPolicy,
 }
 
-impl StopSignal {
+/// Ctrl-C, SIGTERM and SIGHUP, registered up front so none of them can
+/// kill the process with its default action once startup has begun.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
     fn install() -> std::io::Result<Self> {
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{signal, SignalKind};
-            Ok(Self {
-                interrupt: signal(SignalKind::interrupt())?,
-                terminate: signal(SignalKind::terminate())?,
-            })
-        }
-        #[cfg(not(unix))]
-        Ok(Self {})
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
     }
 
-    async fn wait(mut self) {
-        #[cfg(unix)]
+    async fn next(&mut self) -> Signal {
         tokio::select! {
-            _ = self.interrupt.recv() => {}
-            _ = self.terminate.recv() => {}
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = tokio::signal::ctrl_c().await;
+            _ = self.interrupt.recv() => Signal::Stop,
+            _ = self.terminate.recv() => Signal::Stop,
+            _ = self.hangup.recv() => Signal::ReloadPolicy,
         }
     }
 }

@@ -51,7 +51,7 @@ pub async fn route(
     broker: Arc<Broker>,
 ) {
     while let Some(cmd) = rx.recv().await {
-        match check(&registry, &pipeline.policy(), &cmd) {
+        match check(&registry, &pipeline.policy().policy, &cmd) {
             Ok(()) => match broker.publish(&cmd.topic, &cmd.payload, true).await {
                 Ok(()) => {
                     tracing::info!(destination = %cmd.destination, topic = ?cmd.topic, "command relayed to device")

@@ -1,23 +1,27 @@
-//! The `dataward` command line. Exit codes: 0 success, 1 runtime failure,
-//! 2 bad usage or input.
+//! The `dataward` command line: argument parsing and dispatch. Every
+//! command but `run` is a request to the operations layer, answered by the
+//! running gateway through its control socket, or on the store directly
+//! when none runs. Exit codes: 0 success, 1 runtime failure, 2 bad usage
+//! or input.
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use gateway::config::{Config, ConfigError, SYSTEM_CONFIG};
-use gateway::devices::{id_from_name, DeviceRegistry, Preset};
-use gateway::store::{HistoryStore, Store};
+use gateway::control::{client, ErrorClass, OpError, Request};
 use gateway::BadInput;
 
 #[derive(Parser)]
 #[command(
     name = "dataward",
     version,
-    about = "Personal data control gateway for home IoT devices"
+    about = "Personal data control gateway for home IoT devices",
+    after_help = "Every command works with the gateway running (through its control socket, \
+                  <data_dir>/control.sock) or stopped (on the store directly)."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -32,11 +36,14 @@ struct Common {
     /// Data directory (overrides the config's data_dir)
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
+    /// Machine-readable output: the answer as one JSON document
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway: MQTT broker for devices, uplinks, HTTP
+    /// Run the gateway: MQTT broker for devices, uplinks, control socket, HTTP
     Run {
         #[command(flatten)]
         common: Common,
@@ -47,7 +54,12 @@ enum Command {
         #[arg(long)]
         http_listen: Option<SocketAddr>,
     },
-    /// Manage devices (while the gateway is stopped)
+    /// Whether the gateway runs, what is connected, what waits to leave
+    Status {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Manage devices
     Device {
         #[command(subcommand)]
         action: DeviceCommand,
@@ -57,7 +69,7 @@ enum Command {
         #[command(subcommand)]
         action: PolicyCommand,
     },
-    /// Export stored device history as NDJSON (while the gateway is stopped)
+    /// Export stored device history as NDJSON
     Export {
         #[command(flatten)]
         common: Common,
@@ -83,26 +95,19 @@ enum DeviceCommand {
         /// Topic conventions: generic, tasmota, shelly, zigbee2mqtt
         #[arg(long, default_value = "generic")]
         preset: String,
-        /// Machine-readable output
-        #[arg(long)]
-        json: bool,
     },
     /// List registered devices
     List {
         #[command(flatten)]
         common: Common,
-        #[arg(long)]
-        json: bool,
     },
     /// Show one device
     Show {
         #[command(flatten)]
         common: Common,
         id: String,
-        #[arg(long)]
-        json: bool,
     },
-    /// Remove a device; its credential stops working
+    /// Remove a device: its credential stops working and its sessions end at once
     Remove {
         #[command(flatten)]
         common: Common,
@@ -117,6 +122,43 @@ enum PolicyCommand {
         #[command(flatten)]
         common: Common,
         file: PathBuf,
+    },
+    /// Validate a policy file and put it in force as the next version
+    Apply {
+        #[command(flatten)]
+        common: Common,
+        file: PathBuf,
+    },
+    /// Print the policy in force, or a stored version, or the list of versions
+    Show {
+        #[command(flatten)]
+        common: Common,
+        /// A stored version instead of the one in force
+        #[arg(long, conflicts_with = "list")]
+        version: Option<u64>,
+        /// List every stored version
+        #[arg(long)]
+        list: bool,
+    },
+    /// Show what each destination would receive of a sample message, and why
+    Preview {
+        #[command(flatten)]
+        common: Common,
+        /// The device that sends it
+        #[arg(long)]
+        device: String,
+        /// The topic it is sent on (default: one of the device's topics)
+        #[arg(long)]
+        topic: Option<String>,
+        /// The payload, e.g. '{"temp":21.5,"hum":40}'
+        #[arg(long, required_unless_present = "payload_file")]
+        payload: Option<String>,
+        /// Read the payload from this file
+        #[arg(long, conflicts_with = "payload")]
+        payload_file: Option<PathBuf>,
+        /// Preview this policy file instead of the policy in force
+        #[arg(long)]
+        candidate: Option<PathBuf>,
     },
 }
 
@@ -138,21 +180,23 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            let bad_input = e.downcast_ref::<BadInput>().is_some()
-                || matches!(
-                    e.downcast_ref::<ConfigError>(),
-                    Some(ConfigError::Invalid { .. })
-                )
-                || e.downcast_ref::<gateway::devices::DeviceError>()
-                    .is_some_and(|d| {
-                        !matches!(
-                            d,
-                            gateway::devices::DeviceError::Store(_)
-                                | gateway::devices::DeviceError::Hash(_)
-                        )
-                    });
-            ExitCode::from(if bad_input { 2 } else { 1 })
+            ExitCode::from(exit_code(&e))
         }
+    }
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    let bad_input = e.downcast_ref::<BadInput>().is_some()
+        || e.downcast_ref::<OpError>()
+            .is_some_and(|o| o.class == ErrorClass::Input)
+        || matches!(
+            e.downcast_ref::<ConfigError>(),
+            Some(ConfigError::Invalid { .. })
+        );
+    if bad_input {
+        2
+    } else {
+        1
     }
 }
 
@@ -185,9 +229,7 @@ fn init_logging() {
 fn load_config(common: &Common) -> anyhow::Result<Config> {
     let mut config = match &common.config {
         Some(path) => Config::load(path)?,
-        None if std::path::Path::new(SYSTEM_CONFIG).exists() => {
-            Config::load(std::path::Path::new(SYSTEM_CONFIG))?
-        }
+        None if Path::new(SYSTEM_CONFIG).exists() => Config::load(Path::new(SYSTEM_CONFIG))?,
         None => Config::default(),
     };
     if let Some(dir) = &common.data_dir {
@@ -196,12 +238,13 @@ fn load_config(common: &Common) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-fn now_ms() -> u64 {
-    gateway::pipeline::now_ms()
+fn read_text(path: &Path, what: &str) -> anyhow::Result<String> {
+    std::fs::read_to_string(path)
+        .map_err(|e| BadInput(format!("cannot read {what} {}: {e}", path.display())).into())
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+    let (common, request, output) = match cli.command {
         Command::Run {
             common,
             mqtt_listen,
@@ -218,168 +261,108 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;
-            runtime.block_on(gateway::app::run(config))
+            return runtime.block_on(gateway::app::run(config));
         }
-        Command::Device { action } => device(action),
-        Command::Policy {
-            action: PolicyCommand::Check { common, file },
-        } => {
-            let config = load_config(&common)?;
-            let policy = gateway::read_policy(&file, &config)?;
-            println!(
-                "{}: valid ({} sharing rules, {} command rules)",
-                file.display(),
-                policy.rules().len(),
-                policy.command_rules().len()
-            );
-            Ok(())
-        }
+        Command::Status { common } => (common, Request::Status, None),
+        Command::Device { action } => match action {
+            DeviceCommand::Add {
+                common,
+                name,
+                id,
+                preset,
+            } => (common, Request::DeviceAdd { name, id, preset }, None),
+            DeviceCommand::List { common } => (common, Request::DeviceList, None),
+            DeviceCommand::Show { common, id } => (common, Request::DeviceShow { id }, None),
+            DeviceCommand::Remove { common, id } => (common, Request::DeviceRemove { id }, None),
+        },
+        Command::Policy { action } => match action {
+            PolicyCommand::Check { common, file } => {
+                let text = read_text(&file, "policy file")?;
+                let name = file.display().to_string();
+                (common, Request::PolicyCheck { text, name }, None)
+            }
+            PolicyCommand::Apply { common, file } => {
+                let text = read_text(&file, "policy file")?;
+                let name = file.display().to_string();
+                (common, Request::PolicyApply { text, name }, None)
+            }
+            PolicyCommand::Show {
+                common,
+                version,
+                list,
+            } => {
+                let request = if list {
+                    Request::PolicyVersions
+                } else {
+                    Request::PolicyShow {
+                        policy_version: version,
+                    }
+                };
+                (common, request, None)
+            }
+            PolicyCommand::Preview {
+                common,
+                device,
+                topic,
+                payload,
+                payload_file,
+                candidate,
+            } => {
+                let payload = match (payload, payload_file) {
+                    (Some(p), _) => p,
+                    (None, Some(f)) => read_text(&f, "payload file")?,
+                    (None, None) => {
+                        return Err(BadInput("give --payload or --payload-file".into()).into())
+                    }
+                };
+                let candidate = candidate
+                    .map(|f| read_text(&f, "candidate policy"))
+                    .transpose()?;
+                (
+                    common,
+                    Request::PolicyPreview {
+                        device,
+                        topic,
+                        payload,
+                        candidate,
+                    },
+                    None,
+                )
+            }
+        },
         Command::Export {
             common,
             device,
             output,
-        } => {
-            let config = load_config(&common)?;
-            let store = Store::open_existing(&config.data_dir)?;
-            let history = store.history()?;
-            let mut out: Box<dyn Write> = match &output {
-                Some(p) => Box::new(std::io::BufWriter::new(
-                    std::fs::File::create(p)
-                        .with_context(|| format!("cannot create {}", p.display()))?,
-                )),
-                None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
-            };
-            let mut n = 0u64;
-            for rec in history.scan(device.as_deref()) {
-                let rec = rec?;
-                let mut line = serde_json::json!({
-                    "device": rec.device,
-                    "seq": rec.seq,
-                    "received_ms": rec.received_ms,
-                    "topic": rec.topic,
-                });
-                match std::str::from_utf8(&rec.payload) {
-                    Ok(s) => line["payload"] = s.into(),
-                    Err(_) => {
-                        use base64::Engine;
-                        line["payload_base64"] = base64::engine::general_purpose::STANDARD
-                            .encode(&rec.payload)
-                            .into();
-                    }
-                }
-                serde_json::to_writer(&mut out, &line)?;
-                out.write_all(b"\n")?;
-                n += 1;
-            }
-            out.flush()?;
-            eprintln!("exported {n} records");
-            Ok(())
-        }
-    }
-}
-
-fn device_json(d: &gateway::devices::Device) -> serde_json::Value {
-    serde_json::json!({
-        "id": d.id,
-        "name": d.name,
-        "preset": d.preset,
-        "username": d.id,
-        "publish": d.publish,
-        "subscribe": d.subscribe,
-        "created_ms": d.created_ms,
-    })
-}
-
-fn device(action: DeviceCommand) -> anyhow::Result<()> {
-    let open = |common: &Common, create: bool| -> anyhow::Result<(Store, DeviceRegistry)> {
-        let config = load_config(common)?;
-        let store = if create {
-            Store::open(&config.data_dir)?
-        } else {
-            Store::open_existing(&config.data_dir)?
-        };
-        let reg = DeviceRegistry::open(&store)?;
-        Ok((store, reg))
+        } => (common, Request::Export { device }, output),
     };
-    match action {
-        DeviceCommand::Add {
-            common,
-            name,
-            id,
-            preset,
-            json,
-        } => {
-            let preset = Preset::parse(&preset)?;
-            let id = match id {
-                Some(id) => id,
-                None => id_from_name(&name)?,
-            };
-            let (store, reg) = open(&common, true)?;
-            let (device, password) = reg.add(&id, &name, preset, now_ms())?;
-            store.flush()?;
-            if json {
-                let mut v = device_json(&device);
-                v["password"] = password.as_str().into();
-                println!("{v}");
-            } else {
-                println!("Device added. The password is shown only now; dataward keeps just a hash of it.");
-                println!("  id / MQTT username: {}", device.id);
-                println!(
-                    "  MQTT client id:     {} (or {}.<suffix> for more connections)",
-                    device.id, device.id
-                );
-                println!("  password:           {}", password.as_str());
-                println!("  may publish to:     {}", device.publish.join(", "));
-                println!("  may subscribe to:   {}", device.subscribe.join(", "));
-            }
-            Ok(())
-        }
-        DeviceCommand::List { common, json } => {
-            let (_, reg) = open(&common, false)?;
-            let devices = reg.list();
-            if json {
-                println!(
-                    "{}",
-                    serde_json::Value::Array(devices.iter().map(|d| device_json(d)).collect())
-                );
-            } else if devices.is_empty() {
-                println!("no devices; add one with `dataward device add NAME`");
-            } else {
-                for d in devices {
-                    println!(
-                        "{}\t{:?}\t{}",
-                        d.id,
-                        d.name,
-                        serde_json::to_string(&d.preset)?.trim_matches('"')
-                    );
-                }
-            }
-            Ok(())
-        }
-        DeviceCommand::Show { common, id, json } => {
-            let (_, reg) = open(&common, false)?;
-            let d = reg
-                .get(&id)
-                .ok_or(gateway::devices::DeviceError::NotFound(id))?;
-            if json {
-                println!("{}", device_json(&d));
-            } else {
-                println!(
-                    "id:         {}\nname:       {:?}\npublish:    {}\nsubscribe:  {}",
-                    d.id,
-                    d.name,
-                    d.publish.join(", "),
-                    d.subscribe.join(", ")
-                );
-            }
-            Ok(())
-        }
-        DeviceCommand::Remove { common, id } => {
-            let (store, reg) = open(&common, false)?;
-            reg.remove(&id)?;
-            store.flush()?;
-            println!("removed device {id}; its credential no longer works (its history stays until deleted)");
-            Ok(())
-        }
+    let config = load_config(&common)?;
+    let mut sink: Box<dyn Write> = match &output {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let reply = runtime.block_on(client::request(config, request.clone(), &mut sink))?;
+    sink.flush().context("writing the output")?;
+    drop(sink);
+    // An export's data went to the sink; its summary goes to stderr so
+    // that standard output stays pure NDJSON.
+    let text = if common.json {
+        format!("{reply}\n")
+    } else {
+        gateway::cli::render(&request, &reply)?
+    };
+    if request.is_streamed() {
+        eprint!("{text}");
+    } else {
+        let mut out = std::io::stdout().lock();
+        out.write_all(text.as_bytes())?;
+        out.flush()?;
     }
+    Ok(())
 }

@@ -9,6 +9,8 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
+
 use policy::{Message, Policy};
 use tokio::sync::Notify;
 
@@ -27,8 +29,18 @@ pub struct Lane {
     pub wake: Arc<Notify>,
 }
 
+/// A policy with the version number it was stored under (0: no policy was
+/// ever applied, so nothing is shared).
+#[derive(Debug, Default)]
+pub struct ActivePolicy {
+    pub version: u64,
+    pub policy: Policy,
+}
+
 pub struct Pipeline {
-    policy: Arc<Policy>,
+    /// Swapped whole by `policy apply` and SIGHUP. Each message loads it
+    /// once, so it is evaluated under exactly one version.
+    policy: ArcSwap<ActivePolicy>,
     history: Arc<dyn HistoryStore>,
     lanes: Vec<Lane>,
     names: Vec<String>,
@@ -37,14 +49,14 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(
-        policy: Policy,
+        policy: ActivePolicy,
         history: Arc<dyn HistoryStore>,
         lanes: Vec<Lane>,
         durability: Arc<Durability>,
     ) -> Self {
         let names = lanes.iter().map(|l| l.name.clone()).collect();
         Self {
-            policy: Arc::new(policy),
+            policy: ArcSwap::from_pointee(policy),
             history,
             lanes,
             names,
@@ -52,10 +64,19 @@ impl Pipeline {
         }
     }
 
-    /// The policy in force, loaded at start. (Changing it while running,
-    /// with an atomic swap, comes with the policy API.)
-    pub fn policy(&self) -> Arc<Policy> {
-        Arc::clone(&self.policy)
+    /// The policy in force.
+    pub fn policy(&self) -> Arc<ActivePolicy> {
+        self.policy.load_full()
+    }
+
+    /// Puts `next` in force for every message evaluated from now on.
+    pub fn swap_policy(&self, next: ActivePolicy) {
+        self.policy.store(Arc::new(next));
+    }
+
+    /// The destinations, in the order evaluation outputs come in.
+    pub fn destinations(&self) -> &[String] {
+        &self.names
     }
 
     pub async fn handle(
@@ -65,8 +86,8 @@ impl Pipeline {
         payload: &[u8],
         durable: bool,
     ) -> Result<(), PipelineError> {
-        let policy = self.policy();
-        let eval = policy.evaluate(
+        let active = self.policy.load();
+        let eval = active.policy.evaluate(
             &Message {
                 device,
                 topic,
@@ -74,11 +95,12 @@ impl Pipeline {
             },
             &self.names,
         );
+        drop(active);
         let now = now_ms();
         self.history.append(device, now, topic, payload)?;
         for (lane, out) in self.lanes.iter().zip(&eval.outputs) {
             if let Some(p) = &out.payload {
-                lane.outbox.push(device, topic, p)?;
+                lane.outbox.push(device, topic, p, now)?;
                 // Sent while the flush runs, not after it: the cloud may see
                 // a message before it is durable here. A crash in between
                 // means no PUBACK, so the device sends again: a duplicate at

@@ -31,8 +31,26 @@ pub struct InboundCommand {
     pub payload: Vec<u8>,
 }
 
+/// What status reports of an uplink while it runs.
+#[derive(Debug, Default)]
+pub struct LinkState {
+    connected: std::sync::atomic::AtomicBool,
+}
+
+impl LinkState {
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn set(&self, up: bool) {
+        self.connected
+            .store(up, std::sync::atomic::Ordering::Release);
+    }
+}
+
 pub struct Uplink {
     cfg: DestinationConfig,
+    state: Arc<LinkState>,
     endpoint: Endpoint,
     tls: Option<Arc<rustls::ClientConfig>>,
     outbox: Arc<Outbox>,
@@ -70,6 +88,7 @@ impl Uplink {
         };
         Ok(Self {
             cfg,
+            state: Arc::default(),
             endpoint,
             tls,
             outbox,
@@ -78,10 +97,16 @@ impl Uplink {
         })
     }
 
+    pub fn state(&self) -> Arc<LinkState> {
+        Arc::clone(&self.state)
+    }
+
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut failures: u32 = 0;
         loop {
-            match self.session(&mut shutdown, &mut failures).await {
+            let end = self.session(&mut shutdown, &mut failures).await;
+            self.state.set(false);
+            match end {
                 SessionEnd::Shutdown => return,
                 SessionEnd::Lost(reason) => {
                     failures = failures.saturating_add(1);
@@ -152,6 +177,7 @@ impl Uplink {
             _ = shutdown.changed() => return SessionEnd::Shutdown,
         }
         *failures = 0;
+        self.state.set(true);
         tracing::info!(destination = %self.cfg.name, host = %self.endpoint.host, port = self.endpoint.port, backlog = self.outbox.len(), "uplink connected");
 
         if let Some(prefix) = &self.cfg.command_prefix {

@@ -33,7 +33,7 @@ pub(super) struct Hooks {
 
 /// A client id belongs to device `id` if it is `id` or `id.<suffix>`, so one
 /// device may hold several connections with distinct client ids.
-fn client_id_fits(client_id: &str, device: &str) -> bool {
+pub(super) fn client_id_fits(client_id: &str, device: &str) -> bool {
     client_id == device
         || client_id
             .strip_prefix(device)
@@ -58,6 +58,11 @@ impl Hooks {
         let ok = self.verifier.verify(Arc::clone(&device), password).await;
         if !ok {
             tracing::warn!(?client_id, device = ?username, "connection refused: wrong password");
+            return AuthResult::BadUsernameOrPassword;
+        }
+        // The check took a while: a `device remove` in the meantime wins.
+        if self.registry.get(&username).is_none() {
+            tracing::warn!(?client_id, device = ?username, "connection refused: device removed during login");
             return AuthResult::BadUsernameOrPassword;
         }
         if !client_id_fits(&client_id, &device.id) {
@@ -92,6 +97,20 @@ impl Hooks {
             }
             None => true,
         }
+    }
+
+    /// (devices with a live connection, live connections)
+    pub fn connected_counts(&self) -> (usize, usize) {
+        let mut devices = 0;
+        let mut conns = 0;
+        for e in self.connections.iter() {
+            let n: u32 = e.value().values().sum();
+            if n > 0 {
+                devices += 1;
+                conns += n as usize;
+            }
+        }
+        (devices, conns)
     }
 
     fn connected(&self, device: &str, client_id: &str) {

@@ -54,6 +54,8 @@ const DEVICE_LISTENER: rmqtt::types::ListenerId = 1;
 
 pub struct Broker {
     scx: ServerContext,
+    hooks: Arc<hooks::Hooks>,
+    retained: retain::InMemoryRetain,
     local_addr: SocketAddr,
     task: JoinHandle<()>,
 }
@@ -65,7 +67,8 @@ impl Broker {
         pipeline: Arc<Pipeline>,
     ) -> Result<Self, BrokerError> {
         let scx = ServerContext::new().busy_check_enable(false).build().await;
-        *scx.extends.retain_mut().await = Box::new(retain::InMemoryRetain::default());
+        let retained = retain::InMemoryRetain::default();
+        *scx.extends.retain_mut().await = Box::new(retained.clone());
 
         let hooks = hooks::Hooks {
             registry,
@@ -109,6 +112,8 @@ impl Broker {
         tracing::info!(%local_addr, "MQTT broker listening for devices");
         Ok(Self {
             scx,
+            hooks: handler,
+            retained,
             local_addr,
             task,
         })
@@ -157,6 +162,56 @@ impl Broker {
         SessionState::forwards(&self.scx, From::from_system(id), publish, false, None)
             .await
             .map_err(|e| BrokerError::Deliver(e.to_string()))
+    }
+
+    /// Devices with at least one live connection, and connections in all.
+    pub fn connected(&self) -> (usize, usize) {
+        self.hooks.connected_counts()
+    }
+
+    /// Ends every session of `device`: live connections are closed at once,
+    /// and offline sessions go with their queued messages (pending
+    /// commands), so nothing more reaches or comes from it. Call after the
+    /// device left the registry, so that it cannot log in again.
+    pub async fn disconnect_device(&self, device: &str) -> usize {
+        let shared = self.scx.extends.shared().await;
+        let ids: Vec<Id> = shared
+            .iter()
+            .filter_map(|entry| entry.session().map(|s| s.id.clone()))
+            .filter(|id| {
+                id.username.as_deref() == Some(device)
+                    || hooks::client_id_fits(&id.client_id, device)
+            })
+            .collect();
+        let mut closed = 0;
+        for id in ids {
+            let entry = shared.entry(id.clone());
+            let kicked = match entry.try_lock().await {
+                Ok(mut locked) => locked.kick(true, true, true).await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            match kicked {
+                Ok(()) => closed += 1,
+                Err(e) => {
+                    tracing::warn!(device, client_id = ?id.client_id, error = %e, "could not end a session of a removed device")
+                }
+            }
+        }
+        closed
+    }
+
+    /// Drops the retained messages on topics the device could publish to.
+    pub async fn drop_retained(&self, publish_filters: &[String]) -> usize {
+        let mut n = 0;
+        for f in publish_filters {
+            match self.retained.clear(f).await {
+                Ok(k) => n += k,
+                Err(e) => {
+                    tracing::warn!(filter = ?f, error = %e, "could not clear retained messages")
+                }
+            }
+        }
+        n
     }
 
     pub fn stop(&self) {

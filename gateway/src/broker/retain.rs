@@ -6,14 +6,33 @@
 //! their state on reconnect, and the durable copy of every message is the
 //! history store.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use rmqtt::retain::{DefaultRetainStorage, RetainStorage};
 use rmqtt::types::{Retain, TopicFilter, TopicName};
 
-#[derive(Default)]
-pub(super) struct InMemoryRetain(DefaultRetainStorage);
+/// Shared with [`super::Broker`], which drops a removed device's retained
+/// messages.
+#[derive(Default, Clone)]
+pub(super) struct InMemoryRetain(Arc<DefaultRetainStorage>);
+
+impl InMemoryRetain {
+    /// Removes every retained message on a topic matching `filter`;
+    /// returns how many there were.
+    pub(super) async fn clear(&self, filter: &str) -> rmqtt::Result<usize> {
+        let found = self.0.get_message(&TopicFilter::from(filter)).await?;
+        let n = found.len();
+        for (topic, mut retain) in found {
+            // An empty payload is MQTT's way to clear a retained message,
+            // and what the storage removes on.
+            retain.publish.payload = bytes::Bytes::new();
+            self.0.set_with_timeout(&topic, retain, None).await?;
+        }
+        Ok(n)
+    }
+}
 
 #[async_trait]
 impl RetainStorage for InMemoryRetain {

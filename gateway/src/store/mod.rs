@@ -1,6 +1,7 @@
 //! The on-disk store (sled), behind small interfaces so the engine can be
 //! swapped: [`HistoryStore`] for device history, [`Outbox`] for what waits
-//! for a destination's acknowledgement, and the `devices` tree.
+//! for a destination's acknowledgement, [`PolicyVersions`] for every policy
+//! applied, and the `devices` tree.
 //!
 //! Durability is explicit: writes land in sled's memory first, and
 //! [`Durability::sync`] waits for a flush that covers them. One flush serves
@@ -10,6 +11,7 @@
 mod durability;
 mod history;
 mod outbox;
+mod policies;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use std::sync::Arc;
 pub use durability::Durability;
 pub use history::{HistoryRecord, HistoryStore, SledHistory};
 pub use outbox::{Outbox, OutboxEntry};
+pub use policies::{PolicySource, PolicyVersion, PolicyVersions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -86,6 +89,24 @@ impl Store {
 
     pub fn outbox(&self, destination: &str, max_entries: u64) -> Result<Outbox, StoreError> {
         Outbox::open(&self.db, destination, max_entries)
+    }
+
+    pub fn policy_versions(&self) -> Result<PolicyVersions, StoreError> {
+        PolicyVersions::open(&self.db)
+    }
+
+    /// Whether a destination's outbox was ever created: status reads a
+    /// backlog without creating an empty tree.
+    pub fn has_outbox(&self, destination: &str) -> bool {
+        self.db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == format!("outbox/{destination}").as_bytes())
+    }
+
+    /// Bytes the store takes on disk.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
     }
 
     /// Opens an existing store; for commands that only read or change what

@@ -11,12 +11,16 @@ use super::StoreError;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxEntry {
     pub key: u64,
+    /// When the pipeline queued it (ms since the epoch).
+    pub queued_ms: u64,
     pub device: String,
     pub topic: String,
     pub payload: Vec<u8>,
 }
 
-/// An ordered queue in the sled tree `outbox/<destination>`. Keys are
+/// An ordered queue in the sled tree `outbox/<destination>`: key = u64 BE,
+/// value = queued time (u64 BE ms), device and topic (each u16 BE length,
+/// bytes), payload. Keys are
 /// assigned and inserted under one lock, so a reader that has seen key `k`
 /// will never later find a smaller key appearing: order per device holds
 /// and nothing is skipped.
@@ -26,6 +30,9 @@ pub struct Outbox {
     /// No key below this is present: lets a push skip the quota check
     /// without touching the tree.
     oldest_bound: AtomicU64,
+    /// Entries present: counted once at open, then kept up to date, since
+    /// sled's own `len` walks the whole tree.
+    count: AtomicU64,
     max_entries: u64,
 }
 
@@ -44,16 +51,25 @@ impl Outbox {
             Some((k, _)) => key_of(&k)?,
             None => next,
         };
+        let count = tree.len() as u64;
         Ok(Self {
             tree,
             next: Mutex::new(next),
             oldest_bound: AtomicU64::new(oldest),
+            count: AtomicU64::new(count),
             max_entries: max_entries.max(1),
         })
     }
 
-    pub fn push(&self, device: &str, topic: &str, payload: &[u8]) -> Result<u64, StoreError> {
-        let mut value = Vec::with_capacity(4 + device.len() + topic.len() + payload.len());
+    pub fn push(
+        &self,
+        device: &str,
+        topic: &str,
+        payload: &[u8],
+        queued_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let mut value = Vec::with_capacity(12 + device.len() + topic.len() + payload.len());
+        value.extend_from_slice(&queued_ms.to_be_bytes());
         for part in [device.as_bytes(), topic.as_bytes()] {
             let len = u16::try_from(part.len())
                 .map_err(|_| StoreError::Corrupt("name too long".into()))?;
@@ -67,6 +83,7 @@ impl Outbox {
             .map_err(|_| StoreError::Corrupt("outbox lock poisoned".into()))?;
         let key = *next;
         self.tree.insert(key.to_be_bytes(), value)?;
+        self.count.fetch_add(1, Ordering::AcqRel);
         *next += 1;
         drop(next);
         self.enforce_quota(key)?;
@@ -83,8 +100,10 @@ impl Outbox {
         let mut dropped = 0u64;
         for kv in self.tree.range(..cutoff.to_be_bytes()) {
             let (k, _) = kv?;
-            self.tree.remove(k)?;
-            dropped += 1;
+            if self.tree.remove(k)?.is_some() {
+                self.count.fetch_sub(1, Ordering::AcqRel);
+                dropped += 1;
+            }
         }
         self.oldest_bound.fetch_max(cutoff, Ordering::AcqRel);
         if dropped > 0 {
@@ -121,16 +140,26 @@ impl Outbox {
 
     /// The destination acknowledged `key`.
     pub fn remove(&self, key: u64) -> Result<(), StoreError> {
-        self.tree.remove(key.to_be_bytes())?;
+        if self.tree.remove(key.to_be_bytes())?.is_some() {
+            self.count.fetch_sub(1, Ordering::AcqRel);
+        }
         Ok(())
     }
 
-    pub fn len(&self) -> usize {
-        self.tree.len()
+    pub fn len(&self) -> u64 {
+        self.count.load(Ordering::Acquire)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.tree.is_empty()
+        self.len() == 0
+    }
+
+    /// When the oldest entry still waiting was queued, if any waits.
+    pub fn oldest_queued_ms(&self) -> Result<Option<u64>, StoreError> {
+        match self.tree.first()? {
+            Some((k, v)) => Ok(Some(decode(key_of(&k)?, &v)?.queued_ms)),
+            None => Ok(None),
+        }
     }
 }
 
@@ -142,7 +171,12 @@ fn key_of(k: &[u8]) -> Result<u64, StoreError> {
 
 fn decode(key: u64, v: &[u8]) -> Result<OutboxEntry, StoreError> {
     let corrupt = || StoreError::Corrupt(format!("outbox entry {key}"));
-    let mut rest = v;
+    let queued_ms = u64::from_be_bytes(
+        v.get(..8)
+            .and_then(|s| s.try_into().ok())
+            .ok_or_else(corrupt)?,
+    );
+    let mut rest = &v[8..];
     let mut parts = Vec::with_capacity(2);
     for _ in 0..2 {
         let len = u16::from_be_bytes(
@@ -158,6 +192,7 @@ fn decode(key: u64, v: &[u8]) -> Result<OutboxEntry, StoreError> {
     let device = parts.pop().ok_or_else(corrupt)?;
     Ok(OutboxEntry {
         key,
+        queued_ms,
         device,
         topic,
         payload: rest.to_vec(),
@@ -174,7 +209,8 @@ mod tests {
         let store = Store::open(dir.path()).expect("open");
         let ob = store.outbox("cloud", 100).expect("outbox");
         for i in 0..5u8 {
-            ob.push("dev", "t/x", &[i]).expect("push");
+            ob.push("dev", "t/x", &[i], 100 + u64::from(i))
+                .expect("push");
         }
         let first = ob.read_after(None, 3).expect("read");
         assert_eq!(
@@ -183,14 +219,19 @@ mod tests {
         );
         let rest = ob.read_after(Some(first[2].key), 10).expect("read");
         assert_eq!(rest.len(), 2);
+        assert_eq!(ob.oldest_queued_ms().expect("oldest"), Some(100));
         ob.remove(first[0].key).expect("remove");
+        ob.remove(first[0].key)
+            .expect("a second ack of the same entry");
         assert_eq!(ob.len(), 4);
+        assert_eq!(ob.oldest_queued_ms().expect("oldest"), Some(101));
         assert_eq!(first[1].device, "dev");
         assert_eq!(first[1].topic, "t/x");
         drop(ob);
         // Keys continue after a reopen instead of restarting.
         let ob = store.outbox("cloud", 100).expect("reopen");
-        let k = ob.push("dev", "t", b"z").expect("push");
+        assert_eq!(ob.len(), 4, "the count is rebuilt at open");
+        let k = ob.push("dev", "t", b"z", 0).expect("push");
         assert!(k > rest[1].key);
     }
 
@@ -200,7 +241,7 @@ mod tests {
         let store = Store::open(dir.path()).expect("open");
         let ob = store.outbox("cloud", 3).expect("outbox");
         for i in 0..6u8 {
-            ob.push("dev", "t", &[i]).expect("push");
+            ob.push("dev", "t", &[i], 0).expect("push");
         }
         let left = ob.read_after(None, 10).expect("read");
         assert_eq!(
@@ -210,7 +251,8 @@ mod tests {
         // After a reopen the quota still holds, counted from what is there.
         drop(ob);
         let ob = store.outbox("cloud", 3).expect("reopen");
-        ob.push("dev", "t", &[6]).expect("push");
+        ob.push("dev", "t", &[6], 0).expect("push");
+        assert_eq!(ob.len(), 3);
         let left = ob.read_after(None, 10).expect("read");
         assert_eq!(
             left.iter().map(|e| e.payload[0]).collect::<Vec<_>>(),

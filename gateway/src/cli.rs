@@ -1,0 +1,266 @@
+//! The command line's face: turns the operations layer's JSON answers into
+//! the text a person reads. `--json` prints the answer itself, which is
+//! the same whether the gateway was running or not.
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::control::{
+    AddedDevice, AppliedPolicy, CheckedPolicy, DeviceInfo, ExportSummary, OpError, PolicyPreview,
+    PolicyVersionInfo, RemovedDevice, Request, StatusReport,
+};
+
+fn typed<T: DeserializeOwned>(v: &Value) -> Result<T, OpError> {
+    serde_json::from_value(v.clone())
+        .map_err(|e| OpError::runtime(format!("unexpected answer from the gateway: {e}")))
+}
+
+/// The human-readable text of `reply` to `request`.
+pub fn render(request: &Request, reply: &Value) -> Result<String, OpError> {
+    Ok(match request {
+        Request::Status => status(&typed(reply)?),
+        Request::DeviceAdd { .. } => added(&typed(reply)?),
+        Request::DeviceList => {
+            let devices: Vec<DeviceInfo> = typed(reply)?;
+            if devices.is_empty() {
+                "no devices; add one with `dataward device add NAME`\n".to_string()
+            } else {
+                devices
+                    .iter()
+                    .map(|d| format!("{}\t{:?}\t{}\n", d.id, d.name, preset(d)))
+                    .collect()
+            }
+        }
+        Request::DeviceShow { .. } => {
+            let d: DeviceInfo = typed(reply)?;
+            format!(
+                "id:         {}\nname:       {:?}\npreset:     {}\npublish:    {}\nsubscribe:  {}\nadded:      {}\n",
+                d.id,
+                d.name,
+                preset(&d),
+                d.publish.join(", "),
+                d.subscribe.join(", "),
+                utc(d.created_ms)
+            )
+        }
+        Request::DeviceRemove { .. } => {
+            let r: RemovedDevice = typed(reply)?;
+            format!(
+                "removed device {}; its credential no longer works ({} sessions closed, {} retained messages dropped; its history stays until deleted)\n",
+                r.id, r.sessions_closed, r.retained_dropped
+            )
+        }
+        Request::PolicyCheck { .. } => {
+            let c: CheckedPolicy = typed(reply)?;
+            format!(
+                "{}: valid ({} sharing rules, {} command rules)\n",
+                c.name, c.sharing_rules, c.command_rules
+            )
+        }
+        Request::PolicyApply { .. } => {
+            let a: AppliedPolicy = typed(reply)?;
+            if a.changed {
+                format!(
+                    "policy version {} applied ({} sharing rules, {} command rules); it is the policy in force from now on\n",
+                    a.version, a.sharing_rules, a.command_rules
+                )
+            } else {
+                format!(
+                    "unchanged: this text is already policy version {}, in force\n",
+                    a.version
+                )
+            }
+        }
+        Request::PolicyShow { .. } => {
+            let v: PolicyVersionInfo = typed(reply)?;
+            if v.version == 0 {
+                "# no policy has been applied: nothing is shared with any destination\n".to_string()
+            } else {
+                let mut text = format!("# {}\n", version_line(&v));
+                text.push_str(v.text.as_deref().unwrap_or_default());
+                if !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                text
+            }
+        }
+        Request::PolicyVersions => {
+            let all: Vec<PolicyVersionInfo> = typed(reply)?;
+            if all.is_empty() {
+                "no policy has been applied: nothing is shared with any destination\n".to_string()
+            } else {
+                all.iter()
+                    .map(|v| format!("{}\n", version_line(v)))
+                    .collect()
+            }
+        }
+        Request::PolicyPreview { .. } => preview(&typed(reply)?),
+        Request::Export { .. } => {
+            let s: ExportSummary = typed(reply)?;
+            format!("exported {} records\n", s.records)
+        }
+    })
+}
+
+fn preset(d: &DeviceInfo) -> String {
+    serde_json::to_string(&d.preset)
+        .unwrap_or_default()
+        .trim_matches('"')
+        .to_string()
+}
+
+fn version_line(v: &PolicyVersionInfo) -> String {
+    format!(
+        "policy version {}, applied {} from {}{}",
+        v.version,
+        v.applied_ms.map(utc).unwrap_or_default(),
+        v.source.as_deref().unwrap_or("?"),
+        if v.in_force { " (in force)" } else { "" }
+    )
+}
+
+fn added(a: &AddedDevice) -> String {
+    let d = &a.device;
+    format!(
+        "Device added. The password is shown only now; dataward keeps just a hash of it.\n  \
+         id / MQTT username: {}\n  MQTT client id:     {} (or {}.<suffix> for more connections)\n  \
+         password:           {}\n  may publish to:     {}\n  may subscribe to:   {}\n",
+        d.id,
+        d.id,
+        d.id,
+        a.password,
+        d.publish.join(", "),
+        d.subscribe.join(", ")
+    )
+}
+
+fn status(s: &StatusReport) -> String {
+    let mut out = match (s.running, s.pid, s.uptime_secs) {
+        (true, Some(pid), Some(up)) => {
+            format!("dataward: running (pid {pid}, up {})\n", duration(up))
+        }
+        _ => "dataward: not running\n".to_string(),
+    };
+    out.push_str(&format!("data directory: {}\n", s.data_dir));
+    out.push_str(&format!(
+        "devices: {} known, {} connected ({} connections)\n",
+        s.devices.known, s.devices.connected, s.devices.connections
+    ));
+    if s.policy_version == 0 {
+        out.push_str("policy: none applied (nothing is shared)\n");
+    } else {
+        out.push_str(&format!("policy: version {} in force\n", s.policy_version));
+    }
+    out.push_str(&format!(
+        "history: stored in {} (encryption comes with the user's keys)\n",
+        s.history
+    ));
+    out.push_str(&format!("store: {} on disk\n", bytes(s.store_bytes)));
+    for d in &s.destinations {
+        out.push_str(&format!(
+            "destination {}: {}, backlog {}{}\n",
+            d.name,
+            if d.connected {
+                "connected"
+            } else {
+                "not connected"
+            },
+            d.backlog,
+            d.oldest_pending_secs
+                .map(|a| format!(" (oldest waiting {})", duration(a)))
+                .unwrap_or_default()
+        ));
+    }
+    if s.destinations.is_empty() {
+        out.push_str("destinations: none configured\n");
+    }
+    out
+}
+
+fn preview(p: &PolicyPreview) -> String {
+    let mut out = format!(
+        "device {}, topic {:?}, {}\n",
+        p.device,
+        p.topic,
+        match p.policy_version {
+            Some(0) => "no policy (nothing is shared)".to_string(),
+            Some(v) => format!("policy version {v}"),
+            None => "candidate policy".to_string(),
+        }
+    );
+    if p.destinations.is_empty() {
+        out.push_str("no destinations are configured: nothing leaves\n");
+    }
+    for d in &p.destinations {
+        match &d.payload {
+            Some(payload) => out.push_str(&format!("{} receives: {payload}\n", d.destination)),
+            None => out.push_str(&format!("{} receives nothing\n", d.destination)),
+        }
+        for f in &d.fields {
+            out.push_str(&format!(
+                "  {:<24} {:<6} {}\n",
+                f.field,
+                f.action,
+                f.rule.as_deref().unwrap_or("no rule matches (not shared)")
+            ));
+        }
+    }
+    out
+}
+
+fn duration(secs: u64) -> String {
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m {s}s"),
+        (0, _, _) => format!("{h}h {m}m"),
+        _ => format!("{d}d {h}h"),
+    }
+}
+
+fn bytes(n: u64) -> String {
+    match n {
+        n if n >= 1 << 30 => format!("{:.1} GiB", n as f64 / (1u64 << 30) as f64),
+        n if n >= 1 << 20 => format!("{:.1} MiB", n as f64 / (1u64 << 20) as f64),
+        n if n >= 1 << 10 => format!("{:.1} KiB", n as f64 / 1024.0),
+        n => format!("{n} bytes"),
+    }
+}
+
+/// Milliseconds since the epoch as an ISO 8601 UTC time, to the second.
+pub fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_and_sizes_read_well() {
+        assert_eq!(utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc(951_782_400_000), "2000-02-29T00:00:00Z");
+        assert_eq!(utc(1_796_048_523_000), "2026-11-30T14:22:03Z");
+        assert_eq!(duration(59), "59s");
+        assert_eq!(duration(3_725), "1h 2m");
+        assert_eq!(duration(90_000), "1d 1h");
+        assert_eq!(bytes(2048), "2.0 KiB");
+    }
+}

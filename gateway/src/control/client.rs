@@ -1,0 +1,160 @@
+//! The CLI's way to the operations: through the control socket when a
+//! gateway runs on the data directory, on the store directly when none
+//! does. Both give the same JSON answer, which the CLI then renders.
+
+use std::io::Write;
+use std::os::unix::fs::DirBuilderExt;
+use std::time::{Duration, Instant};
+
+use tokio::net::UnixStream;
+
+use super::lock::{DataDirLock, LockError};
+use super::protocol::{self, Envelope, FrameKind, Request};
+use super::server::socket_path;
+use super::{with_causes, OpError, Operations};
+use crate::config::Config;
+use crate::store::Store;
+
+/// How long a command waits for a data directory that another process
+/// holds (a gateway starting or stopping, another command) to answer or
+/// come free.
+pub const BUSY_WAIT: Duration = Duration::from_secs(15);
+
+/// Sends `request` to whoever serves the data directory of `config`, and
+/// returns its JSON answer. A streamed answer's data goes to `data`.
+pub async fn request(
+    config: Config,
+    request: Request,
+    data: &mut dyn Write,
+) -> Result<serde_json::Value, OpError> {
+    let dir = config.data_dir.clone();
+    let sock = socket_path(&dir);
+    let deadline = Instant::now() + BUSY_WAIT;
+    loop {
+        match UnixStream::connect(&sock).await {
+            Ok(stream) => return remote(stream, &request, data).await,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) => {}
+            Err(e) => {
+                return Err(OpError::runtime(format!(
+                    "cannot use the gateway's control socket {}: {e} (run the command as the gateway's user or as root)",
+                    sock.display()
+                )))
+            }
+        }
+        match local(&config, &request, data).await {
+            Err(Busy(holder)) if Instant::now() < deadline => {
+                tracing::debug!(?holder, "data directory busy; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(Busy(e)) => {
+                return Err(OpError::runtime(format!(
+                    "{} and its control socket does not answer",
+                    with_causes(&e)
+                )))
+            }
+            Ok(result) => return result,
+        }
+    }
+}
+
+/// The data directory is held by another process.
+struct Busy(LockError);
+
+async fn local(
+    config: &Config,
+    request: &Request,
+    data: &mut dyn Write,
+) -> Result<Result<serde_json::Value, OpError>, Busy> {
+    let dir = &config.data_dir;
+    let exists = dir.join("db").exists();
+    if !exists && !request.creates_store() {
+        // Nothing was ever stored here: answer from nothing, create nothing.
+        return Ok(run_local(Operations::offline(config.clone(), None), request, data).await);
+    }
+    if let Err(e) = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        return Ok(Err(OpError::runtime(format!(
+            "cannot create the data directory {}: {e}",
+            dir.display()
+        ))));
+    }
+    let _lock = match DataDirLock::try_acquire(dir, super::lock::Role::Command) {
+        Ok(l) => l,
+        Err(e @ LockError::Held { .. }) => return Err(Busy(e)),
+        Err(e) => return Ok(Err(OpError::runtime(with_causes(&e)))),
+    };
+    let store = match Store::open(dir) {
+        Ok(s) => s,
+        Err(e) => return Ok(Err(e.into())),
+    };
+    Ok(run_local(
+        Operations::offline(config.clone(), Some(store)),
+        request,
+        data,
+    )
+    .await)
+}
+
+async fn run_local(
+    ops: Result<Operations, OpError>,
+    request: &Request,
+    data: &mut dyn Write,
+) -> Result<serde_json::Value, OpError> {
+    let ops = ops?;
+    match request {
+        Request::Export { device } => {
+            let summary = ops.export(device.as_deref(), data)?;
+            serde_json::to_value(summary).map_err(|e| OpError::runtime(e.to_string()))
+        }
+        other => ops.call(other.clone()).await,
+    }
+}
+
+async fn remote(
+    mut stream: UnixStream,
+    request: &Request,
+    data: &mut dyn Write,
+) -> Result<serde_json::Value, OpError> {
+    let lost = |e: &dyn std::fmt::Display| {
+        OpError::runtime(format!("the control connection to the gateway failed: {e}"))
+    };
+    let body = serde_json::to_vec(&Envelope {
+        version: protocol::VERSION,
+        request: request.clone(),
+    })
+    .map_err(|e| lost(&e))?;
+    protocol::write_frame(&mut stream, FrameKind::Request, &body)
+        .await
+        .map_err(|e| lost(&e))?;
+    loop {
+        let (kind, body) =
+            match protocol::read_frame(&mut stream, protocol::MAX_REPLY_BYTES).await {
+                Ok(f) => f,
+                Err(protocol::FrameError::Closed) => return Err(OpError::runtime(
+                    "the gateway closed the control connection without an answer (is it stopping?)",
+                )),
+                Err(e) => return Err(lost(&e)),
+            };
+        match kind {
+            FrameKind::Data => data
+                .write_all(&body)
+                .map_err(|e| OpError::runtime(format!("writing the output failed: {e}")))?,
+            FrameKind::Reply | FrameKind::StreamEnd => {
+                data.flush()
+                    .map_err(|e| OpError::runtime(format!("writing the output failed: {e}")))?;
+                return serde_json::from_slice(&body).map_err(|e| lost(&e));
+            }
+            FrameKind::Error => {
+                return Err(serde_json::from_slice::<OpError>(&body).map_err(|e| lost(&e))?)
+            }
+            FrameKind::Request => return Err(lost(&"unexpected request frame from the gateway")),
+        }
+    }
+}

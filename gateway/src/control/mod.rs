@@ -1,0 +1,235 @@
+//! The operations layer: the one place that implements what a user can ask
+//! of dataward. The CLI, the control socket and (later) the HTTP API are
+//! thin faces over [`Operations`], so every request gives the same answer
+//! whichever face it came through, with the gateway running or stopped.
+//!
+//! - [`protocol`]: requests, and the framed protocol of the control socket.
+//! - [`lock`]: one process per data directory, named when it refuses.
+//! - [`server`]: the control socket a running gateway serves.
+//! - [`client`]: the CLI side: through the socket when a gateway runs,
+//!   on the store directly when none does.
+//! - `devices`, `policy`, `status`, `export`: the operations themselves.
+
+pub mod client;
+mod devices;
+mod export;
+pub mod lock;
+mod policy;
+pub mod protocol;
+pub mod server;
+mod status;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::devices::{DeviceError, DeviceRegistry};
+use crate::pipeline::Pipeline;
+use crate::store::{Outbox, Store, StoreError};
+use crate::uplink::LinkState;
+
+pub use devices::{AddedDevice, DeviceInfo, RemovedDevice};
+pub use export::ExportSummary;
+pub use policy::policy_at_start;
+pub use policy::{
+    AppliedPolicy, CheckedPolicy, FieldPreview, PolicyPreview, PolicyVersionInfo, PreviewOutput,
+};
+pub use protocol::Request;
+pub use status::{DestinationStatus, StatusReport};
+
+/// Whether a failed request was the user's doing (exit code 2) or not (1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// Bad input: a wrong id, an invalid policy, an unknown preset.
+    Input,
+    /// Something failed that the request could not help: the disk, the
+    /// socket, a busy data directory.
+    Runtime,
+}
+
+/// A refused or failed request, as every face reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct OpError {
+    pub class: ErrorClass,
+    pub message: String,
+}
+
+impl OpError {
+    pub fn input(message: impl Into<String>) -> Self {
+        Self {
+            class: ErrorClass::Input,
+            message: message.into(),
+        }
+    }
+
+    pub fn runtime(message: impl Into<String>) -> Self {
+        Self {
+            class: ErrorClass::Runtime,
+            message: message.into(),
+        }
+    }
+}
+
+/// An error and its causes in one line, as anyhow's `{:#}` writes them.
+pub(crate) fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+impl From<StoreError> for OpError {
+    fn from(e: StoreError) -> Self {
+        OpError::runtime(with_causes(&e))
+    }
+}
+
+impl From<DeviceError> for OpError {
+    fn from(e: DeviceError) -> Self {
+        match e {
+            DeviceError::Store(s) => s.into(),
+            DeviceError::Hash(_) | DeviceError::Corrupt(_) => OpError::runtime(with_causes(&e)),
+            _ => OpError::input(e.to_string()),
+        }
+    }
+}
+
+/// One destination of a running gateway, as status sees it.
+pub struct LinkHandle {
+    pub name: String,
+    pub state: Arc<LinkState>,
+    pub outbox: Arc<Outbox>,
+}
+
+/// The parts of a running gateway that requests act on.
+pub struct Live {
+    pub broker: Arc<Broker>,
+    pub pipeline: Arc<Pipeline>,
+    pub links: Vec<LinkHandle>,
+    pub started: std::time::Instant,
+}
+
+/// The operations, over a store and, while the gateway runs, over the
+/// running parts.
+pub struct Operations {
+    config: Config,
+    /// `None` when there is no data directory yet: read-only requests then
+    /// answer from nothing, and never create one.
+    store: Option<Store>,
+    registry: Option<Arc<DeviceRegistry>>,
+    live: Option<Live>,
+    /// One policy change at a time: version numbers are not raced, and the
+    /// store and the pipeline change in the same order.
+    policy_changes: tokio::sync::Mutex<()>,
+}
+
+impl Operations {
+    /// For a CLI command with no gateway running.
+    pub fn offline(config: Config, store: Option<Store>) -> Result<Self, OpError> {
+        let registry = match &store {
+            Some(s) => Some(Arc::new(DeviceRegistry::open(s)?)),
+            None => None,
+        };
+        Ok(Self {
+            config,
+            store,
+            registry,
+            live: None,
+            policy_changes: Default::default(),
+        })
+    }
+
+    /// For the running gateway.
+    pub fn running(
+        config: Config,
+        store: Store,
+        registry: Arc<DeviceRegistry>,
+        live: Live,
+    ) -> Self {
+        Self {
+            config,
+            store: Some(store),
+            registry: Some(registry),
+            live: Some(live),
+            policy_changes: Default::default(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn store(&self) -> Result<&Store, OpError> {
+        self.store.as_ref().ok_or_else(|| {
+            OpError::runtime(with_causes(&StoreError::Missing(
+                self.config.data_dir.display().to_string(),
+            )))
+        })
+    }
+
+    fn registry(&self) -> Result<&Arc<DeviceRegistry>, OpError> {
+        self.store()?;
+        self.registry
+            .as_ref()
+            .ok_or_else(|| OpError::runtime("the device registry is not open"))
+    }
+
+    /// Makes what was just written durable. Off the async runtime: a flush
+    /// waits for the disk.
+    async fn flush(&self) -> Result<(), OpError> {
+        let store = self.store()?.clone();
+        tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .map_err(|e| OpError::runtime(format!("flush task failed: {e}")))??;
+        Ok(())
+    }
+
+    /// Answers one request that is not streamed, as JSON.
+    pub async fn call(&self, request: Request) -> Result<serde_json::Value, OpError> {
+        fn json<T: Serialize>(v: T) -> Result<serde_json::Value, OpError> {
+            serde_json::to_value(v).map_err(|e| OpError::runtime(format!("encoding a reply: {e}")))
+        }
+        match request {
+            Request::Status => json(self.status()?),
+            Request::DeviceAdd { name, id, preset } => {
+                json(self.device_add(&name, id.as_deref(), &preset).await?)
+            }
+            Request::DeviceList => json(self.device_list()?),
+            Request::DeviceShow { id } => json(self.device_show(&id)?),
+            Request::DeviceRemove { id } => json(self.device_remove(&id).await?),
+            Request::PolicyCheck { text, name } => json(self.policy_check(&text, &name)?),
+            Request::PolicyApply { text, name } => json(self.policy_apply(&text, &name).await?),
+            Request::PolicyShow { policy_version } => json(self.policy_show(policy_version)?),
+            Request::PolicyVersions => json(self.policy_versions()?),
+            Request::PolicyPreview {
+                device,
+                topic,
+                payload,
+                candidate,
+            } => json(self.policy_preview(
+                &device,
+                topic.as_deref(),
+                payload.as_bytes(),
+                candidate.as_deref(),
+            )?),
+            Request::Export { .. } => Err(OpError::runtime(
+                "export is streamed; it has no single reply",
+            )),
+        }
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    crate::pipeline::now_ms()
+}

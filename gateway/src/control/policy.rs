@@ -1,0 +1,332 @@
+//! Policy operations: check, apply, show, versions and preview, and the
+//! policy file read at start and on SIGHUP.
+//!
+//! The policy in force is the latest stored version. A change is validated
+//! in full, stored (durably) as the next version, and only then swapped
+//! into the running pipeline: an invalid text changes nothing, and a crash
+//! in between leaves the stored version to be used at the next start.
+
+use policy::{Action, Message, Policy};
+use serde::{Deserialize, Serialize};
+
+use super::{now_ms, OpError, Operations};
+use crate::config::Config;
+use crate::pipeline::ActivePolicy;
+use crate::store::{PolicySource, PolicyVersion, Store};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckedPolicy {
+    pub name: String,
+    pub sharing_rules: usize,
+    pub command_rules: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedPolicy {
+    pub version: u64,
+    /// False when the text was the one already in force: no new version.
+    pub changed: bool,
+    pub sharing_rules: usize,
+    pub command_rules: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyVersionInfo {
+    /// 0: no policy was ever applied; nothing is shared.
+    pub version: u64,
+    pub applied_ms: Option<u64>,
+    pub source: Option<String>,
+    pub in_force: bool,
+    /// The text as applied (left out of version lists).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub text: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldPreview {
+    pub field: String,
+    pub action: String,
+    /// The deciding rule ("rule #2, line 7, column 1"), or none: default deny.
+    pub rule: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviewOutput {
+    pub destination: String,
+    /// What the destination would receive; none: the message is not sent.
+    pub payload: Option<String>,
+    pub fields: Vec<FieldPreview>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyPreview {
+    pub device: String,
+    pub topic: String,
+    /// The version previewed; none for a candidate text.
+    pub policy_version: Option<u64>,
+    pub destinations: Vec<PreviewOutput>,
+}
+
+/// Parses `text` and checks it against the configured destinations.
+pub(crate) fn validate(config: &Config, text: &str, name: &str) -> Result<Policy, OpError> {
+    Policy::parse(text)
+        .and_then(|p| {
+            p.check_destinations(&config.destination_names())
+                .map(|()| p)
+        })
+        .map_err(|e| OpError::input(format!("{name}: {e}")))
+}
+
+fn in_force(version: &PolicyVersion, config: &Config) -> Result<ActivePolicy, OpError> {
+    let policy = validate(
+        config,
+        &version.text,
+        &format!("stored policy version {}", version.version),
+    )
+    .map_err(|e| {
+        OpError::input(format!(
+            "{e} (the config changed since it was applied; apply a corrected policy with `dataward policy apply FILE`)"
+        ))
+    })?;
+    Ok(ActivePolicy {
+        version: version.version,
+        policy,
+    })
+}
+
+/// The policy to run with at start. A configured policy file whose text
+/// changed since it was last read is validated and stored as the next
+/// version first; an unchanged file leaves a later `policy apply` in force.
+pub fn policy_at_start(config: &Config, store: &Store) -> Result<ActivePolicy, OpError> {
+    let versions = store.policy_versions()?;
+    if let Some(path) = config.policy_path() {
+        let text = read_policy_file(&path)?;
+        let key = path.display().to_string();
+        let last_read = versions.latest_from_file(&key)?;
+        if last_read.as_ref().map(|v| v.text.as_str()) != Some(text.as_str()) {
+            validate(config, &text, &key)?;
+            let v = versions.append(PolicySource::ConfigFile { path: key }, &text, now_ms())?;
+            store.flush()?;
+            tracing::info!(version = v.version, file = %path.display(), "policy file stored as a new version");
+        }
+    }
+    match versions.latest()? {
+        Some(latest) => in_force(&latest, config),
+        None => {
+            tracing::info!("no policy: nothing is shared with any destination");
+            Ok(ActivePolicy::default())
+        }
+    }
+}
+
+fn read_policy_file(path: &std::path::Path) -> Result<String, OpError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| OpError::input(format!("cannot read policy file {}: {e}", path.display())))
+}
+
+impl Operations {
+    pub fn policy_check(&self, text: &str, name: &str) -> Result<CheckedPolicy, OpError> {
+        let p = validate(&self.config, text, name)?;
+        Ok(CheckedPolicy {
+            name: name.to_string(),
+            sharing_rules: p.rules().len(),
+            command_rules: p.command_rules().len(),
+        })
+    }
+
+    pub async fn policy_apply(&self, text: &str, name: &str) -> Result<AppliedPolicy, OpError> {
+        let source = PolicySource::Applied {
+            name: name.to_string(),
+        };
+        self.change_policy(text, name, source).await
+    }
+
+    /// SIGHUP: re-reads the configured policy file and applies it if it
+    /// differs from the policy in force.
+    pub async fn reload_policy_file(&self) -> Result<Option<AppliedPolicy>, OpError> {
+        let Some(path) = self.config.policy_path() else {
+            return Ok(None);
+        };
+        let text = read_policy_file(&path)?;
+        let key = path.display().to_string();
+        self.change_policy(&text, &key, PolicySource::ConfigFile { path: key.clone() })
+            .await
+            .map(Some)
+    }
+
+    async fn change_policy(
+        &self,
+        text: &str,
+        name: &str,
+        source: PolicySource,
+    ) -> Result<AppliedPolicy, OpError> {
+        let policy = validate(&self.config, text, name)?;
+        let (sharing_rules, command_rules) = (policy.rules().len(), policy.command_rules().len());
+        let _one_at_a_time = self.policy_changes.lock().await;
+        let versions = self.store()?.policy_versions()?;
+        let latest = versions.latest()?;
+        if let Some(v) = latest.filter(|v| v.text == text) {
+            return Ok(AppliedPolicy {
+                version: v.version,
+                changed: false,
+                sharing_rules,
+                command_rules,
+            });
+        }
+        let stored = versions.append(source, text, now_ms())?;
+        self.flush().await?;
+        if let Some(live) = &self.live {
+            live.pipeline.swap_policy(ActivePolicy {
+                version: stored.version,
+                policy,
+            });
+        }
+        tracing::info!(version = stored.version, source = %stored.source, "policy applied");
+        Ok(AppliedPolicy {
+            version: stored.version,
+            changed: true,
+            sharing_rules,
+            command_rules,
+        })
+    }
+
+    /// The version in force: the running pipeline's, or the latest stored.
+    pub(super) fn version_in_force(&self) -> Result<u64, OpError> {
+        if let Some(live) = &self.live {
+            return Ok(live.pipeline.policy().version);
+        }
+        match &self.store {
+            Some(s) => Ok(s.policy_versions()?.latest()?.map_or(0, |v| v.version)),
+            None => Ok(0),
+        }
+    }
+
+    fn info(&self, v: PolicyVersion, current: u64, with_text: bool) -> PolicyVersionInfo {
+        PolicyVersionInfo {
+            version: v.version,
+            applied_ms: Some(v.applied_ms),
+            source: Some(v.source.to_string()),
+            in_force: v.version == current,
+            text: with_text.then_some(v.text),
+        }
+    }
+
+    pub fn policy_show(&self, version: Option<u64>) -> Result<PolicyVersionInfo, OpError> {
+        let current = self.version_in_force()?;
+        let wanted = version.unwrap_or(current);
+        if wanted == 0 && version.is_none() {
+            return Ok(PolicyVersionInfo {
+                version: 0,
+                applied_ms: None,
+                source: None,
+                in_force: true,
+                text: Some(String::new()),
+            });
+        }
+        let stored = match &self.store {
+            Some(s) => s.policy_versions()?.get(wanted)?,
+            None => None,
+        };
+        let v =
+            stored.ok_or_else(|| OpError::input(format!("there is no policy version {wanted}")))?;
+        Ok(self.info(v, current, true))
+    }
+
+    pub fn policy_versions(&self) -> Result<Vec<PolicyVersionInfo>, OpError> {
+        let current = self.version_in_force()?;
+        let all = match &self.store {
+            Some(s) => s.policy_versions()?.list()?,
+            None => Vec::new(),
+        };
+        Ok(all
+            .into_iter()
+            .map(|v| self.info(v, current, false))
+            .collect())
+    }
+
+    pub fn policy_preview(
+        &self,
+        device: &str,
+        topic: Option<&str>,
+        payload: &[u8],
+        candidate: Option<&str>,
+    ) -> Result<PolicyPreview, OpError> {
+        let known = self.device_show(device)?;
+        // A topic the device may publish on: its first pattern with the
+        // wildcards filled in.
+        let topic = match topic {
+            Some(t) => t.to_string(),
+            None => known
+                .publish
+                .first()
+                .map(|p| p.replace('#', "state").replace('+', "x"))
+                .unwrap_or_default(),
+        };
+        let (version, policy) = match candidate {
+            Some(text) => (None, validate(&self.config, text, "candidate policy")?),
+            None => {
+                let active = self.active_policy()?;
+                (Some(active.version), active.policy)
+            }
+        };
+        let names = self.config.destination_names();
+        let eval = policy.evaluate(
+            &Message {
+                device,
+                topic: &topic,
+                payload,
+            },
+            &names,
+        );
+        let destinations = eval
+            .outputs
+            .iter()
+            .map(|out| PreviewOutput {
+                destination: out.destination.clone(),
+                payload: out
+                    .payload
+                    .as_ref()
+                    .map(|p| String::from_utf8_lossy(p).into_owned()),
+                fields: eval
+                    .fields
+                    .iter()
+                    .zip(&out.decisions)
+                    .map(|(field, d)| FieldPreview {
+                        field: field.to_string(),
+                        action: match d.action {
+                            Action::Share => "share",
+                            Action::Drop => "drop",
+                        }
+                        .to_string(),
+                        rule: d.rule.and_then(|id| {
+                            policy.rule(id).map(|r| format!("{id}, {}", r.position))
+                        }),
+                    })
+                    .collect(),
+            })
+            .collect();
+        Ok(PolicyPreview {
+            device: device.to_string(),
+            topic,
+            policy_version: version,
+            destinations,
+        })
+    }
+
+    fn active_policy(&self) -> Result<ActivePolicy, OpError> {
+        if let Some(live) = &self.live {
+            let p = live.pipeline.policy();
+            return Ok(ActivePolicy {
+                version: p.version,
+                policy: p.policy.clone(),
+            });
+        }
+        match &self.store {
+            Some(s) => match s.policy_versions()?.latest()? {
+                Some(v) => in_force(&v, &self.config),
+                None => Ok(ActivePolicy::default()),
+            },
+            None => Ok(ActivePolicy::default()),
+        }
+    }
+}

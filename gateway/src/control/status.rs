@@ -1,0 +1,97 @@
+//! `status`: is a gateway running, what is connected, what waits to leave.
+
+use serde::{Deserialize, Serialize};
+
+use super::{now_ms, OpError, Operations};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestinationStatus {
+    pub name: String,
+    /// Connected to the destination's broker now (false when stopped).
+    pub connected: bool,
+    /// Messages waiting in the outbox for the destination's acknowledgement.
+    pub backlog: u64,
+    /// Age of the oldest waiting message, in seconds.
+    pub oldest_pending_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceCounts {
+    pub known: usize,
+    /// Devices with at least one live connection.
+    pub connected: usize,
+    pub connections: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub running: bool,
+    /// The gateway's pid and uptime; none when stopped.
+    pub pid: Option<u32>,
+    pub uptime_secs: Option<u64>,
+    pub data_dir: String,
+    pub devices: DeviceCounts,
+    pub destinations: Vec<DestinationStatus>,
+    /// The policy version in force (0: none, nothing is shared).
+    pub policy_version: u64,
+    /// What history keeps: "plaintext" until the user's keys exist.
+    pub history: String,
+    pub store_bytes: u64,
+}
+
+impl Operations {
+    pub fn status(&self) -> Result<StatusReport, OpError> {
+        let now = now_ms();
+        let age = |queued: Option<u64>| queued.map(|q| now.saturating_sub(q) / 1000);
+        let mut destinations = Vec::new();
+        for dest in &self.config.destinations {
+            let link = self
+                .live
+                .as_ref()
+                .and_then(|l| l.links.iter().find(|h| h.name == dest.name));
+            let status = match (link, &self.store) {
+                (Some(h), _) => DestinationStatus {
+                    name: dest.name.clone(),
+                    connected: h.state.is_connected(),
+                    backlog: h.outbox.len(),
+                    oldest_pending_secs: age(h.outbox.oldest_queued_ms()?),
+                },
+                (None, Some(store)) if store.has_outbox(&dest.name) => {
+                    let ob = store.outbox(&dest.name, self.config.store.outbox_max_entries)?;
+                    DestinationStatus {
+                        name: dest.name.clone(),
+                        connected: false,
+                        backlog: ob.len(),
+                        oldest_pending_secs: age(ob.oldest_queued_ms()?),
+                    }
+                }
+                _ => DestinationStatus {
+                    name: dest.name.clone(),
+                    connected: false,
+                    backlog: 0,
+                    oldest_pending_secs: None,
+                },
+            };
+            destinations.push(status);
+        }
+        let (connected, connections) = self.live.as_ref().map_or((0, 0), |l| l.broker.connected());
+        Ok(StatusReport {
+            running: self.live.is_some(),
+            pid: self.live.as_ref().map(|_| std::process::id()),
+            uptime_secs: self.live.as_ref().map(|l| l.started.elapsed().as_secs()),
+            data_dir: self.config.data_dir.display().to_string(),
+            devices: DeviceCounts {
+                known: self.registry.as_ref().map_or(0, |r| r.list().len()),
+                connected,
+                connections,
+            },
+            destinations,
+            policy_version: self.version_in_force()?,
+            history: "plaintext".into(),
+            store_bytes: match &self.store {
+                Some(s) => s.size_on_disk()?,
+                None => 0,
+            },
+        })
+    }
+}
