@@ -290,3 +290,26 @@ pub fn stored_seqs(data_dir: &Path, device: &str) -> Result<std::collections::Ha
         .filter_map(|p| p["seq"].as_u64().map(|s| s as usize))
         .collect())
 }
+
+/// `dataward ARGS --data-dir DIR`; fails unless it exits 0. Returns stdout.
+pub fn cli_ok(data_dir: &Path, args: &[&str]) -> Result<String> {
+    let dir = data_dir.to_string_lossy();
+    let mut all = args.to_vec();
+    all.extend(["--data-dir", &dir]);
+    let out = cli(&all)?;
+    if !out.status.success() {
+        bail!(
+            "dataward {args:?} failed ({:?}): {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+/// Like [`cli_ok`] with `--json`; returns the parsed answer.
+pub fn cli_json(data_dir: &Path, args: &[&str]) -> Result<serde_json::Value> {
+    let mut all = args.to_vec();
+    all.push("--json");
+    Ok(serde_json::from_str(&cli_ok(data_dir, &all)?)?)
+}
