@@ -45,9 +45,15 @@ async fn lock_data_dir(config: &Config) -> anyhow::Result<DataDirLock> {
     loop {
         match DataDirLock::try_acquire(dir, Role::Gateway) {
             Ok(lock) => return Ok(lock),
-            Err(LockError::Held {
-                holder: Some(h), ..
-            }) if h.role == Role::Command && Instant::now() < deadline => {
+            // Only a live gateway is refused at once. A command finishes
+            // soon; a holder that has not written its name yet, or a name
+            // left by a dead process, means the real holder is in between.
+            Err(LockError::Held { holder, .. })
+                if Instant::now() < deadline
+                    && !holder
+                        .as_ref()
+                        .is_some_and(|h| h.role == Role::Gateway && h.is_alive()) =>
+            {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => {
@@ -62,7 +68,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Before anything is announced: a signal that arrives between the
     // "running" line and the first poll must still mean a clean stop.
     let mut signals = Signals::install().context("watching for Ctrl-C, SIGTERM and SIGHUP")?;
+    // Everything the gateway creates (store, socket, lock) is its user's
+    // alone.
+    // SAFETY: umask only changes the process's file creation mask.
+    unsafe { libc::umask(0o077) };
     let lock = lock_data_dir(&config).await?;
+    config
+        .remember_for_commands()
+        .context("recording the config file for commands")?;
     let started = Instant::now();
     let store = Store::open(&config.data_dir)?;
     let registry = Arc::new(DeviceRegistry::open(&store).context("loading devices")?);

@@ -45,7 +45,15 @@ pub struct Config {
     pub store: StoreConfig,
     #[serde(default, rename = "destination")]
     pub destinations: Vec<DestinationConfig>,
+    /// The file this was read from; none for the embedded defaults.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
+
+/// In the data directory: the config file the gateway last ran with, so a
+/// command given only `--data-dir` sees the same destinations and policy
+/// file with the gateway stopped as it would through the running one.
+const REMEMBERED: &str = "config-file";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -224,6 +232,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             store: StoreConfig::default(),
             destinations: Vec::new(),
+            source: None,
         }
     }
 }
@@ -241,6 +250,7 @@ impl Config {
                 column,
                 message,
             })?;
+        cfg.source = Some(std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf()));
         // Paths inside the file are relative to the file, not to wherever
         // the service happens to be started from.
         if let Some(dir) = path.parent() {
@@ -313,6 +323,63 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The config for `dataward run`: `explicit`, else the system file if
+    /// it exists, else the embedded defaults; `data_dir` overrides the
+    /// file's.
+    pub fn resolve(explicit: Option<&Path>, data_dir: Option<&Path>) -> Result<Self, ConfigError> {
+        let system = Path::new(SYSTEM_CONFIG);
+        let mut config = match explicit {
+            Some(path) => Self::load(path)?,
+            None if system.exists() => Self::load(system)?,
+            None => Self::default(),
+        };
+        if let Some(d) = data_dir {
+            config.data_dir = d.to_path_buf();
+        }
+        Ok(config)
+    }
+
+    /// The config for any other command: as [`Config::resolve`], except
+    /// that without `explicit` the file the gateway last ran with on that
+    /// data directory wins, if it still exists. The data directory stays
+    /// the one that led there.
+    pub fn for_command(
+        explicit: Option<&Path>,
+        data_dir: Option<&Path>,
+    ) -> Result<Self, ConfigError> {
+        let base = Self::resolve(explicit, data_dir)?;
+        if explicit.is_some() {
+            return Ok(base);
+        }
+        let remembered = std::fs::read_to_string(base.data_dir.join(REMEMBERED))
+            .ok()
+            .map(|p| PathBuf::from(p.trim_end_matches('\n')))
+            .filter(|p| p.exists() && Some(p) != base.source.as_ref());
+        match remembered {
+            Some(path) => {
+                let dir = base.data_dir.clone();
+                Self::load(&path).map(|mut c| {
+                    c.data_dir = dir;
+                    c
+                })
+            }
+            None => Ok(base),
+        }
+    }
+
+    /// Records (or clears) the file this config came from in the data
+    /// directory, for [`Config::for_command`].
+    pub fn remember_for_commands(&self) -> std::io::Result<()> {
+        let at = self.data_dir.join(REMEMBERED);
+        match &self.source {
+            Some(p) => std::fs::write(at, format!("{}\n", p.display())),
+            None => match std::fs::remove_file(at) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
+        }
     }
 
     pub fn destination_names(&self) -> Vec<String> {

@@ -220,6 +220,10 @@ fn new_password() -> Zeroizing<String> {
 pub struct DeviceRegistry {
     tree: sled::Tree,
     cache: RwLock<BTreeMap<String, Arc<Device>>>,
+    /// Adds and removes one at a time, so the existence and overlap checks
+    /// still hold when the record is written (the control socket serves
+    /// several requests at once).
+    changes: std::sync::Mutex<()>,
 }
 
 impl DeviceRegistry {
@@ -235,6 +239,7 @@ impl DeviceRegistry {
         Ok(Self {
             tree,
             cache: RwLock::new(cache),
+            changes: std::sync::Mutex::new(()),
         })
     }
 
@@ -252,6 +257,8 @@ impl DeviceRegistry {
         if self.get(id).is_some() {
             return Err(DeviceError::Exists(id.to_string()));
         }
+        // Hashing is slow, so it runs before the lock; the checks that
+        // matter are repeated under it.
         let password = new_password();
         let salt = SaltString::generate(&mut rand::rngs::OsRng);
         let hash = Argon2::default()
@@ -269,6 +276,10 @@ impl DeviceRegistry {
             password_hash: hash,
             created_ms: now_ms,
         };
+        let _one_at_a_time = self.changes.lock().unwrap_or_else(|e| e.into_inner());
+        if self.get(id).is_some() {
+            return Err(DeviceError::Exists(id.to_string()));
+        }
         // Topic spaces must not touch: otherwise one device could publish
         // into another's topics (e.g. a zigbee2mqtt bridge with id
         // "devices" would cover every generic device's command topics).
@@ -296,6 +307,7 @@ impl DeviceRegistry {
     }
 
     pub fn remove(&self, id: &str) -> Result<(), DeviceError> {
+        let _one_at_a_time = self.changes.lock().unwrap_or_else(|e| e.into_inner());
         if self
             .tree
             .remove(id.as_bytes())
@@ -381,6 +393,20 @@ mod tests {
         assert_eq!(reg.list().len(), 2);
         reg.remove("plug").expect("remove");
         assert!(reg.get("plug").is_none());
+        // Concurrent adds of one id: exactly one wins.
+        let reg = Arc::new(reg);
+        let racers: Vec<_> = (0..4)
+            .map(|_| {
+                let reg = Arc::clone(&reg);
+                std::thread::spawn(move || reg.add("twin", "Twin", Preset::Generic, 1).is_ok())
+            })
+            .collect();
+        let wins = racers
+            .into_iter()
+            .map(|t| t.join().expect("thread"))
+            .filter(|won| *won)
+            .count();
+        assert_eq!(wins, 1, "one add of an id succeeds");
         assert!(matches!(reg.remove("plug"), Err(DeviceError::NotFound(_))));
     }
 }

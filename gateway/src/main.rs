@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use gateway::config::{Config, ConfigError, SYSTEM_CONFIG};
+use gateway::config::{Config, ConfigError};
 use gateway::control::{client, ErrorClass, OpError, Request};
 use gateway::BadInput;
 
@@ -175,7 +175,13 @@ fn main() -> ExitCode {
             };
         }
     };
-    init_logging();
+    // `run` logs what it does; a command's own log lines would only clutter
+    // its answer, so they show warnings and errors unless RUST_LOG asks.
+    init_logging(if matches!(cli.command, Command::Run { .. }) {
+        "info,rmqtt=warn,rmqtt_net=warn,sled=warn"
+    } else {
+        "warn,sled=warn"
+    });
     match dispatch(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -213,12 +219,11 @@ fn limit_allocator_retention() {
     }
 }
 
-fn init_logging() {
+fn init_logging(default: &str) {
     // rmqtt logs through `log`; the subscriber's log bridge turns those
     // records into tracing events, filtered by RUST_LOG like ours.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,rmqtt=warn,rmqtt_net=warn,sled=warn")
-    });
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -227,15 +232,10 @@ fn init_logging() {
 }
 
 fn load_config(common: &Common) -> anyhow::Result<Config> {
-    let mut config = match &common.config {
-        Some(path) => Config::load(path)?,
-        None if Path::new(SYSTEM_CONFIG).exists() => Config::load(Path::new(SYSTEM_CONFIG))?,
-        None => Config::default(),
-    };
-    if let Some(dir) = &common.data_dir {
-        config.data_dir = dir.clone();
-    }
-    Ok(config)
+    Ok(Config::for_command(
+        common.config.as_deref(),
+        common.data_dir.as_deref(),
+    )?)
 }
 
 fn read_text(path: &Path, what: &str) -> anyhow::Result<String> {
@@ -250,7 +250,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             mqtt_listen,
             http_listen,
         } => {
-            let mut config = load_config(&common)?;
+            let mut config = Config::resolve(common.config.as_deref(), common.data_dir.as_deref())?;
             if let Some(a) = mqtt_listen {
                 config.mqtt.listen = a;
             }
@@ -337,7 +337,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         } => (common, Request::Export { device }, output),
     };
     let config = load_config(&common)?;
-    let mut sink: Box<dyn Write> = match &output {
+    // An output file is written beside its final name and renamed only once
+    // complete: a failed export never destroys an earlier good one.
+    let partial = output.as_ref().map(|p| {
+        let mut name = p.as_os_str().to_owned();
+        name.push(".partial");
+        PathBuf::from(name)
+    });
+    let mut sink: Box<dyn Write> = match &partial {
         Some(p) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
         )),
@@ -347,9 +354,21 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    let reply = runtime.block_on(client::request(config, request.clone(), &mut sink))?;
-    sink.flush().context("writing the output")?;
+    let reply = runtime
+        .block_on(client::request(config, request.clone(), &mut sink))
+        .map_err(anyhow::Error::from)
+        .and_then(|r| sink.flush().context("writing the output").map(|()| r));
     drop(sink);
+    if let (Some(part), Some(out)) = (&partial, &output) {
+        match &reply {
+            Ok(_) => std::fs::rename(part, out)
+                .with_context(|| format!("cannot write {}", out.display()))?,
+            Err(_) => {
+                let _ = std::fs::remove_file(part);
+            }
+        }
+    }
+    let reply = reply?;
     // An export's data went to the sink; its summary goes to stderr so
     // that standard output stays pure NDJSON.
     let text = if common.json {

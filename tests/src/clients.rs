@@ -119,3 +119,19 @@ where
     }
     got
 }
+
+/// Polls `events` until an event satisfies `pred`; fails on a connection
+/// error or after 10 s.
+pub async fn wait_for(events: &mut EventLoop, mut pred: impl FnMut(&Event) -> bool) -> Result<()> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match events.poll().await {
+                Ok(e) if pred(&e) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => bail!("connection failed: {e}"),
+            }
+        }
+    })
+    .await
+    .map_err(|_| anyhow!("timed out waiting for an MQTT event"))?
+}

@@ -130,14 +130,27 @@ impl Drop for Cloud {
 }
 
 pub(crate) fn signal(child: &Child, sig: &str) -> Result<()> {
+    signal_pid(child.id(), sig)
+}
+
+/// `kill -SIG PID`.
+pub fn signal_pid(pid: u32, sig: &str) -> Result<()> {
     let status = Command::new("kill")
         .arg(format!("-{sig}"))
-        .arg(child.id().to_string())
+        .arg(pid.to_string())
         .status()?;
     if !status.success() {
-        bail!("kill -{sig} {} failed", child.id());
+        bail!("kill -{sig} {pid} failed");
     }
     Ok(())
+}
+
+/// A scratch directory, its `data` subdirectory for the gateway, and a
+/// cloud: what most end-to-end tests start from.
+pub fn scratch() -> Result<(tempfile::TempDir, PathBuf, Cloud)> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    Ok((dir, data, Cloud::start()?))
 }
 
 /// A throwaway certificate authority and a server certificate for

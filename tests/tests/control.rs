@@ -10,9 +10,7 @@ use rumqttc::{Event, Packet, QoS};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_added_while_running_connects_and_shares_at_once() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let data = dir.path().join("data");
-    let cloud = Cloud::start()?;
+    let (dir, data, cloud) = scratch()?;
     let policy = write_policy(dir.path(), SHARE_ALL)?;
     let gw = Gateway::start(dir.path(), &config_for(&data, &cloud, Some(&policy), ""))?;
     let (sub, mut sub_events) = cloud_subscriber(&cloud, "home/#", "sub-added").await?;
@@ -22,15 +20,10 @@ async fn a_device_added_while_running_connects_and_shares_at_once() -> Result<()
     client
         .publish("devices/late/state", QoS::AtLeastOnce, false, r#"{"t":1}"#)
         .await?;
-    let acked = tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            if let Ok(Event::Incoming(Packet::PubAck(_))) = events.poll().await {
-                return;
-            }
-        }
+    wait_for(&mut events, |e| {
+        matches!(e, Event::Incoming(Packet::PubAck(_)))
     })
-    .await;
-    assert!(acked.is_ok(), "the new device's message is acknowledged");
+    .await?;
     let got = collect(Some(&sub), &mut sub_events, Duration::from_secs(10), |g| {
         !g.is_empty()
     })
@@ -44,9 +37,7 @@ async fn a_device_added_while_running_connects_and_shares_at_once() -> Result<()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removing_a_device_ends_its_sessions_retained_and_pending_commands() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let data = dir.path().join("data");
-    let cloud = Cloud::start()?;
+    let (dir, data, cloud) = scratch()?;
     let plug = add_device(&data, "plug", "tasmota")?;
     let policy = write_policy(
         dir.path(),
@@ -54,16 +45,18 @@ async fn removing_a_device_ends_its_sessions_retained_and_pending_commands() -> 
     )?;
     let gw = Gateway::start(dir.path(), &config_for(&data, &cloud, Some(&policy), ""))?;
 
-    // An offline session with a command queued in it: the device subscribed
-    // with a persistent session, went away, and the cloud sent a command.
-    let mut offline = device_options(gw.mqtt, &plug, "plug.offline");
-    offline.set_clean_session(false);
-    let (oc, mut oe) = connect(offline).await?;
-    oc.subscribe("cmnd/plug/#", QoS::AtLeastOnce).await?;
-    wait_for(&mut oe, |e| matches!(e, Event::Incoming(Packet::SubAck(_)))).await?;
-    oc.disconnect().await?;
-    let _ = tokio::time::timeout(Duration::from_secs(2), oe.poll()).await;
-    drop((oc, oe));
+    // Two offline sessions with a command queued in each: the device
+    // subscribed with persistent sessions, went away, and the cloud sent a
+    // command.
+    for client_id in ["plug.offline", "plug.control"] {
+        let mut offline = device_options(gw.mqtt, &plug, client_id);
+        offline.set_clean_session(false);
+        let (oc, mut oe) = connect(offline).await?;
+        oc.subscribe("cmnd/plug/#", QoS::AtLeastOnce).await?;
+        wait_for(&mut oe, |e| matches!(e, Event::Incoming(Packet::SubAck(_)))).await?;
+        oc.disconnect().await?;
+        let _ = tokio::time::timeout(Duration::from_secs(2), oe.poll()).await;
+    }
     let (cloud_client, mut cloud_events) = connect(rumqttc::MqttOptions::new(
         "cloud-cmd",
         "127.0.0.1",
@@ -79,8 +72,16 @@ async fn removing_a_device_ends_its_sessions_retained_and_pending_commands() -> 
     .await?;
     gw.wait_for_log("command relayed to device", Duration::from_secs(10))?;
 
-    // A live session, which has left a retained message.
-    let (live, mut live_events) = connect(device_options(gw.mqtt, &plug, "plug")).await?;
+    // The control: resuming one of them delivers its queued command. It
+    // stays connected, and leaves a retained message.
+    let mut control = device_options(gw.mqtt, &plug, "plug.control");
+    control.set_clean_session(false);
+    let (live, mut live_events) = connect(control).await?;
+    wait_for(
+        &mut live_events,
+        |e| matches!(e, Event::Incoming(Packet::Publish(p)) if p.topic == "cmnd/plug/POWER"),
+    )
+    .await?;
     live.publish("tele/plug/STATE", QoS::AtLeastOnce, true, r#"{"on":1}"#)
         .await?;
     wait_for(&mut live_events, |e| {
@@ -132,23 +133,6 @@ async fn removing_a_device_ends_its_sessions_retained_and_pending_commands() -> 
     Ok(())
 }
 
-async fn wait_for(
-    events: &mut rumqttc::EventLoop,
-    mut pred: impl FnMut(&Event) -> bool,
-) -> Result<()> {
-    tokio::time::timeout(Duration::from_secs(10), async {
-        loop {
-            match events.poll().await {
-                Ok(e) if pred(&e) => return Ok(()),
-                Ok(_) => {}
-                Err(e) => bail!("connection failed: {e}"),
-            }
-        }
-    })
-    .await
-    .map_err(|_| anyhow::anyhow!("timed out waiting for an MQTT event"))?
-}
-
 const SHARE_A: &str =
     "[[rule]]\ndevice = \"*\"\nfield = \"a\"\ndestination = \"*\"\naction = \"share\"\n";
 const SHARE_B: &str =
@@ -157,9 +141,7 @@ const SHARE_B: &str =
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_apply_switches_once_mid_stream_and_loses_nothing() -> Result<()> {
     const N: usize = 2000;
-    let dir = tempfile::tempdir()?;
-    let data = dir.path().join("data");
-    let cloud = Cloud::start()?;
+    let (dir, data, cloud) = scratch()?;
     let dev = add_device(&data, "meter", "generic")?;
     let policy = write_policy(dir.path(), SHARE_A)?;
     let gw = Gateway::start(dir.path(), &config_for(&data, &cloud, Some(&policy), ""))?;
@@ -246,7 +228,7 @@ async fn policy_apply_switches_once_mid_stream_and_loses_nothing() -> Result<()>
     assert_eq!(got.len(), N, "each message reaches the cloud once");
     let mut seen = vec![false; N];
     let mut switches = 0;
-    let mut last_field = "a";
+    let mut last_field = "";
     for (i, (_, payload)) in got.iter().enumerate() {
         let v: serde_json::Value = serde_json::from_slice(payload)?;
         let obj = v
@@ -257,10 +239,12 @@ async fn policy_apply_switches_once_mid_stream_and_loses_nothing() -> Result<()>
         let n = n.as_u64().ok_or_else(|| anyhow::anyhow!("not a number"))? as usize;
         assert!(!seen[n], "message {n} arrived twice");
         seen[n] = true;
-        if field != last_field {
+        if i == 0 {
+            assert_eq!(field, "a", "the stream starts under the old policy");
+        } else if field != last_field {
             switches += 1;
-            last_field = if field == "a" { "a" } else { "b" };
         }
+        last_field = if field == "a" { "a" } else { "b" };
     }
     assert_eq!(switches, 1, "the policy switched exactly once");
     assert_eq!(last_field, "b");
@@ -270,9 +254,7 @@ async fn policy_apply_switches_once_mid_stream_and_loses_nothing() -> Result<()>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policy_versions_survive_restarts_and_sighup_rereads_the_file() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let data = dir.path().join("data");
-    let cloud = Cloud::start()?;
+    let (dir, data, cloud) = scratch()?;
     let file = write_policy(dir.path(), SHARE_A)?;
     let config = config_for(&data, &cloud, Some(&file), "");
     let gw = Gateway::start(dir.path(), &config)?;
@@ -307,23 +289,9 @@ async fn policy_versions_survive_restarts_and_sighup_rereads_the_file() -> Resul
     Ok(())
 }
 
-fn signal_pid(pid: u32, sig: &str) -> Result<()> {
-    let ok = std::process::Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status()?
-        .success();
-    if !ok {
-        bail!("kill -{sig} {pid} failed");
-    }
-    Ok(())
-}
-
 #[test]
 fn a_crashed_gateway_restarts_and_a_second_one_is_refused() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let data = dir.path().join("data");
-    let cloud = Cloud::start()?;
+    let (dir, data, cloud) = scratch()?;
     let config = config_for(&data, &cloud, None, "");
     let gw = Gateway::start(dir.path(), &config)?;
     let first_pid = gw.pid();
@@ -370,9 +338,7 @@ fn the_socket_refuses_other_users() -> Result<()> {
     if unsafe { libc::getuid() } != 0 {
         bail!("this test becomes the user `nobody` and so must run as root (CI does); it cannot run here");
     }
-    let dir = tempfile::tempdir()?;
-    let data = dir.path().join("data");
-    let cloud = Cloud::start()?;
+    let (dir, data, cloud) = scratch()?;
     let gw = Gateway::start(dir.path(), &config_for(&data, &cloud, None, ""))?;
     let sock = data.join("control.sock");
     let mode = std::fs::metadata(&sock)?.permissions().mode() & 0o777;
@@ -426,9 +392,7 @@ fn answer(data: &std::path::Path, args: &[&str]) -> Result<(Option<i32>, String,
 
 #[test]
 fn every_command_answers_the_same_running_or_stopped() -> Result<()> {
-    let dir = tempfile::tempdir()?;
-    let data = dir.path().join("data");
-    let cloud = Cloud::start()?;
+    let (dir, data, cloud) = scratch()?;
     let thermo = add_device(&data, "thermo", "generic")?;
     add_device(&data, "plug", "tasmota")?;
     let policy = dir.path().join("p.toml");
@@ -505,6 +469,10 @@ fn every_command_answers_the_same_running_or_stopped() -> Result<()> {
         .map(|c| answer(&data, c))
         .collect::<Result<_>>()?;
     let stopped_status = cli_json(&data, &["status", "--config", &conf])?;
+    // Without --config, a stopped command reads the config the gateway
+    // last ran with, as the running gateway would answer.
+    let stopped_plain = cli_json(&data, &["status"])?;
+    let stopped_change = add_then_remove(&data)?;
     let exported = &stopped[commands.len() - 2];
     assert_eq!(exported.1.lines().count(), 3, "{exported:?}");
 
@@ -519,6 +487,17 @@ fn every_command_answers_the_same_running_or_stopped() -> Result<()> {
         );
     }
     let running_status = cli_json(&data, &["status", "--config", &conf])?;
+    let running_plain = cli_json(&data, &["status"])?;
+    assert_eq!(running_plain["destinations"][0]["name"], "vendor_cloud");
+    assert_eq!(
+        stopped_plain["destinations"][0]["name"], "vendor_cloud",
+        "{stopped_plain}"
+    );
+    assert_eq!(
+        add_then_remove(&data)?,
+        stopped_change,
+        "changes answer alike"
+    );
     assert_eq!(running_status["running"], true);
     assert_eq!(stopped_status["running"], false);
     assert_eq!(
@@ -535,6 +514,17 @@ fn every_command_answers_the_same_running_or_stopped() -> Result<()> {
     }
     assert!(gw.stop()?.success());
     Ok(())
+}
+
+/// Adds and removes one device; returns both answers with what must
+/// differ (the random password, the time) masked.
+fn add_then_remove(data: &std::path::Path) -> Result<(serde_json::Value, String)> {
+    let mut added = cli_json(data, &["device", "add", "Temp Probe"])?;
+    assert!(added["password"].as_str().is_some_and(|p| p.len() >= 32));
+    added["password"] = "*".into();
+    added["created_ms"] = 0.into();
+    let removed = cli_ok(data, &["device", "remove", "temp-probe", "--json"])?;
+    Ok((added, removed))
 }
 
 /// The keys of a JSON document, recursively, with null for every value.

@@ -17,6 +17,7 @@ use crate::devices::{Device, DeviceRegistry};
 use crate::pipeline::Pipeline;
 
 pub(super) struct Hooks {
+    pub scx: rmqtt::context::ServerContext,
     pub registry: Arc<DeviceRegistry>,
     pub verifier: crate::devices::CredentialChecker,
     pub pipeline: Arc<Pipeline>,
@@ -182,6 +183,14 @@ impl Handler for Hooks {
             Parameter::ClientConnected(s) => {
                 if let Some(u) = s.id.username.as_deref() {
                     self.connected(u, &s.id.client_id);
+                    // Removed between its login and now: end it once this
+                    // hook has returned (a kick waits on the session).
+                    if self.registry.get(u).is_none() {
+                        let (scx, device) = (self.scx.clone(), u.to_string());
+                        tokio::spawn(async move {
+                            super::end_sessions(&scx, &device).await;
+                        });
+                    }
                 }
                 (true, acc)
             }

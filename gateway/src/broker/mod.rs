@@ -71,6 +71,7 @@ impl Broker {
         *scx.extends.retain_mut().await = Box::new(retained.clone());
 
         let hooks = hooks::Hooks {
+            scx: scx.clone(),
             registry,
             verifier: crate::devices::CredentialChecker::start(),
             pipeline,
@@ -174,30 +175,7 @@ impl Broker {
     /// commands), so nothing more reaches or comes from it. Call after the
     /// device left the registry, so that it cannot log in again.
     pub async fn disconnect_device(&self, device: &str) -> usize {
-        let shared = self.scx.extends.shared().await;
-        let ids: Vec<Id> = shared
-            .iter()
-            .filter_map(|entry| entry.session().map(|s| s.id.clone()))
-            .filter(|id| {
-                id.username.as_deref() == Some(device)
-                    || hooks::client_id_fits(&id.client_id, device)
-            })
-            .collect();
-        let mut closed = 0;
-        for id in ids {
-            let entry = shared.entry(id.clone());
-            let kicked = match entry.try_lock().await {
-                Ok(mut locked) => locked.kick(true, true, true).await.map(|_| ()),
-                Err(e) => Err(e),
-            };
-            match kicked {
-                Ok(()) => closed += 1,
-                Err(e) => {
-                    tracing::warn!(device, client_id = ?id.client_id, error = %e, "could not end a session of a removed device")
-                }
-            }
-        }
-        closed
+        end_sessions(&self.scx, device).await
     }
 
     /// Drops the retained messages on topics the device could publish to.
@@ -260,6 +238,41 @@ async fn bind_with_retry(settings: &BrokerSettings) -> Result<rmqtt::net::Listen
         addr: settings.listen,
         reason: last,
     })
+}
+
+/// Kicks every session of `device`, live or offline, with its
+/// subscriptions and queued messages. A session busy in a handshake cannot
+/// be locked at that instant; it is tried again for a little while.
+pub(crate) async fn end_sessions(scx: &ServerContext, device: &str) -> usize {
+    let shared = scx.extends.shared().await;
+    let mut closed = 0;
+    for attempt in 0..20 {
+        let ids: Vec<Id> = shared
+            .iter()
+            .filter_map(|entry| entry.session().map(|s| s.id.clone()))
+            .filter(|id| {
+                id.username.as_deref() == Some(device)
+                    || hooks::client_id_fits(&id.client_id, device)
+            })
+            .collect();
+        if ids.is_empty() {
+            break;
+        }
+        for id in ids {
+            let kicked = match shared.entry(id.clone()).try_lock().await {
+                Ok(mut locked) => locked.kick(true, true, true).await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            match kicked {
+                Ok(()) => closed += 1,
+                Err(e) => {
+                    tracing::debug!(device, client_id = ?id.client_id, attempt, error = %e, "session busy; will retry the kick")
+                }
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    closed
 }
 
 /// rmqtt wants one boxed handler per hook type; they all share one state.

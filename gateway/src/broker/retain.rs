@@ -61,3 +61,48 @@ impl RetainStorage for InMemoryRetain {
         self.0.max().await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rmqtt::codec::types::{Publish as Packet, QoS};
+    use rmqtt::types::{From, Id, Publish};
+
+    fn retained(topic: &str) -> Retain {
+        let packet = Packet {
+            dup: false,
+            retain: true,
+            qos: QoS::AtLeastOnce,
+            topic: topic.into(),
+            packet_id: None,
+            payload: bytes::Bytes::from_static(b"{\"on\":1}"),
+            properties: None,
+        };
+        Retain {
+            msg_id: None,
+            from: From::from_system(Id::new(1, 1, None, None, "t".into(), None)),
+            publish: Publish {
+                inner: Box::new(packet),
+                target_clientid: None,
+                delay_interval: None,
+                create_time: None,
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn clearing_removes_only_the_matching_topics() {
+        let store = InMemoryRetain::default();
+        for t in ["tele/plug/STATE", "tele/plug/SENSOR", "tele/other/STATE"] {
+            store
+                .set(&TopicName::from(t), retained(t), None)
+                .await
+                .expect("set");
+        }
+        assert_eq!(store.clear("tele/plug/#").await.expect("clear"), 2);
+        let left = store.get(&TopicFilter::from("#")).await.expect("get");
+        let topics: Vec<String> = left.iter().map(|(t, _)| t.to_string()).collect();
+        assert_eq!(topics, vec!["tele/other/STATE".to_string()]);
+        assert_eq!(store.clear("tele/plug/#").await.expect("clear"), 0);
+    }
+}

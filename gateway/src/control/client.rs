@@ -19,6 +19,9 @@ use crate::store::Store;
 /// holds (a gateway starting or stopping, another command) to answer or
 /// come free.
 pub const BUSY_WAIT: Duration = Duration::from_secs(15);
+/// How long the CLI waits for each frame of an answer before it gives the
+/// gateway up as hung.
+pub const ANSWER_WAIT: Duration = Duration::from_secs(120);
 
 /// Sends `request` to whoever serves the data directory of `config`, and
 /// returns its JSON answer. A streamed answer's data goes to `data`.
@@ -130,12 +133,30 @@ async fn remote(
         request: request.clone(),
     })
     .map_err(|e| lost(&e))?;
-    protocol::write_frame(&mut stream, FrameKind::Request, &body)
-        .await
-        .map_err(|e| lost(&e))?;
+    if let Err(e) = protocol::write_frame(&mut stream, FrameKind::Request, &body).await {
+        // The gateway may have refused before reading (a peer it does not
+        // serve, too many clients): its reason is waiting to be read.
+        return match protocol::read_frame(&mut stream, protocol::MAX_REPLY_BYTES).await {
+            Ok((FrameKind::Error, body)) => {
+                Err(serde_json::from_slice::<OpError>(&body).map_err(|e| lost(&e))?)
+            }
+            _ => Err(lost(&e)),
+        };
+    }
     loop {
+        let frame = tokio::time::timeout(
+            ANSWER_WAIT,
+            protocol::read_frame(&mut stream, protocol::MAX_REPLY_BYTES),
+        )
+        .await
+        .map_err(|_| {
+            OpError::runtime(format!(
+                "the gateway did not answer within {} s",
+                ANSWER_WAIT.as_secs()
+            ))
+        })?;
         let (kind, body) =
-            match protocol::read_frame(&mut stream, protocol::MAX_REPLY_BYTES).await {
+            match frame {
                 Ok(f) => f,
                 Err(protocol::FrameError::Closed) => return Err(OpError::runtime(
                     "the gateway closed the control connection without an answer (is it stopping?)",

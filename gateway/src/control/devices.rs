@@ -106,8 +106,9 @@ impl Operations {
         let device = registry
             .get(id)
             .ok_or_else(|| DeviceError::NotFound(id.to_string()))?;
+        // Forgotten first, so that it cannot log back in; its sessions end
+        // before the flush, so the disk's pace does not keep them open.
         registry.remove(id)?;
-        self.flush().await?;
         let (sessions_closed, retained_dropped) = match &self.live {
             Some(live) => (
                 live.broker.disconnect_device(id).await,
@@ -115,6 +116,7 @@ impl Operations {
             ),
             None => (0, 0),
         };
+        self.flush().await?;
         tracing::info!(device = %id, sessions_closed, retained_dropped, "device removed");
         Ok(RemovedDevice {
             id: id.to_string(),

@@ -31,6 +31,18 @@ pub struct Holder {
     pub role: Role,
 }
 
+impl Holder {
+    /// Whether the named process still exists (it may be the holder).
+    pub fn is_alive(&self) -> bool {
+        let Ok(pid) = libc::pid_t::try_from(self.pid) else {
+            return false;
+        };
+        // SAFETY: signal 0 only checks that the process exists.
+        let rc = unsafe { libc::kill(pid, 0) };
+        rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error("the data directory {dir} is in use by {}", describe(.holder))]
@@ -150,10 +162,14 @@ mod tests {
             ),
             other => panic!("expected Held, got {other:?}"),
         }
-        assert_eq!(
-            DataDirLock::holder(dir.path()).map(|h| h.role),
-            Some(Role::Gateway)
-        );
+        let holder = DataDirLock::holder(dir.path()).expect("held");
+        assert_eq!(holder.role, Role::Gateway);
+        assert!(holder.is_alive());
+        assert!(!Holder {
+            pid: i32::MAX as u32,
+            role: Role::Gateway
+        }
+        .is_alive());
         drop(held);
         assert_eq!(DataDirLock::holder(dir.path()), None);
         let again = DataDirLock::try_acquire(dir.path(), Role::Command).expect("free again");

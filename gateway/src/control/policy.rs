@@ -164,8 +164,8 @@ impl Operations {
         let (sharing_rules, command_rules) = (policy.rules().len(), policy.command_rules().len());
         let _one_at_a_time = self.policy_changes.lock().await;
         let versions = self.store()?.policy_versions()?;
-        let latest = versions.latest()?;
-        if let Some(v) = latest.filter(|v| v.text == text) {
+        let current = versions.get(self.version_in_force()?)?;
+        if let Some(v) = current.filter(|v| v.text == text) {
             return Ok(AppliedPolicy {
                 version: v.version,
                 changed: false,
@@ -174,7 +174,12 @@ impl Operations {
             });
         }
         let stored = versions.append(source, text, now_ms())?;
-        self.flush().await?;
+        if let Err(e) = self.flush().await {
+            // Not durable, so not in force: take it back, so the store does
+            // not name a version that never decided anything.
+            let _ = versions.remove(stored.version);
+            return Err(e);
+        }
         if let Some(live) = &self.live {
             live.pipeline.swap_policy(ActivePolicy {
                 version: stored.version,

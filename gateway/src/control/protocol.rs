@@ -97,14 +97,13 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     if len > max {
         return Err(FrameError::TooLarge { len, max });
     }
-    let mut body = vec![0u8; len as usize];
-    r.read_exact(&mut body).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
-            FrameError::Closed
-        } else {
-            e.into()
-        }
-    })?;
+    // Grown as the bytes arrive, not allocated from the header's claim: a
+    // client that announces 4 MiB and sends nothing holds nothing.
+    let mut body = Vec::with_capacity((len as usize).min(64 << 10));
+    r.take(u64::from(len)).read_to_end(&mut body).await?;
+    if body.len() != len as usize {
+        return Err(FrameError::Closed);
+    }
     Ok((kind, body))
 }
 

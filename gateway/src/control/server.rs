@@ -21,6 +21,9 @@ use super::{OpError, Operations};
 pub const SOCKET_NAME: &str = "control.sock";
 pub const MAX_CLIENTS: usize = 16;
 pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// A client must take each frame of the answer within this, or the
+/// connection (and its slot) is given up.
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(30);
 
 pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join(SOCKET_NAME)
@@ -101,9 +104,20 @@ pub fn peer_allowed(uid: u32) -> bool {
     uid == me || uid == 0
 }
 
+async fn send(stream: &mut UnixStream, kind: FrameKind, body: &[u8]) -> std::io::Result<()> {
+    tokio::time::timeout(WRITE_DEADLINE, protocol::write_frame(stream, kind, body))
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client stopped reading its answer",
+            )
+        })?
+}
+
 async fn send_error(stream: &mut UnixStream, e: &OpError) -> std::io::Result<()> {
     let body = serde_json::to_vec(e).unwrap_or_default();
-    protocol::write_frame(stream, FrameKind::Error, &body).await
+    send(stream, FrameKind::Error, &body).await
 }
 
 async fn serve(stream: &mut UnixStream, ops: Arc<Operations>) {
@@ -160,7 +174,7 @@ async fn serve(stream: &mut UnixStream, ops: Arc<Operations>) {
         match ops.call(envelope.request).await {
             Ok(reply) => {
                 let body = serde_json::to_vec(&reply).unwrap_or_default();
-                protocol::write_frame(stream, FrameKind::Reply, &body).await
+                send(stream, FrameKind::Reply, &body).await
             }
             Err(e) => send_error(stream, &e).await,
         }
@@ -234,7 +248,7 @@ async fn stream_export(
     });
     let mut client_gone = None;
     while let Some(chunk) = rx.recv().await {
-        if let Err(e) = protocol::write_frame(stream, FrameKind::Data, &chunk).await {
+        if let Err(e) = send(stream, FrameKind::Data, &chunk).await {
             client_gone = Some(e);
             break;
         }
@@ -251,7 +265,7 @@ async fn stream_export(
     match result {
         Ok(summary) => {
             let body = serde_json::to_vec(&summary).unwrap_or_default();
-            protocol::write_frame(stream, FrameKind::StreamEnd, &body).await
+            send(stream, FrameKind::StreamEnd, &body).await
         }
         Err(e) => send_error(stream, &e).await,
     }

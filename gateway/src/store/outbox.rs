@@ -43,6 +43,7 @@ impl Outbox {
         max_entries: u64,
     ) -> Result<Self, StoreError> {
         let tree = db.open_tree(format!("outbox/{destination}"))?;
+        upgrade_format(db, &tree, destination)?;
         let next = match tree.last()? {
             Some((k, _)) => key_of(&k)? + 1,
             None => 1,
@@ -163,6 +164,43 @@ impl Outbox {
     }
 }
 
+/// The value layout this build writes; kept in the `meta` tree per outbox.
+const FORMAT: u8 = 2;
+
+/// Entries written before the layout carried the queued time (format 1)
+/// get one: the time of the upgrade, the closest known bound. They would
+/// otherwise decode as garbage and block the destination.
+fn upgrade_format(db: &sled::Db, tree: &sled::Tree, destination: &str) -> Result<(), StoreError> {
+    let meta = db.open_tree("meta")?;
+    let key = format!("outbox_format/{destination}");
+    if meta.get(&key)?.is_some_and(|v| v.as_ref() == [FORMAT]) {
+        return Ok(());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let mut upgraded = 0u64;
+    for kv in tree.iter() {
+        let (k, v) = kv?;
+        let mut value = Vec::with_capacity(8 + v.len());
+        value.extend_from_slice(&now.to_be_bytes());
+        value.extend_from_slice(&v);
+        tree.insert(k, value)?;
+        upgraded += 1;
+    }
+    meta.insert(key, &[FORMAT])?;
+    db.flush()?;
+    if upgraded > 0 {
+        tracing::info!(
+            destination,
+            upgraded,
+            "outbox entries upgraded to the current format"
+        );
+    }
+    Ok(())
+}
+
 fn key_of(k: &[u8]) -> Result<u64, StoreError> {
     k.try_into()
         .map(u64::from_be_bytes)
@@ -233,6 +271,32 @@ mod tests {
         assert_eq!(ob.len(), 4, "the count is rebuilt at open");
         let k = ob.push("dev", "t", b"z", 0).expect("push");
         assert!(k > rest[1].key);
+    }
+
+    #[test]
+    fn entries_of_the_first_format_are_upgraded_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        // Format 1: device and topic (u16 BE length each), then payload.
+        let old = store.tree("outbox/cloud").expect("tree");
+        old.insert(7u64.to_be_bytes(), &b"\0\x03dev\0\x01tpayload"[..])
+            .expect("insert");
+        let ob = store.outbox("cloud", 100).expect("open upgrades");
+        let e = ob.read_after(None, 10).expect("read");
+        assert_eq!(e.len(), 1);
+        assert_eq!(
+            (e[0].key, e[0].device.as_str(), e[0].topic.as_str()),
+            (7, "dev", "t")
+        );
+        assert_eq!(e[0].payload, b"payload");
+        assert!(e[0].queued_ms > 0);
+        drop(ob);
+        // Upgraded once: a reopen leaves the new layout alone.
+        let ob = store.outbox("cloud", 100).expect("reopen");
+        assert_eq!(
+            ob.read_after(None, 10).expect("read")[0].payload,
+            b"payload"
+        );
     }
 
     #[test]

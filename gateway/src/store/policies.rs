@@ -89,6 +89,12 @@ impl PolicyVersions {
         Ok(None)
     }
 
+    /// Takes back a version whose storing failed half way.
+    pub fn remove(&self, version: u64) -> Result<(), StoreError> {
+        self.tree.remove(version.to_be_bytes())?;
+        Ok(())
+    }
+
     /// Stores `text` as the next version. Callers serialise appends (one
     /// applier at a time), so the number is not raced.
     pub fn append(
