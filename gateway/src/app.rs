@@ -102,6 +102,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let wake = Arc::new(Notify::new());
         lanes.push(Lane {
             name: dest.name.clone(),
+            topic_prefix: dest.topic_prefix.clone(),
             outbox: Arc::clone(&outbox),
             wake: Arc::clone(&wake),
         });

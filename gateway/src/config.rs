@@ -7,6 +7,19 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+/// The largest packet an uplink sends to, or takes from, a destination.
+pub const UPLINK_MAX_PACKET_BYTES: usize = 1 << 20;
+
+/// The longest topic MQTT can carry (its length is a u16).
+pub const MAX_TOPIC_BYTES: usize = u16::MAX as usize;
+
+/// Whether `s` holds a character no MQTT topic that leaves the home may
+/// carry: NUL and the other C0 and C1 controls, and DEL. A cloud broker
+/// drops the connection on some of them, and they forge log lines.
+pub fn has_control_chars(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
 /// Where `dataward run` looks for a config file when `--config` is not given.
 pub const SYSTEM_CONFIG: &str = "/etc/dataward/dataward.toml";
 
@@ -304,15 +317,40 @@ impl Config {
                     d.name
                 ));
             }
-            if d.command_prefix
-                .as_deref()
-                .is_some_and(|p| p.contains(['#', '+']))
-            {
-                return fail(format!(
-                    "destination {:?}: command_prefix may not contain wildcards",
-                    d.name
-                ));
+            for (key, prefix) in [
+                ("topic_prefix", Some(d.topic_prefix.as_str())),
+                ("command_prefix", d.command_prefix.as_deref()),
+            ] {
+                let Some(prefix) = prefix else { continue };
+                if prefix.contains(['#', '+']) {
+                    return fail(format!(
+                        "destination {:?}: {key} may not contain the wildcards '+' or '#'",
+                        d.name
+                    ));
+                }
+                if has_control_chars(prefix) {
+                    return fail(format!(
+                        "destination {:?}: {key} may not contain control characters",
+                        d.name
+                    ));
+                }
+                if prefix.len() >= MAX_TOPIC_BYTES {
+                    return fail(format!(
+                        "destination {:?}: {key} is longer than an MQTT topic can be",
+                        d.name
+                    ));
+                }
             }
+        }
+        if self.mqtt.max_packet_bytes as usize > UPLINK_MAX_PACKET_BYTES {
+            let (line, column) = at("max_packet_bytes");
+            return Err((
+                line,
+                column,
+                format!(
+                    "max_packet_bytes may be at most {UPLINK_MAX_PACKET_BYTES}: larger messages could not be forwarded to a destination"
+                ),
+            ));
         }
         if self.mqtt.max_connections_per_device == 0 {
             let (line, column) = at("max_connections_per_device");
@@ -462,5 +500,15 @@ mod tests {
         let twice = format!("{ok}{ok}");
         assert!(Config::parse(&twice).is_err());
         assert!(Config::parse("[[destination]]\nname = \"a b\"\nurl = \"mqtt://h:1\"\n").is_err());
+        for prefix in ["home/+/", "home/#", "home\\u0000/", "home\\u007f"] {
+            let text = format!("[[destination]]\nname = \"v\"\nurl = \"mqtt://h:1\"\ntopic_prefix = \"{prefix}\"\n");
+            let (line, _, msg) = Config::parse(&text).expect_err(prefix);
+            assert_eq!(line, 2, "{msg}");
+            assert!(msg.contains("topic_prefix"), "{msg}");
+        }
+        let (line, _, msg) =
+            Config::parse("[mqtt]\nmax_packet_bytes = 2000000\n").expect_err("too large");
+        assert_eq!(line, 2);
+        assert!(msg.contains("at most 1048576"), "{msg}");
     }
 }

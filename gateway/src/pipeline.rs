@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use policy::{Message, Policy};
 use tokio::sync::Notify;
 
+use crate::config::{MAX_TOPIC_BYTES, UPLINK_MAX_PACKET_BYTES};
 use crate::store::{Durability, HistoryStore, Outbox, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -22,9 +23,26 @@ pub enum PipelineError {
     Store(#[from] StoreError),
 }
 
+/// Why a message cannot be taken in: it could never leave.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Inadmissible {
+    #[error("the topic holds a control character (NUL, newline, ...)")]
+    ControlCharacter,
+    #[error("the topic would be {len} bytes at destination {destination}, above MQTT's 65535")]
+    TopicTooLong { destination: String, len: usize },
+    #[error("the message would be {len} bytes at destination {destination}, above the uplink's limit of {max}")]
+    TooLarge {
+        destination: String,
+        len: usize,
+        max: usize,
+    },
+}
+
 /// One destination as the pipeline sees it: where to queue, whom to wake.
 pub struct Lane {
     pub name: String,
+    /// Prepended to the local topic at the destination.
+    pub topic_prefix: String,
     pub outbox: Arc<Outbox>,
     pub wake: Arc<Notify>,
 }
@@ -72,6 +90,35 @@ impl Pipeline {
     /// Puts `next` in force for every message evaluated from now on.
     pub fn swap_policy(&self, next: ActivePolicy) {
         self.policy.store(Arc::new(next));
+    }
+
+    /// Refuses, before anything is stored, a message that no destination
+    /// could be sent: otherwise it would sit first in an outbox and block
+    /// everything behind it.
+    pub fn admit(&self, topic: &str, payload_len: usize) -> Result<(), Inadmissible> {
+        if crate::config::has_control_chars(topic) {
+            return Err(Inadmissible::ControlCharacter);
+        }
+        for lane in &self.lanes {
+            let remote = lane.topic_prefix.len() + topic.len();
+            if remote > MAX_TOPIC_BYTES {
+                return Err(Inadmissible::TopicTooLong {
+                    destination: lane.name.clone(),
+                    len: remote,
+                });
+            }
+            // A QoS 1 PUBLISH: fixed header (at most 5 bytes), topic length
+            // (2), topic, packet id (2), payload.
+            let packet = 5 + 2 + remote + 2 + payload_len;
+            if packet > UPLINK_MAX_PACKET_BYTES {
+                return Err(Inadmissible::TooLarge {
+                    destination: lane.name.clone(),
+                    len: packet,
+                    max: UPLINK_MAX_PACKET_BYTES,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// The destinations, in the order evaluation outputs come in.

@@ -19,7 +19,7 @@ use rumqttc::{
 };
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::config::{DestinationConfig, Endpoint};
+use crate::config::{DestinationConfig, Endpoint, UPLINK_MAX_PACKET_BYTES};
 use crate::store::Outbox;
 
 /// A command that arrived from a destination, for the command router.
@@ -131,7 +131,7 @@ impl Uplink {
         opts.set_keep_alive(Duration::from_secs(self.cfg.keep_alive_secs.max(5)));
         opts.set_clean_session(true);
         opts.set_inflight(self.cfg.max_inflight);
-        opts.set_max_packet_size(1 << 20, 1 << 20);
+        opts.set_max_packet_size(UPLINK_MAX_PACKET_BYTES, UPLINK_MAX_PACKET_BYTES);
         if let Some(user) = &self.cfg.username {
             opts.set_credentials(user.clone(), self.cfg.password.clone().unwrap_or_default());
         }

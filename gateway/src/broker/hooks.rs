@@ -7,14 +7,15 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use dashmap::DashMap;
-use rmqtt::codec::v5::SubscribeAckReason;
+use rmqtt::codec::v5::{PublishAckReason, SubscribeAckReason};
 use rmqtt::hook::{Handler, HookResult, Parameter, ReturnType};
 use rmqtt::types::{
-    AuthResult, ConnectInfo, FromType, LastWill, PublishAclResult, SubscribeAclResult,
+    AuthResult, ConnectInfo, FromType, LastWill, PublishAclResult, PublishResult,
+    SubscribeAclResult,
 };
 
 use crate::devices::{Device, DeviceRegistry};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Inadmissible, Pipeline};
 
 pub(super) struct Hooks {
     pub scx: rmqtt::context::ServerContext,
@@ -80,6 +81,14 @@ impl Hooks {
             // another device when the connection drops.
             if !device.may_publish(&topic) {
                 tracing::warn!(?client_id, device = %device.id, ?topic, "connection refused: will topic outside the device's topics");
+                return AuthResult::NotAuthorized;
+            }
+            let payload_len = match will {
+                LastWill::V3(w) => w.message.len(),
+                LastWill::V5(w) => w.message.len(),
+            };
+            if let Err(why) = self.pipeline.admit(&topic, payload_len) {
+                tracing::warn!(?client_id, device = %device.id, ?topic, reason = %why, "connection refused: its will could not leave the home");
                 return AuthResult::NotAuthorized;
             }
         }
@@ -154,6 +163,20 @@ impl Hooks {
         if !device.may_publish(topic) {
             tracing::warn!(device = %device.id, ?topic, "publish refused: topic outside the device's topics");
             return PublishAclResult::rejected(false, None);
+        }
+        if let Err(why) = self.pipeline.admit(topic, p.payload.len()) {
+            // MQTT 5 devices learn why from the PUBACK; 3.1.1 has no way to
+            // say it, so the message is dropped (and logged) there.
+            tracing::warn!(device = %device.id, ?topic, reason = %why, "publish refused: it could not leave the home");
+            let code = match why {
+                Inadmissible::ControlCharacter => PublishAckReason::PayloadFormatInvalid,
+                _ => PublishAckReason::UnspecifiedError,
+            };
+            return PublishAclResult(PublishResult::reason_code(
+                code,
+                Some(why.to_string().into()),
+                false,
+            ));
         }
         let durable = p.qos != rmqtt::codec::types::QoS::AtMostOnce;
         match self
