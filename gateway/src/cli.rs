@@ -170,6 +170,12 @@ fn status(s: &StatusReport) -> String {
                 .map(|a| format!(" (oldest waiting {})", duration(a)))
                 .unwrap_or_default()
         ));
+        if d.dead_letters > 0 {
+            out.push_str(&format!(
+                "  {} messages set aside as dead letters: the destination kept refusing them\n",
+                d.dead_letters
+            ));
+        }
     }
     if s.destinations.is_empty() {
         out.push_str("destinations: none configured\n");

@@ -13,6 +13,8 @@ pub struct DestinationStatus {
     pub backlog: u64,
     /// Age of the oldest waiting message, in seconds.
     pub oldest_pending_secs: Option<u64>,
+    /// Messages the destination kept refusing, set aside so the rest flow.
+    pub dead_letters: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +57,7 @@ impl Operations {
                     connected: h.state.is_connected(),
                     backlog: h.outbox.len(),
                     oldest_pending_secs: age(h.outbox.oldest_queued_ms()?),
+                    dead_letters: h.outbox.dead_letters(),
                 },
                 (None, Some(store)) if store.has_outbox(&dest.name) => {
                     let ob = store.outbox(&dest.name, self.config.store.outbox_max_entries)?;
@@ -63,6 +66,7 @@ impl Operations {
                         connected: false,
                         backlog: ob.len(),
                         oldest_pending_secs: age(ob.oldest_queued_ms()?),
+                        dead_letters: ob.dead_letters(),
                     }
                 }
                 _ => DestinationStatus {
@@ -70,6 +74,7 @@ impl Operations {
                     connected: false,
                     backlog: 0,
                     oldest_pending_secs: None,
+                    dead_letters: 0,
                 },
             };
             destinations.push(status);

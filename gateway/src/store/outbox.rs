@@ -34,6 +34,11 @@ pub struct Outbox {
     /// sled's own `len` walks the whole tree.
     count: AtomicU64,
     max_entries: u64,
+    /// `deadletter/<destination>`: entries the destination kept refusing,
+    /// set aside so that the rest can flow. Key as in the outbox; value =
+    /// reason (u16 BE length, bytes), then the outbox value.
+    dead: sled::Tree,
+    dead_count: AtomicU64,
 }
 
 impl Outbox {
@@ -53,7 +58,11 @@ impl Outbox {
             None => next,
         };
         let count = tree.len() as u64;
+        let dead = db.open_tree(format!("deadletter/{destination}"))?;
+        let dead_count = AtomicU64::new(dead.len() as u64);
         Ok(Self {
+            dead,
+            dead_count,
             tree,
             next: Mutex::new(next),
             oldest_bound: AtomicU64::new(oldest),
@@ -153,6 +162,42 @@ impl Outbox {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Sets entry `key` aside with the reason, in one transaction: it is
+    /// either still waiting or a dead letter, never lost or both.
+    pub fn dead_letter(&self, key: u64, reason: &str) -> Result<bool, StoreError> {
+        use sled::Transactional;
+        let reason = reason.as_bytes();
+        let reason = &reason[..reason.len().min(u16::MAX as usize)];
+        let moved = (&self.tree, &self.dead)
+            .transaction(|(outbox, dead)| {
+                let Some(value) = outbox.remove(&key.to_be_bytes())? else {
+                    return Ok(false);
+                };
+                let mut letter = Vec::with_capacity(2 + reason.len() + value.len());
+                letter.extend_from_slice(&(reason.len() as u16).to_be_bytes());
+                letter.extend_from_slice(reason);
+                letter.extend_from_slice(&value);
+                dead.insert(&key.to_be_bytes(), letter)?;
+                Ok(true)
+            })
+            .map_err(|e: sled::transaction::TransactionError<()>| match e {
+                sled::transaction::TransactionError::Storage(s) => StoreError::Engine(s),
+                sled::transaction::TransactionError::Abort(()) => {
+                    StoreError::Corrupt("dead-letter move aborted".into())
+                }
+            })?;
+        if moved {
+            self.count.fetch_sub(1, Ordering::AcqRel);
+            self.dead_count.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(moved)
+    }
+
+    /// How many entries were set aside as dead letters.
+    pub fn dead_letters(&self) -> u64 {
+        self.dead_count.load(Ordering::Acquire)
     }
 
     /// When the oldest entry still waiting was queued, if any waits.
@@ -271,6 +316,29 @@ mod tests {
         assert_eq!(ob.len(), 4, "the count is rebuilt at open");
         let k = ob.push("dev", "t", b"z", 0).expect("push");
         assert!(k > rest[1].key);
+    }
+
+    #[test]
+    fn a_dead_letter_leaves_the_queue_and_is_kept_with_its_reason() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let ob = store.outbox("cloud", 100).expect("outbox");
+        let k1 = ob.push("dev", "t", b"poison", 1).expect("push");
+        ob.push("dev", "t", b"next", 2).expect("push");
+        assert!(ob
+            .dead_letter(k1, "the cloud dropped the connection")
+            .expect("move"));
+        assert!(!ob.dead_letter(k1, "again").expect("already moved"));
+        assert_eq!((ob.len(), ob.dead_letters()), (1, 1));
+        let left = ob.read_after(None, 10).expect("read");
+        assert_eq!(left[0].payload, b"next");
+        drop(ob);
+        let ob = store.outbox("cloud", 100).expect("reopen");
+        assert_eq!((ob.len(), ob.dead_letters()), (1, 1));
+        let letter = store.tree("deadletter/cloud").expect("tree");
+        let (_, v) = letter.first().expect("read").expect("one letter");
+        assert!(v.windows(6).any(|w| w == b"poison"));
+        assert!(v.windows(5).any(|w| w == b"cloud"));
     }
 
     #[test]

@@ -8,6 +8,8 @@
 //! Reconnects back off exponentially with jitter, so a hub fleet does not
 //! hammer a cloud that just came back.
 
+mod poison;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,8 +68,28 @@ pub enum UplinkError {
 
 enum SessionEnd {
     Shutdown,
-    Lost(String),
+    Lost {
+        reason: String,
+        /// The oldest entry written to the cloud and not acknowledged.
+        oldest_written: Option<u64>,
+        /// The session made progress (an acknowledgement) or lasted: the
+        /// backoff starts over.
+        healthy: bool,
+    },
 }
+
+impl SessionEnd {
+    fn lost(reason: impl Into<String>) -> Self {
+        SessionEnd::Lost {
+            reason: reason.into(),
+            oldest_written: None,
+            healthy: false,
+        }
+    }
+}
+
+/// A session this long was not a flapping one.
+const HEALTHY_SESSION: Duration = Duration::from_secs(60);
 
 impl Uplink {
     pub fn new(
@@ -103,20 +125,44 @@ impl Uplink {
 
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut failures: u32 = 0;
+        let mut poison = poison::PoisonWatch::default();
         loop {
-            let end = self.session(&mut shutdown, &mut failures).await;
+            let end = self.session(&mut shutdown, &mut poison).await;
             self.state.set(false);
-            match end {
-                SessionEnd::Shutdown => return,
-                SessionEnd::Lost(reason) => {
-                    failures = failures.saturating_add(1);
-                    let delay = backoff(failures);
-                    tracing::warn!(destination = %self.cfg.name, %reason, backlog = self.outbox.len(), retry_in_ms = delay.as_millis() as u64, "uplink disconnected");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.changed() => return,
+            let SessionEnd::Lost {
+                reason,
+                oldest_written,
+                healthy,
+            } = end
+            else {
+                return;
+            };
+            if healthy {
+                failures = 0;
+            }
+            failures = failures.saturating_add(1);
+            if let Some(key) = poison.lost(oldest_written) {
+                let why = format!(
+                    "the destination dropped the connection {} times with only this entry in flight (last: {reason})",
+                    poison::STRIKES
+                );
+                match self.outbox.dead_letter(key, &why) {
+                    Ok(_) => {
+                        tracing::error!(destination = %self.cfg.name, entry = key, %reason, dead_letters = self.outbox.dead_letters(), "message set aside as a dead letter: the destination keeps refusing it; the next ones go on")
+                    }
+                    Err(e) => {
+                        tracing::error!(destination = %self.cfg.name, entry = key, error = %e, "could not set a refused message aside")
                     }
                 }
+                failures = 0;
+            } else if let Some(key) = poison.suspect() {
+                tracing::warn!(destination = %self.cfg.name, entry = key, "sending the oldest waiting message alone, to see whether the destination refuses it");
+            }
+            let delay = backoff(failures);
+            tracing::warn!(destination = %self.cfg.name, %reason, backlog = self.outbox.len(), retry_in_ms = delay.as_millis() as u64, "uplink disconnected");
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.changed() => return,
             }
         }
     }
@@ -146,10 +192,11 @@ impl Uplink {
     async fn session(
         &self,
         shutdown: &mut watch::Receiver<bool>,
-        failures: &mut u32,
+        poison: &mut poison::PoisonWatch,
     ) -> SessionEnd {
-        let window = usize::from(self.cfg.max_inflight);
-        let (client, mut events) = AsyncClient::new(self.options(), window * 2 + 16);
+        let full_window = usize::from(self.cfg.max_inflight);
+        let mut window = poison.window(full_window);
+        let (client, mut events) = AsyncClient::new(self.options(), full_window * 2 + 16);
 
         // Connect, with a bound so a black-holed cloud does not hang us.
         let connected = tokio::time::timeout(Duration::from_secs(15), async {
@@ -171,18 +218,19 @@ impl Uplink {
         tokio::select! {
             r = connected => match r {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => return SessionEnd::Lost(e),
-                Err(_) => return SessionEnd::Lost("connect timed out".into()),
+                Ok(Err(e)) => return SessionEnd::lost(e),
+                Err(_) => return SessionEnd::lost("connect timed out"),
             },
             _ = shutdown.changed() => return SessionEnd::Shutdown,
         }
-        *failures = 0;
+        let since = tokio::time::Instant::now();
+        let mut progressed = false;
         self.state.set(true);
         tracing::info!(destination = %self.cfg.name, host = %self.endpoint.host, port = self.endpoint.port, backlog = self.outbox.len(), "uplink connected");
 
         if let Some(prefix) = &self.cfg.command_prefix {
             if let Err(e) = client.try_subscribe(format!("{prefix}#"), QoS::AtLeastOnce) {
-                return SessionEnd::Lost(format!("subscribing to commands failed: {e}"));
+                return SessionEnd::lost(format!("subscribing to commands failed: {e}"));
             }
         }
 
@@ -195,12 +243,24 @@ impl Uplink {
         // cleared by a read that came back short. Saves a tree scan for
         // every acknowledgement.
         let mut maybe_more = true;
+        let lost =
+            |reason: String, inflight: &HashMap<u16, u64>, progressed: bool| SessionEnd::Lost {
+                reason,
+                oldest_written: inflight.values().min().copied(),
+                healthy: progressed || since.elapsed() >= HEALTHY_SESSION,
+            };
         loop {
             let room = window.saturating_sub(unsent.len() + inflight.len());
             if room > 0 && maybe_more {
                 let entries = match self.outbox.read_after(cursor, room) {
                     Ok(e) => e,
-                    Err(e) => return SessionEnd::Lost(format!("reading the outbox failed: {e}")),
+                    Err(e) => {
+                        return lost(
+                            format!("reading the outbox failed: {e}"),
+                            &inflight,
+                            progressed,
+                        )
+                    }
                 };
                 maybe_more = entries.len() == room;
                 for entry in entries {
@@ -208,7 +268,11 @@ impl Uplink {
                     if let Err(e) =
                         client.try_publish(topic, QoS::AtLeastOnce, false, entry.payload)
                     {
-                        return SessionEnd::Lost(format!("queueing a publish failed: {e}"));
+                        return lost(
+                            format!("queueing a publish failed: {e}"),
+                            &inflight,
+                            progressed,
+                        );
                     }
                     unsent.push_back(entry.key);
                     cursor = Some(entry.key);
@@ -223,14 +287,18 @@ impl Uplink {
                     }
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {
                         if let Some(key) = inflight.remove(&ack.pkid) {
+                            progressed = true;
+                            poison.acked(key);
                             if let Err(e) = self.outbox.remove(key) {
-                                return SessionEnd::Lost(format!("removing an acknowledged entry failed: {e}"));
+                                return lost(format!("removing an acknowledged entry failed: {e}"), &inflight, progressed);
                             }
+                            // The suspect went through: back to the full window.
+                            window = poison.window(full_window);
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => self.command(&p.topic, &p.payload),
                     Ok(_) => {}
-                    Err(e) => return SessionEnd::Lost(e.to_string()),
+                    Err(e) => return lost(e.to_string(), &inflight, progressed),
                 },
                 _ = self.wake.notified(), if room > 0 => maybe_more = true,
                 _ = shutdown.changed() => {
