@@ -139,56 +139,6 @@ impl Device {
     }
 }
 
-/// Checks device passwords one at a time on a dedicated thread.
-///
-/// Argon2id needs 19 MiB per check. Run on the blocking pool, a burst of
-/// connects spreads that over many threads whose allocator arenas keep the
-/// memory (measured: 30 parallel failed logins took RSS from 10 MB to
-/// 168 MB), and lets a connection flood eat every core. One thread bounds
-/// both: memory to one check, CPU to one core.
-#[derive(Clone)]
-pub struct CredentialChecker {
-    tx: std::sync::mpsc::SyncSender<(
-        Arc<Device>,
-        bytes::Bytes,
-        tokio::sync::oneshot::Sender<bool>,
-    )>,
-}
-
-impl CredentialChecker {
-    pub fn start() -> Self {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<(
-            Arc<Device>,
-            bytes::Bytes,
-            tokio::sync::oneshot::Sender<bool>,
-        )>(256);
-        let spawned = std::thread::Builder::new()
-            .name("dataward-auth".into())
-            .spawn(move || {
-                for (device, password, reply) in rx {
-                    let password = Zeroizing::new(password.to_vec());
-                    let _ = reply.send(device.verify_password(&password));
-                }
-            });
-        if let Err(e) = spawned {
-            // Without the thread every check fails closed (no login), loudly.
-            tracing::error!(error = %e, "cannot start the password verifier thread; all device logins will fail");
-        }
-        Self { tx }
-    }
-
-    /// False for a wrong password, and when too many checks are queued
-    /// (a flood is refused rather than queued without bound).
-    pub async fn verify(&self, device: Arc<Device>, password: bytes::Bytes) -> bool {
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        if self.tx.try_send((device, password, reply)).is_err() {
-            tracing::warn!("too many logins at once; refusing one");
-            return false;
-        }
-        answer.await.unwrap_or(false)
-    }
-}
-
 /// Turns a display name into a device id: `Living Room Plug` becomes
 /// `living-room-plug`.
 pub fn id_from_name(name: &str) -> Result<String, DeviceError> {

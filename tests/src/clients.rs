@@ -135,3 +135,46 @@ pub async fn wait_for(events: &mut EventLoop, mut pred: impl FnMut(&Event) -> bo
     .await
     .map_err(|_| anyhow!("timed out waiting for an MQTT event"))?
 }
+
+/// One MQTT 3.1.1 CONNECT over a raw socket bound to `source` (any
+/// 127.x.y.z works on loopback), for tests that play many hosts. Returns
+/// the CONNACK's return code (0 accepted, 4 bad credentials, 5 not
+/// authorized).
+pub async fn raw_connect(
+    addr: SocketAddr,
+    source: std::net::Ipv4Addr,
+    client_id: &str,
+    username: &str,
+    password: &str,
+) -> Result<u8> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((source, 0)))?;
+    let mut stream = socket.connect(addr).await?;
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0xC2, 0, 30];
+    for s in [client_id, username, password] {
+        body.extend_from_slice(&(s.len() as u16).to_be_bytes());
+        body.extend_from_slice(s.as_bytes());
+    }
+    let mut packet = vec![0x10];
+    let mut len = body.len();
+    loop {
+        let mut byte = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            byte |= 0x80;
+        }
+        packet.push(byte);
+        if len == 0 {
+            break;
+        }
+    }
+    packet.extend_from_slice(&body);
+    stream.write_all(&packet).await?;
+    let mut ack = [0u8; 4];
+    stream.read_exact(&mut ack).await?;
+    if ack[0] != 0x20 {
+        bail!("not a CONNACK: {ack:02x?}");
+    }
+    Ok(ack[3])
+}

@@ -14,13 +14,14 @@ use rmqtt::types::{
     SubscribeAclResult,
 };
 
+use super::login::Verdict;
 use crate::devices::{Device, DeviceRegistry};
 use crate::pipeline::{Inadmissible, Pipeline};
 
 pub(super) struct Hooks {
     pub scx: rmqtt::context::ServerContext,
     pub registry: Arc<DeviceRegistry>,
-    pub verifier: crate::devices::CredentialChecker,
+    pub logins: super::login::LoginGuard,
     pub pipeline: Arc<Pipeline>,
     pub max_connections_per_device: u32,
     /// device id -> client id -> live connections with that client id.
@@ -49,19 +50,38 @@ impl Hooks {
             tracing::warn!(?client_id, "connection refused: no credentials");
             return AuthResult::NotAuthorized;
         };
-        let Some(device) = self.registry.get(&username) else {
-            tracing::warn!(?client_id, device = ?username, "connection refused: unknown device");
-            return AuthResult::BadUsernameOrPassword;
-        };
         let Some(password) = ci.password().cloned() else {
             tracing::warn!(?client_id, device = ?username, "connection refused: no password");
             return AuthResult::BadUsernameOrPassword;
         };
-        let ok = self.verifier.verify(Arc::clone(&device), password).await;
-        if !ok {
-            tracing::warn!(?client_id, device = ?username, "connection refused: wrong password");
-            return AuthResult::BadUsernameOrPassword;
-        }
+        // Known or not, the id costs one Argon2 check: the answer's timing
+        // does not tell which ids exist.
+        let known = self.registry.get(&username);
+        let source = ci.id().remote_addr.map(|a| a.ip());
+        let verdict = self
+            .logins
+            .check(
+                source,
+                &username,
+                known.as_ref().map(|d| d.password_hash.as_str()),
+                &password,
+            )
+            .await;
+        let device = match (verdict, known) {
+            (Verdict::Allowed, Some(device)) => device,
+            (Verdict::Throttled, _) => {
+                tracing::warn!(?client_id, device = ?username, ?source, "connection refused: too many failed logins from this address, or too many at once");
+                return AuthResult::NotAuthorized;
+            }
+            (_, None) => {
+                tracing::warn!(?client_id, device = ?username, ?source, "connection refused: unknown device");
+                return AuthResult::BadUsernameOrPassword;
+            }
+            (_, Some(_)) => {
+                tracing::warn!(?client_id, device = ?username, ?source, "connection refused: wrong password");
+                return AuthResult::BadUsernameOrPassword;
+            }
+        };
         // The check took a while: a `device remove` in the meantime wins.
         if self.registry.get(&username).is_none() {
             tracing::warn!(?client_id, device = ?username, "connection refused: device removed during login");

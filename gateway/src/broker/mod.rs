@@ -15,6 +15,7 @@
 //! - the listener uses SO_REUSEADDR and retries its bind, for restarts.
 
 mod hooks;
+mod login;
 mod retain;
 
 use std::net::SocketAddr;
@@ -73,7 +74,7 @@ impl Broker {
         let hooks = hooks::Hooks {
             scx: scx.clone(),
             registry,
-            verifier: crate::devices::CredentialChecker::start(),
+            logins: login::LoginGuard::start(),
             pipeline,
             max_connections_per_device: settings.max_connections_per_device,
             connections: Default::default(),
