@@ -68,6 +68,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Before anything is announced: a signal that arrives between the
     // "running" line and the first poll must still mean a clean stop.
     let mut signals = Signals::install().context("watching for Ctrl-C, SIGTERM and SIGHUP")?;
+    raise_fd_limit();
     // Everything the gateway creates (store, socket, lock) is its user's
     // alone.
     // SAFETY: umask only changes the process's file creation mask.
@@ -131,6 +132,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 max_connections_per_device: config.mqtt.max_connections_per_device,
                 max_queued_messages: config.mqtt.max_queued_messages,
                 message_expiry: Duration::from_secs(config.mqtt.message_expiry_secs),
+                connect_timeout: Duration::from_secs(config.mqtt.connect_timeout_secs),
+                max_connections: config.mqtt.max_connections,
+                max_handshakes: config.mqtt.max_handshakes,
+                max_handshakes_per_address: config.mqtt.max_handshakes_per_address,
             },
             Arc::clone(&registry),
             Arc::clone(&pipeline),
@@ -225,6 +230,28 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     drop(lock);
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Each device connection takes three descriptors (the device's socket and
+/// both ends of the gate's hop to the broker); the soft limit is often
+/// 1024 while the hard one is far higher.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let wanted = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+                tracing::warn!(soft = lim.rlim_cur, "could not raise the open-files limit");
+            }
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]

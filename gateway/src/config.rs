@@ -88,6 +88,19 @@ pub struct MqttConfig {
     /// message, stays valid.
     #[serde(default = "default_expiry")]
     pub message_expiry_secs: u64,
+    /// A new connection must deliver its whole CONNECT within this, or it
+    /// is closed.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+    /// Device connections open at once, all stages.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Connections that have not delivered their CONNECT yet, overall.
+    #[serde(default = "default_max_handshakes")]
+    pub max_handshakes: usize,
+    /// The same, from one source address.
+    #[serde(default = "default_max_handshakes_per_address")]
+    pub max_handshakes_per_address: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -195,6 +208,18 @@ fn default_conn_per_device() -> u32 {
 fn default_mqueue() -> usize {
     10_000
 }
+fn default_connect_timeout() -> u64 {
+    5
+}
+fn default_max_connections() -> usize {
+    1024
+}
+fn default_max_handshakes() -> usize {
+    256
+}
+fn default_max_handshakes_per_address() -> usize {
+    16
+}
 fn default_expiry() -> u64 {
     3600
 }
@@ -216,6 +241,10 @@ impl Default for MqttConfig {
             max_connections_per_device: default_conn_per_device(),
             max_queued_messages: default_mqueue(),
             message_expiry_secs: default_expiry(),
+            connect_timeout_secs: default_connect_timeout(),
+            max_connections: default_max_connections(),
+            max_handshakes: default_max_handshakes(),
+            max_handshakes_per_address: default_max_handshakes_per_address(),
         }
     }
 }
@@ -351,6 +380,20 @@ impl Config {
                     "max_packet_bytes may be at most {UPLINK_MAX_PACKET_BYTES}: larger messages could not be forwarded to a destination"
                 ),
             ));
+        }
+        for (key, zero) in [
+            ("connect_timeout_secs", self.mqtt.connect_timeout_secs == 0),
+            ("max_connections", self.mqtt.max_connections == 0),
+            ("max_handshakes", self.mqtt.max_handshakes == 0),
+            (
+                "max_handshakes_per_address",
+                self.mqtt.max_handshakes_per_address == 0,
+            ),
+        ] {
+            if zero {
+                let (line, column) = at(key);
+                return Err((line, column, format!("{key} must be at least 1")));
+            }
         }
         if self.mqtt.max_connections_per_device == 0 {
             let (line, column) = at("max_connections_per_device");

@@ -44,17 +44,19 @@ async fn a_real_device_logs_in_during_a_flood_of_bad_logins() -> Result<()> {
         took.push(start.elapsed());
         assert_eq!(code, 0, "the real device is accepted");
     }
-    let mut refused = 0;
+    let (mut refused, mut closed) = (0, 0);
     for a in attack {
         match a.await? {
             Ok(Ok(0)) => bail!("a bad login was accepted"),
             Ok(Ok(_)) => refused += 1,
-            Ok(Err(e)) => bail!("an attacker's connection failed oddly: {e}"),
+            // Over the per-address cap of logins in progress: closed at once.
+            Ok(Err(_)) => closed += 1,
             Err(_) => bail!("an attacker got no answer within 30 s"),
         }
     }
-    eprintln!("real device logins took {took:?}");
-    assert_eq!(refused, 400);
+    eprintln!("real device logins took {took:?}; attackers: {refused} refused, {closed} closed");
+    assert_eq!(refused + closed, 400);
+    assert!(refused > 0, "some attempts reached the password check");
     assert!(
         took.iter().all(|t| *t < Duration::from_secs(2)),
         "the real device's logins took {took:?}"

@@ -12,8 +12,10 @@
 //! - the subscriber queue is sized from config, and drops are logged through
 //!   the `MessageDropped` hook;
 //! - message expiry is set from config instead of rmqtt's 300 s;
-//! - the listener uses SO_REUSEADDR and retries its bind, for restarts.
+//! - rmqtt listens on loopback only, behind [`gate`], which owns the device
+//!   port: rmqtt's first read has no deadline, the gate's does.
 
+mod gate;
 mod hooks;
 mod login;
 mod retain;
@@ -49,12 +51,17 @@ pub struct BrokerSettings {
     pub max_connections_per_device: u32,
     pub max_queued_messages: usize,
     pub message_expiry: Duration,
+    pub connect_timeout: Duration,
+    pub max_connections: usize,
+    pub max_handshakes: usize,
+    pub max_handshakes_per_address: usize,
 }
 
 const DEVICE_LISTENER: rmqtt::types::ListenerId = 1;
 
 pub struct Broker {
     scx: ServerContext,
+    _gate: gate::Gate,
     hooks: Arc<hooks::Hooks>,
     retained: retain::InMemoryRetain,
     local_addr: SocketAddr,
@@ -96,24 +103,42 @@ impl Broker {
         }
         register.start().await;
 
-        let listener = bind_with_retry(&settings).await?;
-        let local_addr = listener.local_addr().map_err(|e| BrokerError::Bind {
+        // rmqtt listens on loopback only; devices reach it through the gate.
+        let inner = bind_inner(&settings)?;
+        let upstream = inner.local_addr().map_err(|e| BrokerError::Bind {
+            addr: settings.listen,
+            reason: format!("the broker's loopback listener: {e}"),
+        })?;
+        let public = bind_public(settings.listen).await?;
+        let local_addr = public.local_addr().map_err(|e| BrokerError::Bind {
             addr: settings.listen,
             reason: e.to_string(),
         })?;
         // A fixed listener id: rmqtt keys per-listener state by it, and
         // derives one from the port otherwise (0 when the OS picks it).
         let server = MqttServer::new(scx.clone())
-            .listener_by_id(listener, DEVICE_LISTENER)
+            .listener_by_id(inner, DEVICE_LISTENER)
             .build();
         let task = tokio::spawn(async move {
             if let Err(e) = server.run().await {
                 tracing::error!(error = %e, "the MQTT broker stopped");
             }
         });
+        let gate = gate::Gate::start(
+            public,
+            upstream,
+            gate::GateLimits {
+                connect_timeout: settings.connect_timeout,
+                max_pending: settings.max_handshakes,
+                max_pending_per_source: settings.max_handshakes_per_address,
+                max_connections: settings.max_connections,
+                max_packet_bytes: settings.max_packet_bytes,
+            },
+        );
         tracing::info!(%local_addr, "MQTT broker listening for devices");
         Ok(Self {
             scx,
+            _gate: gate,
             hooks: handler,
             retained,
             local_addr,
@@ -205,40 +230,59 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-async fn bind_with_retry(settings: &BrokerSettings) -> Result<rmqtt::net::Listener, BrokerError> {
+/// rmqtt's own listener, on a free loopback port, taking the PROXY header
+/// the gate sends with each connection.
+fn bind_inner(settings: &BrokerSettings) -> Result<rmqtt::net::Listener, BrokerError> {
+    Builder::new()
+        .name("devices")
+        .laddr(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .nodelay(true)
+        .proxy_protocol(true)
+        .proxy_protocol_timeout(Duration::from_secs(2))
+        .allow_anonymous(false)
+        .allow_zero_keepalive(true)
+        // From the CONNECT to the CONNACK: the login itself, which a busy
+        // or suspicious moment may slow down (see `login`).
+        .handshake_timeout(Duration::from_secs(15))
+        .max_packet_size(settings.max_packet_bytes)
+        .max_mqueue_len(settings.max_queued_messages)
+        .message_expiry_interval(settings.message_expiry)
+        .max_inflight(std::num::NonZeroU16::new(64).unwrap_or(std::num::NonZeroU16::MIN))
+        .bind()
+        .and_then(|b| b.tcp())
+        .map_err(|e| BrokerError::Bind {
+            addr: settings.listen,
+            reason: format!("the broker's loopback listener: {e}"),
+        })
+}
+
+/// The device port. A restarted hub may find its old socket still in
+/// TIME_WAIT or the old process still exiting; a few retries cover that
+/// without hiding a real conflict for long.
+async fn bind_public(addr: SocketAddr) -> Result<tokio::net::TcpListener, BrokerError> {
     let mut last = String::new();
-    // A restarted hub may find its old socket still in TIME_WAIT or the old
-    // process still exiting; a few retries cover that without hiding a real
-    // conflict for long.
     for attempt in 0..10 {
-        let built = Builder::new()
-            .name("devices")
-            .laddr(settings.listen)
-            .reuseaddr(Some(true))
-            .nodelay(true)
-            .allow_anonymous(false)
-            .allow_zero_keepalive(true)
-            // A client that never finishes its CONNECT holds a slot; cut it.
-            .handshake_timeout(Duration::from_secs(10))
-            .max_packet_size(settings.max_packet_bytes)
-            .max_mqueue_len(settings.max_queued_messages)
-            .message_expiry_interval(settings.message_expiry)
-            .max_inflight(std::num::NonZeroU16::new(64).unwrap_or(std::num::NonZeroU16::MIN))
-            .bind()
-            .and_then(|b| b.tcp());
-        match built {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        };
+        let bound = socket.and_then(|s| {
+            s.set_reuseaddr(true)?;
+            s.set_nodelay(true)?;
+            s.bind(addr)?;
+            s.listen(1024)
+        });
+        match bound {
             Ok(l) => return Ok(l),
             Err(e) => {
                 last = e.to_string();
-                tracing::warn!(addr = %settings.listen, attempt, error = %last, "MQTT bind failed; retrying");
+                tracing::warn!(%addr, attempt, error = %last, "MQTT bind failed; retrying");
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
         }
     }
-    Err(BrokerError::Bind {
-        addr: settings.listen,
-        reason: last,
-    })
+    Err(BrokerError::Bind { addr, reason: last })
 }
 
 /// Kicks every session of `device`, live or offline, with its

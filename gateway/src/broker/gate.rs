@@ -1,0 +1,362 @@
+//! The gate: dataward's own listener on the device port, in front of the
+//! broker library.
+//!
+//! rmqtt reads the first bytes of a connection (its protocol-version probe)
+//! with no deadline, before its own handshake timeout starts, and that code
+//! is not public. So the gate owns the public port instead:
+//!
+//! - every accepted socket must deliver one whole CONNECT packet within
+//!   `connect_timeout`, whatever arrives and however slowly, or it is closed;
+//! - connections still in that phase are capped overall and per source
+//!   address, and all connections are capped overall; beyond a cap a new
+//!   socket is closed at once (and logged, at most once a second);
+//! - once the CONNECT is in, the gate opens a connection to rmqtt's
+//!   loopback-only listener, sends a PROXY protocol v2 header with the
+//!   device's real address (so per-source limits and logs see it), then the
+//!   CONNECT, and relays bytes both ways until either side closes.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// How long the broker may take to answer a CONNECT the gate passed on
+/// (its own handshake timeout is shorter; this is the backstop).
+const ANSWER_DEADLINE: Duration = Duration::from_secs(20);
+
+/// What the gate enforces.
+#[derive(Debug, Clone)]
+pub struct GateLimits {
+    pub connect_timeout: Duration,
+    pub max_pending: usize,
+    pub max_pending_per_source: usize,
+    pub max_connections: usize,
+    pub max_packet_bytes: u32,
+}
+
+#[derive(Default)]
+struct Counts {
+    pending: usize,
+    pending_by_source: HashMap<IpAddr, usize>,
+    open: usize,
+    last_refusal_log: Option<Instant>,
+}
+
+/// Held while a connection occupies a place; gives it back when dropped.
+struct Place {
+    counts: Arc<Mutex<Counts>>,
+    source: IpAddr,
+    pending: bool,
+}
+
+impl Place {
+    fn connected(&mut self) {
+        if self.pending {
+            self.pending = false;
+            release_pending(&mut lock(&self.counts), self.source);
+        }
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut c = lock(&self.counts);
+        if self.pending {
+            release_pending(&mut c, self.source);
+        }
+        c.open = c.open.saturating_sub(1);
+    }
+}
+
+fn release_pending(c: &mut Counts, source: IpAddr) {
+    c.pending = c.pending.saturating_sub(1);
+    if let Some(n) = c.pending_by_source.get_mut(&source) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            c.pending_by_source.remove(&source);
+        }
+    }
+}
+
+fn lock(m: &Mutex<Counts>) -> std::sync::MutexGuard<'_, Counts> {
+    // Plain counters: usable even after a panic elsewhere.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Why the gate closed a connection before handing it on.
+#[derive(Debug, thiserror::Error)]
+enum Turned {
+    #[error("no complete CONNECT within the deadline")]
+    Deadline,
+    #[error("the first packet is not a CONNECT (type byte {0:#04x})")]
+    NotConnect(u8),
+    #[error("the CONNECT's length field is malformed")]
+    BadLength,
+    #[error("the CONNECT is {0} bytes, above max_packet_bytes")]
+    TooLarge(usize),
+    #[error("the CONNECT does not name MQTT 3.1, 3.1.1 or 5")]
+    NotMqtt,
+    #[error("the broker did not answer the CONNECT")]
+    NoAnswer,
+    #[error("the connection closed before its CONNECT was complete")]
+    Closed,
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads exactly one CONNECT packet (fixed header included) into a buffer.
+async fn read_connect(stream: &mut TcpStream, max: u32) -> Result<Vec<u8>, Turned> {
+    let eof = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            Turned::Closed
+        } else {
+            Turned::Io(e)
+        }
+    };
+    // Fixed header: the type byte, then 1-4 bytes of remaining length.
+    let kind = stream.read_u8().await.map_err(eof)?;
+    if kind != 0x10 {
+        return Err(Turned::NotConnect(kind));
+    }
+    let mut buf = vec![kind];
+    let mut remaining: usize = 0;
+    for i in 0..4 {
+        let b = stream.read_u8().await.map_err(eof)?;
+        buf.push(b);
+        remaining |= usize::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            break;
+        }
+        if i == 3 {
+            return Err(Turned::BadLength);
+        }
+    }
+    if remaining > max as usize {
+        return Err(Turned::TooLarge(remaining));
+    }
+    let header = buf.len();
+    buf.resize(header + remaining, 0);
+    stream.read_exact(&mut buf[header..]).await.map_err(eof)?;
+    check_variable_header(&buf[header..])?;
+    Ok(buf)
+}
+
+/// The start of a CONNECT's variable header: protocol name and level,
+/// connect flags (reserved bit clear), keep-alive. What follows is the
+/// broker's to judge; this is what it needs to even begin.
+fn check_variable_header(v: &[u8]) -> Result<(), Turned> {
+    let ok = match v {
+        [0, 4, b'M', b'Q', b'T', b'T', 4 | 5, flags, _, _, ..] => flags & 1 == 0,
+        [0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, flags, _, _, ..] => flags & 1 == 0,
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Turned::NotMqtt)
+    }
+}
+
+/// A PROXY protocol v2 header saying the connection came from `src` to
+/// `dst`.
+fn proxy_header(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    h.push(0x21); // version 2, PROXY
+    let (src_ip, dst_ip) = match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => (IpAddr::V4(s), IpAddr::V4(d)),
+        (IpAddr::V4(s), IpAddr::V6(d)) => (IpAddr::V6(s.to_ipv6_mapped()), IpAddr::V6(d)),
+        (IpAddr::V6(s), IpAddr::V4(d)) => (IpAddr::V6(s), IpAddr::V6(d.to_ipv6_mapped())),
+        (s, d) => (s, d),
+    };
+    match (src_ip, dst_ip) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            h.push(0x11); // TCP over IPv4
+            h.extend_from_slice(&12u16.to_be_bytes());
+            h.extend_from_slice(&s.octets());
+            h.extend_from_slice(&d.octets());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            h.push(0x21); // TCP over IPv6
+            h.extend_from_slice(&36u16.to_be_bytes());
+            h.extend_from_slice(&s.octets());
+            h.extend_from_slice(&d.octets());
+        }
+        // Made the same family above.
+        _ => {}
+    }
+    h.extend_from_slice(&src.port().to_be_bytes());
+    h.extend_from_slice(&dst.port().to_be_bytes());
+    h
+}
+
+pub struct Gate {
+    task: JoinHandle<()>,
+}
+
+impl Gate {
+    /// Serves `listener`, handing each connection whose CONNECT arrived in
+    /// time to the broker at `upstream`.
+    pub fn start(listener: TcpListener, upstream: SocketAddr, limits: GateLimits) -> Self {
+        let counts: Arc<Mutex<Counts>> = Arc::default();
+        let local = listener.local_addr().ok();
+        let task = tokio::spawn(async move {
+            loop {
+                let (stream, peer) = match listener.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Out of file descriptors, typically: wait rather
+                        // than spin.
+                        tracing::warn!(error = %e, "accepting a device connection failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let Some(place) = admit(&counts, &limits, peer.ip()) else {
+                    drop(stream);
+                    continue;
+                };
+                let limits = limits.clone();
+                let local = local.unwrap_or(upstream);
+                tokio::spawn(async move {
+                    if let Err(why) = serve(stream, peer, local, upstream, &limits, place).await {
+                        tracing::debug!(?peer, reason = %why, "device connection closed by the gate");
+                    }
+                });
+            }
+        });
+        Self { task }
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn admit(counts: &Arc<Mutex<Counts>>, limits: &GateLimits, source: IpAddr) -> Option<Place> {
+    let mut c = lock(counts);
+    let from_source = c.pending_by_source.get(&source).copied().unwrap_or(0);
+    let refusal = if c.open >= limits.max_connections {
+        Some("the connection limit")
+    } else if c.pending >= limits.max_pending {
+        Some("the limit of connections still logging in")
+    } else if from_source >= limits.max_pending_per_source {
+        Some("the per-address limit of connections still logging in")
+    } else {
+        None
+    };
+    if let Some(limit) = refusal {
+        let now = Instant::now();
+        if c.last_refusal_log
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
+        {
+            c.last_refusal_log = Some(now);
+            tracing::warn!(%source, limit, open = c.open, logging_in = c.pending, "device connection refused at once: over {limit}");
+        }
+        return None;
+    }
+    c.open += 1;
+    c.pending += 1;
+    *c.pending_by_source.entry(source).or_insert(0) += 1;
+    Some(Place {
+        counts: Arc::clone(counts),
+        source,
+        pending: true,
+    })
+}
+
+async fn serve(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    upstream: SocketAddr,
+    limits: &GateLimits,
+    mut place: Place,
+) -> Result<(), Turned> {
+    let _ = client.set_nodelay(true);
+    let connect = tokio::time::timeout(
+        limits.connect_timeout,
+        read_connect(&mut client, limits.max_packet_bytes),
+    )
+    .await
+    .map_err(|_| Turned::Deadline)??;
+    let mut broker = TcpStream::connect(upstream).await?;
+    let _ = broker.set_nodelay(true);
+    // One write: the broker peeks the PROXY header and expects it whole.
+    let mut first = proxy_header(peer, local);
+    first.extend_from_slice(&connect);
+    broker.write_all(&first).await?;
+    place.connected();
+    // The broker answers a CONNECT (CONNACK, or closing) within its own
+    // handshake timeout; this bounds the wait should it not.
+    let mut answer = [0u8; 512];
+    let n = tokio::time::timeout(ANSWER_DEADLINE, broker.read(&mut answer))
+        .await
+        .map_err(|_| Turned::NoAnswer)??;
+    if n == 0 {
+        return Ok(());
+    }
+    client.write_all(&answer[..n]).await?;
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_headers_carry_the_real_address() {
+        let h = proxy_header(
+            "192.168.1.20:50000".parse().expect("addr"),
+            "192.168.1.2:1883".parse().expect("addr"),
+        );
+        assert_eq!(&h[..12], b"\r\n\r\n\0\r\nQUIT\n");
+        assert_eq!(h[12..16], [0x21, 0x11, 0, 12]);
+        assert_eq!(h[16..20], [192, 168, 1, 20]);
+        assert_eq!(h[24..26], 50000u16.to_be_bytes());
+        assert_eq!(h.len(), 28);
+        let v6 = proxy_header(
+            "192.168.1.20:1".parse().expect("addr"),
+            "[::1]:1883".parse().expect("addr"),
+        );
+        assert_eq!(v6[13], 0x21);
+        assert_eq!(v6.len(), 16 + 36);
+    }
+
+    #[tokio::test]
+    async fn only_a_whole_connect_gets_through() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let v311 = b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x1e\x00\x00".to_vec();
+        let v31 = b"\x10\x0e\x00\x06MQIsdp\x03\x02\x00\x1e\x00\x00".to_vec();
+        let reserved = b"\x10\x0c\x00\x04MQTT\x04\x03\x00\x1e\x00\x00".to_vec();
+        let cases: Vec<(Vec<u8>, bool)> = vec![
+            (v311, true),
+            (v31, true),
+            (reserved, false),
+            (vec![0x10, 0x02, 0x00, 0x04], false),
+            (vec![0x10, 0x00], false),
+            (vec![0x30, 0x02, 0x00, 0x00], false),
+            (vec![0x10, 0xff, 0xff, 0xff, 0xff, 0x01], false),
+            (vec![0x10, 0xff, 0xff, 0xff, 0x7f], false),
+            (vec![0x10, 0x05, 0x00], false),
+        ];
+        for (bytes, whole) in cases {
+            let mut c = TcpStream::connect(addr).await.expect("connect");
+            let (mut s, _) = listener.accept().await.expect("accept");
+            c.write_all(&bytes).await.expect("write");
+            drop(c);
+            let got = read_connect(&mut s, 1 << 20).await;
+            assert_eq!(got.is_ok(), whole, "{bytes:02x?}: {got:?}");
+            if let Ok(packet) = got {
+                assert_eq!(packet, bytes);
+            }
+        }
+    }
+}
