@@ -18,16 +18,19 @@ use crate::control::{LinkHandle, Live, Operations};
 use crate::devices::DeviceRegistry;
 use crate::pipeline::{Lane, Pipeline};
 use crate::store::{Durability, Store};
+use crate::supervise::Supervisor;
 use crate::uplink::Uplink;
 
 struct HubState {
     durability: Arc<Durability>,
+    stages: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl web_ui::Hub for HubState {
     fn health(&self) -> web_ui::Health {
         web_ui::Health {
             store_ok: self.durability.healthy(),
+            stages_ok: self.stages.load(std::sync::atomic::Ordering::Acquire),
         }
     }
 }
@@ -86,12 +89,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!("no devices registered yet: add one with `dataward device add NAME`");
     }
 
+    let mut supervisor = Supervisor::default();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let durability = Arc::clone(&store.durability);
     let committer = {
         let d = Arc::clone(&durability);
         let rx = shutdown_rx.clone();
-        tokio::spawn(async move { d.run(rx).await })
+        supervisor.spawn("committer", async move { d.run(rx).await })
     };
 
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
@@ -139,20 +143,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             },
             Arc::clone(&registry),
             Arc::clone(&pipeline),
+            &supervisor,
         )
         .await?,
     );
     let mut uplink_tasks = Vec::new();
     for u in uplinks {
         let rx = shutdown_rx.clone();
-        uplink_tasks.push(tokio::spawn(u.run(rx)));
+        uplink_tasks.push(supervisor.spawn("uplink", u.run(rx)));
     }
-    let router_task = tokio::spawn(commands::route(
-        cmd_rx,
-        Arc::clone(&registry),
-        Arc::clone(&pipeline),
-        Arc::clone(&broker),
-    ));
+    let router_task = supervisor.spawn(
+        "command router",
+        commands::route(
+            cmd_rx,
+            Arc::clone(&registry),
+            Arc::clone(&pipeline),
+            Arc::clone(&broker),
+        ),
+    );
 
     let ops = Arc::new(Operations::running(
         config.clone(),
@@ -165,13 +173,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             started,
         },
     ));
-    let control = ControlServer::start(&config.data_dir, Arc::clone(&ops), shutdown_rx.clone())
-        .with_context(|| {
-            format!(
-                "cannot serve the control socket in {}",
-                config.data_dir.display()
-            )
-        })?;
+    let control = ControlServer::start(
+        &config.data_dir,
+        Arc::clone(&ops),
+        shutdown_rx.clone(),
+        &supervisor,
+    )
+    .with_context(|| {
+        format!(
+            "cannot serve the control socket in {}",
+            config.data_dir.display()
+        )
+    })?;
 
     let http = tokio::net::TcpListener::bind(config.http.listen)
         .await
@@ -179,9 +192,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (mqtt_addr, http_addr) = (broker.local_addr(), http.local_addr()?);
     let app = web_ui::router(Arc::new(HubState {
         durability: Arc::clone(&durability),
+        stages: supervisor.health(),
     }));
     let mut http_shutdown = shutdown_rx.clone();
-    let http_task = tokio::spawn(async move {
+    let http_task = supervisor.spawn("http", async move {
         let serve = axum::serve(http, app).with_graceful_shutdown(async move {
             let _ = http_shutdown.changed().await;
         });
@@ -200,7 +214,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     tracing::info!(mqtt = %mqtt_addr, http = %http_addr, destinations = config.destinations.len(), devices = registry.list().len(), "dataward running");
 
-    while signals.next().await == Signal::ReloadPolicy {
+    let outcome = loop {
+        let signal = tokio::select! {
+            s = signals.next() => s,
+            f = supervisor.failed() => break Err(anyhow::anyhow!(
+                "the {} stage failed ({}); stopping so that the service manager restarts dataward",
+                f.task, f.reason
+            )),
+        };
+        if signal == Signal::Stop {
+            break Ok(());
+        }
         match ops.reload_policy_file().await {
             Ok(Some(a)) if a.changed => {
                 tracing::info!(version = a.version, "SIGHUP: policy file applied")
@@ -213,7 +237,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 tracing::error!(error = %e, "SIGHUP: policy file rejected; the policy in force stays")
             }
         }
-    }
+    };
+    supervisor.stopping();
     tracing::info!("shutting down");
     // The control socket first (no new requests), then devices, so nothing
     // new arrives; then uplinks and HTTP; the committer flushes last.
@@ -221,15 +246,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     broker.stop();
     let _ = shutdown_tx.send(true);
     for t in uplink_tasks {
-        let _ = t.await;
+        t.join().await;
     }
     router_task.abort();
-    let _ = http_task.await;
-    let _ = committer.await;
+    http_task.join().await;
+    committer.join().await;
     store.flush().context("final flush of the store")?;
     drop(lock);
-    tracing::info!("stopped cleanly");
-    Ok(())
+    if outcome.is_ok() {
+        tracing::info!("stopped cleanly");
+    }
+    outcome
 }
 
 /// Each device connection takes three descriptors (the device's socket and

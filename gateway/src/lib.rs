@@ -15,6 +15,8 @@
 //! - [`control`]: the operations layer: everything a user can ask for,
 //!   behind the CLI, the control socket and (later) the HTTP API.
 //! - [`cli`]: the text the command line prints for each answer.
+//! - [`supervise`]: long-lived tasks, watched; a failed stage stops the
+//!   gateway with a non-zero exit, for the service manager to restart.
 //! - [`app`]: `dataward run`, wiring it all and shutting down cleanly.
 
 pub mod app;
@@ -26,6 +28,7 @@ pub mod control;
 pub mod devices;
 pub mod pipeline;
 pub mod store;
+pub mod supervise;
 pub mod uplink;
 
 /// An error caused by the user's input (a file, a flag): exit code 2.

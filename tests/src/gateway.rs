@@ -110,6 +110,11 @@ impl Gateway {
     /// Starts the gateway with `config` (TOML text, written next to the
     /// data directory); MQTT and HTTP listen on free loopback ports.
     pub fn start(dir: &Path, config: &str) -> Result<Self> {
+        Self::start_with_env(dir, config, &[])
+    }
+
+    /// Like [`Gateway::start`], with extra environment variables.
+    pub fn start_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Result<Self> {
         let conf = dir.join("dataward.toml");
         std::fs::write(&conf, config)?;
         let log = std::fs::OpenOptions::new()
@@ -129,6 +134,7 @@ impl Gateway {
                 "RUST_LOG",
                 std::env::var("DATAWARD_TEST_LOG").unwrap_or_else(|_| "info,rmqtt=warn".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -182,6 +188,20 @@ impl Gateway {
 
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits up to `timeout` for the process to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Option<std::process::ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait()? {
+                return Ok(Some(s));
+            }
+            if Instant::now() > deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     pub fn pid(&self) -> u32 {

@@ -20,6 +20,9 @@ use serde::Serialize;
 pub struct Health {
     /// False when the store cannot write: devices' messages are refused.
     pub store_ok: bool,
+    /// False when a stage of the gateway (broker, committer, an uplink...)
+    /// has failed.
+    pub stages_ok: bool,
 }
 
 /// What the web UI needs from the running hub.
@@ -37,12 +40,13 @@ pub fn router(hub: Arc<dyn Hub>) -> Router {
 /// needs no login.
 async fn healthz(State(hub): State<Arc<dyn Hub>>) -> (StatusCode, Json<serde_json::Value>) {
     let h = hub.health();
-    let code = if h.store_ok {
+    let ok = h.store_ok && h.stages_ok;
+    let code = if ok {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let status = if h.store_ok { "ok" } else { "degraded" };
+    let status = if ok { "ok" } else { "degraded" };
     (code, Json(serde_json::json!({ "status": status })))
 }
 
@@ -53,15 +57,18 @@ mod tests {
     use axum::http::Request;
     use tower::ServiceExt;
 
-    struct Fixed(bool);
+    struct Fixed(bool, bool);
     impl Hub for Fixed {
         fn health(&self) -> Health {
-            Health { store_ok: self.0 }
+            Health {
+                store_ok: self.0,
+                stages_ok: self.1,
+            }
         }
     }
 
-    async fn status(ok: bool) -> StatusCode {
-        let app = router(Arc::new(Fixed(ok)));
+    async fn status(store_ok: bool, stages_ok: bool) -> StatusCode {
+        let app = router(Arc::new(Fixed(store_ok, stages_ok)));
         let req = Request::builder()
             .uri("/healthz")
             .body(Body::empty())
@@ -71,7 +78,8 @@ mod tests {
 
     #[tokio::test]
     async fn healthz_reflects_the_store() {
-        assert_eq!(status(true).await, StatusCode::OK);
-        assert_eq!(status(false).await, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(status(true, true).await, StatusCode::OK);
+        assert_eq!(status(false, true).await, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(status(true, false).await, StatusCode::SERVICE_UNAVAILABLE);
     }
 }

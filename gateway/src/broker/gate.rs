@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+
+use crate::supervise::{Supervised, Supervisor};
 
 /// How long the broker may take to answer a CONNECT the gate passed on
 /// (its own handshake timeout is shorter; this is the backstop).
@@ -194,16 +195,21 @@ fn proxy_header(src: SocketAddr, dst: SocketAddr) -> Vec<u8> {
 }
 
 pub struct Gate {
-    task: JoinHandle<()>,
+    task: Supervised,
 }
 
 impl Gate {
     /// Serves `listener`, handing each connection whose CONNECT arrived in
     /// time to the broker at `upstream`.
-    pub fn start(listener: TcpListener, upstream: SocketAddr, limits: GateLimits) -> Self {
+    pub fn start(
+        listener: TcpListener,
+        upstream: SocketAddr,
+        limits: GateLimits,
+        supervisor: &Supervisor,
+    ) -> Self {
         let counts: Arc<Mutex<Counts>> = Arc::default();
         let local = listener.local_addr().ok();
-        let task = tokio::spawn(async move {
+        let task = supervisor.spawn("device port", async move {
             loop {
                 let (stream, peer) = match listener.accept().await {
                     Ok(c) => c,

@@ -30,10 +30,10 @@ use rmqtt::net::Builder;
 use rmqtt::server::MqttServer;
 use rmqtt::session::SessionState;
 use rmqtt::types::{From, Id};
-use tokio::task::JoinHandle;
 
 use crate::devices::DeviceRegistry;
 use crate::pipeline::Pipeline;
+use crate::supervise::{Supervised, Supervisor};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -65,7 +65,7 @@ pub struct Broker {
     hooks: Arc<hooks::Hooks>,
     retained: retain::InMemoryRetain,
     local_addr: SocketAddr,
-    task: JoinHandle<()>,
+    task: Supervised,
 }
 
 impl Broker {
@@ -73,6 +73,7 @@ impl Broker {
         settings: BrokerSettings,
         registry: Arc<DeviceRegistry>,
         pipeline: Arc<Pipeline>,
+        supervisor: &Supervisor,
     ) -> Result<Self, BrokerError> {
         let scx = ServerContext::new().busy_check_enable(false).build().await;
         let retained = retain::InMemoryRetain::default();
@@ -119,7 +120,7 @@ impl Broker {
         let server = MqttServer::new(scx.clone())
             .listener_by_id(inner, DEVICE_LISTENER)
             .build();
-        let task = tokio::spawn(async move {
+        let task = supervisor.spawn("broker", async move {
             if let Err(e) = server.run().await {
                 tracing::error!(error = %e, "the MQTT broker stopped");
             }
@@ -134,6 +135,7 @@ impl Broker {
                 max_connections: settings.max_connections,
                 max_packet_bytes: settings.max_packet_bytes,
             },
+            supervisor,
         );
         tracing::info!(%local_addr, "MQTT broker listening for devices");
         Ok(Self {

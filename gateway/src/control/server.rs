@@ -13,10 +13,10 @@ use std::time::Duration;
 
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, watch, Semaphore};
-use tokio::task::JoinHandle;
 
 use super::protocol::{self, Envelope, FrameKind, Request};
 use super::{OpError, Operations};
+use crate::supervise::{Supervised, Supervisor};
 
 pub const SOCKET_NAME: &str = "control.sock";
 pub const MAX_CLIENTS: usize = 16;
@@ -31,7 +31,7 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 
 pub struct ControlServer {
     path: PathBuf,
-    task: JoinHandle<()>,
+    task: Supervised,
 }
 
 impl ControlServer {
@@ -44,6 +44,7 @@ impl ControlServer {
         data_dir: &Path,
         ops: Arc<Operations>,
         mut shutdown: watch::Receiver<bool>,
+        supervisor: &Supervisor,
     ) -> std::io::Result<Self> {
         let path = socket_path(data_dir);
         let staging = data_dir.join(format!(".{SOCKET_NAME}.{}", std::process::id()));
@@ -55,7 +56,7 @@ impl ControlServer {
         std::fs::set_permissions(&staging, std::fs::Permissions::from_mode(0o600))?;
         std::fs::rename(&staging, &path)?;
         let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
-        let task = tokio::spawn(async move {
+        let task = supervisor.spawn("control socket", async move {
             loop {
                 let conn = tokio::select! {
                     c = listener.accept() => c,

@@ -73,6 +73,8 @@ impl Durability {
                 _ = shutdown.changed() => break,
             }
             let target = self.written.load(Ordering::SeqCst);
+            #[cfg(debug_assertions)]
+            test_fault::committer_flush();
             let db = self.db.clone();
             let result = match tokio::task::spawn_blocking(move || db.flush()).await {
                 Ok(Ok(_)) => None,
@@ -95,6 +97,27 @@ impl Durability {
             error,
             closed: true,
         });
+    }
+}
+
+/// Faults the end-to-end tests inject into a debug build, to see that a
+/// failed stage is noticed. Compiled out of release builds.
+#[cfg(debug_assertions)]
+mod test_fault {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    static FLUSHES: AtomicU64 = AtomicU64::new(0);
+
+    /// `DATAWARD_TEST_FAULT=committer:N` makes the committer panic at its
+    /// N-th flush.
+    pub(super) fn committer_flush() {
+        let n = FLUSHES.fetch_add(1, Ordering::Relaxed) + 1;
+        let armed = std::env::var("DATAWARD_TEST_FAULT")
+            .ok()
+            .and_then(|v| v.strip_prefix("committer:")?.parse::<u64>().ok());
+        if armed == Some(n) {
+            panic!("injected fault: committer flush {n}");
+        }
     }
 }
 
