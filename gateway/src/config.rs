@@ -7,6 +7,29 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+/// A credential from the config: never printed (its `Debug` is redacted)
+/// and wiped from memory when dropped.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(zeroize::Zeroizing<String>);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(|s| Secret(zeroize::Zeroizing::new(s)))
+    }
+}
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
 /// The largest packet an uplink sends to, or takes from, a destination.
 pub const UPLINK_MAX_PACKET_BYTES: usize = 1 << 20;
 
@@ -131,7 +154,7 @@ pub struct DestinationConfig {
     #[serde(default)]
     pub username: Option<String>,
     #[serde(default)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// PEM file with the CA certificates to trust for `mqtts://`; without it
     /// the system's trust store is used.
     #[serde(default)]
@@ -498,6 +521,19 @@ mod tests {
         assert_eq!(c.http.listen.port(), 8080);
         assert_eq!(c.data_dir, PathBuf::from("./dataward-data"));
         assert!(c.destinations.is_empty());
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug() {
+        let c = Config::parse(
+            "[[destination]]\nname = \"v\"\nurl = \"mqtt://h:1\"\npassword = \"hunter2\"\n",
+        )
+        .expect("valid");
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert_eq!(
+            c.destinations[0].password.as_ref().map(Secret::expose),
+            Some("hunter2")
+        );
     }
 
     #[test]

@@ -143,13 +143,19 @@ impl Hooks {
         (devices, conns)
     }
 
-    fn connected(&self, device: &str, client_id: &str) {
-        *self
-            .connections
-            .entry(device.to_string())
-            .or_default()
-            .entry(client_id.to_string())
-            .or_insert(0) += 1;
+    /// Counts a new connection, unless the device is at its limit: the
+    /// check and the count happen under one lock, so two logins at once
+    /// cannot both take the last place (the check at login is only the
+    /// early, polite refusal).
+    fn connected(&self, device: &str, client_id: &str) -> bool {
+        let mut clients = self.connections.entry(device.to_string()).or_default();
+        if !clients.contains_key(client_id)
+            && clients.len() as u32 >= self.max_connections_per_device
+        {
+            return false;
+        }
+        *clients.entry(client_id.to_string()).or_insert(0) += 1;
+        true
     }
 
     fn disconnected(&self, device: &str, client_id: &str) {
@@ -225,7 +231,12 @@ impl Handler for Hooks {
             ),
             Parameter::ClientConnected(s) => {
                 if let Some(u) = s.id.username.as_deref() {
-                    self.connected(u, &s.id.client_id);
+                    if !self.connected(u, &s.id.client_id) {
+                        tracing::warn!(client_id = ?s.id.client_id, device = %u, max = self.max_connections_per_device, "connection closed: connection limit for this device reached");
+                        let (scx, id) = (self.scx.clone(), s.id.clone());
+                        tokio::spawn(async move { super::end_session(&scx, id).await });
+                        return (true, acc);
+                    }
                     // Removed between its login and now: end it once this
                     // hook has returned (a kick waits on the session).
                     if self.registry.get(u).is_none() {

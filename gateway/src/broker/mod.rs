@@ -287,6 +287,20 @@ async fn bind_public(addr: SocketAddr) -> Result<tokio::net::TcpListener, Broker
     Err(BrokerError::Bind { addr, reason: last })
 }
 
+/// Kicks one session (retrying briefly while it is busy in its handshake).
+pub(crate) async fn end_session(scx: &ServerContext, id: Id) {
+    let shared = scx.extends.shared().await;
+    for _ in 0..20 {
+        if let Ok(mut locked) = shared.entry(id.clone()).try_lock().await {
+            if locked.kick(true, true, true).await.is_ok() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    tracing::warn!(client_id = ?id.client_id, "could not end a session");
+}
+
 /// Kicks every session of `device`, live or offline, with its
 /// subscriptions and queued messages. A session busy in a handshake cannot
 /// be locked at that instant; it is tried again for a little while.

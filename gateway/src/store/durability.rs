@@ -1,6 +1,8 @@
 //! Group commit: many writers, one flush.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 
@@ -16,8 +18,15 @@ struct Flushed {
     closed: bool,
 }
 
+/// The longest a write that nobody waits for (a QoS 0 message, an
+/// acknowledged outbox entry's removal) stays unflushed.
+pub const IDLE_FLUSH: Duration = Duration::from_millis(500);
+
 pub struct Durability {
     db: sled::Db,
+    /// Set by every write to the store; the committer flushes within
+    /// [`IDLE_FLUSH`] when set, even if no writer waits.
+    dirty: Arc<AtomicBool>,
     /// Tickets handed out; a writer takes one after its writes are in sled.
     written: AtomicU64,
     kick: Notify,
@@ -33,6 +42,7 @@ impl Durability {
         });
         Self {
             db,
+            dirty: Arc::default(),
             written: AtomicU64::new(0),
             kick: Notify::new(),
             flushed,
@@ -58,6 +68,11 @@ impl Durability {
         }
     }
 
+    /// The flag writers set, for the stores that write without waiting.
+    pub(super) fn dirty(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.dirty)
+    }
+
     /// False while the latest flush failed (a full or broken disk).
     pub fn healthy(&self) -> bool {
         self.flushed.borrow().error.is_none()
@@ -67,11 +82,19 @@ impl Durability {
     /// While one flush runs, new writers pile up and the next flush covers
     /// them all; there is no fixed delay to add latency when idle.
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(IDLE_FLUSH);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = self.kick.notified() => {}
+                _ = tick.tick() => {
+                    if !self.dirty.load(Ordering::Acquire) {
+                        continue;
+                    }
+                }
                 _ = shutdown.changed() => break,
             }
+            self.dirty.store(false, Ordering::Release);
             let target = self.written.load(Ordering::SeqCst);
             #[cfg(debug_assertions)]
             test_fault::committer_flush();
@@ -154,6 +177,26 @@ mod tests {
         // Everything acknowledged as durable is there after a reopen.
         let store = Store::open(dir.path()).expect("reopen");
         assert_eq!(store.history().expect("history").count("dev"), 50);
+    }
+
+    #[tokio::test]
+    async fn writes_nobody_waits_for_are_flushed_within_the_deadline() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let d = Arc::clone(&store.durability);
+        let committer = tokio::spawn(async move { d.run(stop_rx).await });
+        let mut flushes = store.durability.flushed.subscribe();
+        // Idle: no flush at all.
+        let idle = tokio::time::timeout(2 * super::IDLE_FLUSH, flushes.changed()).await;
+        assert!(idle.is_err(), "a clean store is not flushed");
+        // A QoS 0 style write, with no one calling sync.
+        let history = store.history().expect("history");
+        history.append("dev", 0, "t", b"x").expect("append");
+        let flushed = tokio::time::timeout(4 * super::IDLE_FLUSH, flushes.changed()).await;
+        assert!(flushed.is_ok(), "flushed within the idle deadline");
+        stop_tx.send(true).expect("stop");
+        committer.await.expect("committer");
     }
 
     #[tokio::test]

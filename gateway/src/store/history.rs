@@ -39,13 +39,18 @@ pub trait HistoryStore: Send + Sync {
 pub struct SledHistory {
     tree: sled::Tree,
     db: sled::Db,
+    dirty: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SledHistory {
-    pub(super) fn open(db: &sled::Db) -> Result<Self, StoreError> {
+    pub(super) fn open(
+        db: &sled::Db,
+        dirty: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<Self, StoreError> {
         Ok(Self {
             tree: db.open_tree("history")?,
             db: db.clone(),
+            dirty,
         })
     }
 
@@ -113,6 +118,7 @@ impl HistoryStore for SledHistory {
         value.extend_from_slice(topic.as_bytes());
         value.extend_from_slice(payload);
         self.tree.insert(key, value)?;
+        self.dirty.store(true, std::sync::atomic::Ordering::Release);
         Ok(seq)
     }
 

@@ -84,11 +84,11 @@ impl Store {
     }
 
     pub fn history(&self) -> Result<SledHistory, StoreError> {
-        SledHistory::open(&self.db)
+        SledHistory::open(&self.db, self.durability.dirty())
     }
 
     pub fn outbox(&self, destination: &str, max_entries: u64) -> Result<Outbox, StoreError> {
-        Outbox::open(&self.db, destination, max_entries)
+        Outbox::open(&self.db, destination, max_entries, self.durability.dirty())
     }
 
     pub fn policy_versions(&self) -> Result<PolicyVersions, StoreError> {

@@ -39,6 +39,7 @@ pub struct Outbox {
     /// reason (u16 BE length, bytes), then the outbox value.
     dead: sled::Tree,
     dead_count: AtomicU64,
+    dirty: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Outbox {
@@ -46,6 +47,7 @@ impl Outbox {
         db: &sled::Db,
         destination: &str,
         max_entries: u64,
+        dirty: std::sync::Arc<std::sync::atomic::AtomicBool>,
     ) -> Result<Self, StoreError> {
         let tree = db.open_tree(format!("outbox/{destination}"))?;
         upgrade_format(db, &tree, destination)?;
@@ -63,6 +65,7 @@ impl Outbox {
         Ok(Self {
             dead,
             dead_count,
+            dirty,
             tree,
             next: Mutex::new(next),
             oldest_bound: AtomicU64::new(oldest),
@@ -94,6 +97,7 @@ impl Outbox {
         let key = *next;
         self.tree.insert(key.to_be_bytes(), value)?;
         self.count.fetch_add(1, Ordering::AcqRel);
+        self.dirty.store(true, Ordering::Release);
         *next += 1;
         drop(next);
         self.enforce_quota(key)?;
@@ -152,6 +156,7 @@ impl Outbox {
     pub fn remove(&self, key: u64) -> Result<(), StoreError> {
         if self.tree.remove(key.to_be_bytes())?.is_some() {
             self.count.fetch_sub(1, Ordering::AcqRel);
+            self.dirty.store(true, Ordering::Release);
         }
         Ok(())
     }
@@ -191,6 +196,7 @@ impl Outbox {
         if moved {
             self.count.fetch_sub(1, Ordering::AcqRel);
             self.dead_count.fetch_add(1, Ordering::AcqRel);
+            self.dirty.store(true, Ordering::Release);
         }
         Ok(moved)
     }

@@ -179,7 +179,14 @@ impl Uplink {
         opts.set_inflight(self.cfg.max_inflight);
         opts.set_max_packet_size(UPLINK_MAX_PACKET_BYTES, UPLINK_MAX_PACKET_BYTES);
         if let Some(user) = &self.cfg.username {
-            opts.set_credentials(user.clone(), self.cfg.password.clone().unwrap_or_default());
+            opts.set_credentials(
+                user.clone(),
+                self.cfg
+                    .password
+                    .as_ref()
+                    .map(|p| p.expose().to_string())
+                    .unwrap_or_default(),
+            );
         }
         if let Some(tls) = &self.tls {
             opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
