@@ -8,9 +8,11 @@
 //!   with its ports read from its startup line; [`cli`] and [`add_device`],
 //!   the command line as a user runs it.
 //! - [`clients`]: rumqttc devices and cloud subscribers, and [`collect`].
+//! - [`fuzz`]: a seeded packet fuzzer for the device port.
 
 pub mod clients;
 pub mod cloud;
+pub mod fuzz;
 pub mod gateway;
 
 pub use clients::*;
