@@ -2,7 +2,6 @@
 //! socket and HTTP together, and takes them down in order on Ctrl-C or
 //! SIGTERM. SIGHUP re-reads the configured policy file.
 
-use std::os::unix::fs::DirBuilderExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,28 +34,35 @@ impl web_ui::Hub for HubState {
     }
 }
 
+/// How long the gateway waits for a CLI command to finish with the store.
+const COMMAND_WAIT: Duration = Duration::from_secs(300);
+
 /// Takes the data directory for this gateway. Another gateway there is an
 /// error at once; a CLI command working on the store is waited for.
 async fn lock_data_dir(config: &Config) -> anyhow::Result<DataDirLock> {
     let dir = &config.data_dir;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
+    crate::control::lock::prepare_data_dir(dir)
         .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
-    let deadline = Instant::now() + crate::control::client::BUSY_WAIT;
+    // A command (an export to a slow reader, say) may hold the directory
+    // for a while: waited for, with a word in the log now and then.
+    let deadline = Instant::now() + COMMAND_WAIT;
+    let mut told = Instant::now();
     loop {
         match DataDirLock::try_acquire(dir, Role::Gateway) {
             Ok(lock) => return Ok(lock),
-            // Only a live gateway is refused at once. A command finishes
-            // soon; a holder that has not written its name yet, or a name
-            // left by a dead process, means the real holder is in between.
+            // Only a live gateway is refused at once. A holder that has not
+            // written its name yet, or a name left by a dead process, means
+            // the real holder is in between.
             Err(LockError::Held { holder, .. })
                 if Instant::now() < deadline
                     && !holder
                         .as_ref()
                         .is_some_and(|h| h.role == Role::Gateway && h.is_alive()) =>
             {
+                if told.elapsed() >= Duration::from_secs(5) {
+                    told = Instant::now();
+                    tracing::warn!(holder = ?holder, "waiting for a dataward command to finish with the data directory");
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => {
@@ -72,10 +78,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // "running" line and the first poll must still mean a clean stop.
     let mut signals = Signals::install().context("watching for Ctrl-C, SIGTERM and SIGHUP")?;
     raise_fd_limit();
-    // Everything the gateway creates (store, socket, lock) is its user's
-    // alone.
-    // SAFETY: umask only changes the process's file creation mask.
-    unsafe { libc::umask(0o077) };
     let lock = lock_data_dir(&config).await?;
     config
         .remember_for_commands()
@@ -111,7 +113,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             outbox: Arc::clone(&outbox),
             wake: Arc::clone(&wake),
         });
-        let uplink = Uplink::new(dest.clone(), Arc::clone(&outbox), wake, cmd_tx.clone())?;
+        let uplink = Uplink::new(
+            dest.clone(),
+            Arc::clone(&outbox),
+            wake,
+            cmd_tx.clone(),
+            config.mqtt.max_command_bytes,
+        )?;
         links.push(LinkHandle {
             name: dest.name.clone(),
             state: uplink.state(),
@@ -135,6 +143,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 max_packet_bytes: config.mqtt.max_packet_bytes,
                 max_connections_per_device: config.mqtt.max_connections_per_device,
                 max_queued_messages: config.mqtt.max_queued_messages,
+                max_retained: config.mqtt.max_retained,
                 message_expiry: Duration::from_secs(config.mqtt.message_expiry_secs),
                 connect_timeout: Duration::from_secs(config.mqtt.connect_timeout_secs),
                 max_connections: config.mqtt.max_connections,

@@ -103,10 +103,18 @@ pub struct MqttConfig {
     /// Simultaneous connections one device's credential may hold.
     #[serde(default = "default_conn_per_device")]
     pub max_connections_per_device: u32,
-    /// Messages queued for one subscribed device before the oldest are
-    /// dropped (and logged).
+    /// Messages (commands) queued for one device before the oldest are
+    /// dropped (and logged). With `max_command_bytes`, this bounds the
+    /// memory one device's queue can take.
     #[serde(default = "default_mqueue")]
     pub max_queued_messages: usize,
+    /// The largest command a destination may send to a device; larger ones
+    /// are dropped (and logged) as they arrive.
+    #[serde(default = "default_max_command")]
+    pub max_command_bytes: usize,
+    /// Retained messages kept at most, over all devices.
+    #[serde(default = "default_max_retained")]
+    pub max_retained: usize,
     /// How long a command queued for an offline device, or a retained
     /// message, stays valid.
     #[serde(default = "default_expiry")]
@@ -229,6 +237,12 @@ fn default_conn_per_device() -> u32 {
     2
 }
 fn default_mqueue() -> usize {
+    64
+}
+fn default_max_command() -> usize {
+    16 * 1024
+}
+fn default_max_retained() -> usize {
     10_000
 }
 fn default_connect_timeout() -> u64 {
@@ -263,6 +277,8 @@ impl Default for MqttConfig {
             max_packet_bytes: default_max_packet(),
             max_connections_per_device: default_conn_per_device(),
             max_queued_messages: default_mqueue(),
+            max_command_bytes: default_max_command(),
+            max_retained: default_max_retained(),
             message_expiry_secs: default_expiry(),
             connect_timeout_secs: default_connect_timeout(),
             max_connections: default_max_connections(),

@@ -16,8 +16,10 @@ use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
-    #[error("{0:?} does not make a valid device id: use letters, digits, '-' or '_' (at most 64)")]
+    #[error("{:?} does not make a valid device id: use letters, digits, '-' or '_' (at most 64)", shown(.0))]
     InvalidId(String),
+    #[error("the device name {:?} is not accepted: at most {MAX_NAME_CHARS} characters, and no control characters", shown(.0))]
+    InvalidName(String),
     #[error("a device with id {0:?} already exists")]
     Exists(String),
     #[error("no device with id {0:?}")]
@@ -37,6 +39,21 @@ pub enum DeviceError {
     Corrupt(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// The longest display name a device may have.
+pub const MAX_NAME_CHARS: usize = 128;
+
+/// A user-supplied string as an error message quotes it: cut short, so
+/// that a huge input does not come back whole.
+fn shown(s: &str) -> String {
+    if s.chars().count() <= 80 {
+        s.to_string()
+    } else {
+        let mut cut: String = s.chars().take(80).collect();
+        cut.push('…');
+        cut
+    }
 }
 
 /// Topic conventions of common device firmware. `{id}` stands for the
@@ -218,6 +235,9 @@ impl DeviceRegistry {
         if !policy::is_valid_name(id) {
             return Err(DeviceError::InvalidId(id.to_string()));
         }
+        if name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
+            return Err(DeviceError::InvalidName(name.to_string()));
+        }
         if self.get(id).is_some() {
             return Err(DeviceError::Exists(id.to_string()));
         }
@@ -323,6 +343,11 @@ mod tests {
         assert_eq!(id_from_name("  thermo_1 ").unwrap(), "thermo_1");
         assert!(id_from_name("!!!").is_err());
         assert!(id_from_name(&"x".repeat(65)).is_err());
+        let huge = id_from_name(&"!".repeat(100_000)).expect_err("no id");
+        assert!(
+            huge.to_string().len() < 300,
+            "the error does not echo it all"
+        );
     }
 
     #[test]
@@ -358,6 +383,20 @@ mod tests {
         assert_eq!(reg.list().len(), 2);
         reg.remove("plug").expect("remove");
         assert!(reg.get("plug").is_none());
+        for bad in [
+            "a\0b",
+            "line\nbreak",
+            "\u{1b}[2J",
+            &"n".repeat(MAX_NAME_CHARS + 1),
+        ] {
+            assert!(
+                matches!(
+                    reg.add("named", bad, Preset::Generic, 1),
+                    Err(DeviceError::InvalidName(_))
+                ),
+                "{bad:?}"
+            );
+        }
         // Concurrent adds of one id: exactly one wins.
         let reg = Arc::new(reg);
         let racers: Vec<_> = (0..4)

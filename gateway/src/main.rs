@@ -198,6 +198,11 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         || matches!(
             e.downcast_ref::<ConfigError>(),
             Some(ConfigError::Invalid { .. })
+        )
+        // A config file named on the command line that is not there.
+        || matches!(
+            e.downcast_ref::<ConfigError>(),
+            Some(ConfigError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound
         );
     if bad_input {
         2
@@ -361,8 +366,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     drop(sink);
     if let (Some(part), Some(out)) = (&partial, &output) {
         match &reply {
-            Ok(_) => std::fs::rename(part, out)
-                .with_context(|| format!("cannot write {}", out.display()))?,
+            Ok(_) => {
+                if let Err(e) = std::fs::rename(part, out) {
+                    let _ = std::fs::remove_file(part);
+                    return Err(e).with_context(|| format!("cannot write {}", out.display()));
+                }
+            }
             Err(_) => {
                 let _ = std::fs::remove_file(part);
             }

@@ -536,3 +536,43 @@ fn shape(v: &serde_json::Value) -> serde_json::Value {
         _ => Value::Null,
     }
 }
+
+#[test]
+fn a_busy_gateway_makes_commands_wait_not_fail() -> Result<()> {
+    let (dir, data, cloud) = scratch()?;
+    let gw = Gateway::start(dir.path(), &config_for(&data, &cloud, None, ""))?;
+    // More at once than the socket serves (16): the rest are told "busy"
+    // and try again.
+    let adds: Vec<_> = (0..30)
+        .map(|i| {
+            let data = data.clone();
+            std::thread::spawn(move || cli_ok(&data, &["device", "add", &format!("dev {i}")]))
+        })
+        .collect();
+    for a in adds {
+        if let Err(e) = a.join().map_err(|_| anyhow::anyhow!("thread"))? {
+            bail!("a device add failed while the gateway was busy: {e}");
+        }
+    }
+    let list = cli_json(&data, &["device", "list"])?;
+    assert_eq!(list.as_array().map(Vec::len), Some(30));
+    assert!(gw.stop()?.success());
+    Ok(())
+}
+
+#[test]
+fn a_store_made_by_a_command_is_private() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data)?;
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755))?;
+    add_device(&data, "plug", "generic")?;
+    let mode = std::fs::metadata(&data)?.permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the data directory is made private");
+    for f in ["db/db", "db/conf", "lock"] {
+        let mode = std::fs::metadata(data.join(f))?.permissions().mode() & 0o777;
+        assert_eq!(mode & 0o077, 0, "{f} is {mode:o}");
+    }
+    Ok(())
+}

@@ -52,10 +52,13 @@ async fn topics_that_cannot_leave_are_refused_and_the_rest_flows() -> Result<()>
         c5.publish(topic.clone(), QoS5::AtLeastOnce, false, "{\"t\":1}")
             .await?;
     }
+    // Its own command topic: commands come from a destination only.
+    c5.publish("devices/five/cmd/x", QoS5::AtLeastOnce, false, "{\"t\":9}")
+        .await?;
     c5.publish("devices/five/ok", QoS5::AtLeastOnce, false, "{\"t\":5}")
         .await?;
     let mut reasons = Vec::new();
-    while reasons.len() < bad.len() + 1 {
+    while reasons.len() < bad.len() + 2 {
         match tokio::time::timeout(Duration::from_secs(10), e5.poll()).await {
             Ok(Ok(Event5::Incoming(Packet5::PubAck(a)))) => reasons.push(a.reason),
             Ok(Ok(_)) => {}
@@ -63,6 +66,7 @@ async fn topics_that_cannot_leave_are_refused_and_the_rest_flows() -> Result<()>
         }
     }
     let mut expected: Vec<_> = bad.iter().map(|(_, r)| *r).collect();
+    expected.push(PubAckReason::NotAuthorized);
     expected.push(PubAckReason::Success);
     assert_eq!(reasons, expected);
 

@@ -190,6 +190,12 @@ impl Hooks {
             tracing::warn!(device = %device.id, ?topic, "publish refused: topic outside the device's topics");
             return PublishAclResult::rejected(false, None);
         }
+        // Its own command topics: commands come only from a destination,
+        // through a rule (and a device could otherwise fill its own queue).
+        if device.receives(topic) {
+            tracing::warn!(device = %device.id, ?topic, "publish refused: a device may not publish to its own command topics");
+            return PublishAclResult::rejected(false, None);
+        }
         if let Err(why) = self.pipeline.admit(topic, p.payload.len()) {
             // MQTT 5 devices learn why from the PUBACK; 3.1.1 has no way to
             // say it, so the message is dropped (and logged) there.

@@ -50,6 +50,7 @@ pub struct BrokerSettings {
     pub max_packet_bytes: u32,
     pub max_connections_per_device: u32,
     pub max_queued_messages: usize,
+    pub max_retained: usize,
     pub message_expiry: Duration,
     pub connect_timeout: Duration,
     pub max_connections: usize,
@@ -76,7 +77,7 @@ impl Broker {
         supervisor: &Supervisor,
     ) -> Result<Self, BrokerError> {
         let scx = ServerContext::new().busy_check_enable(false).build().await;
-        let retained = retain::InMemoryRetain::default();
+        let retained = retain::InMemoryRetain::new(settings.max_retained);
         *scx.extends.retain_mut().await = Box::new(retained.clone());
 
         let hooks = hooks::Hooks {
@@ -248,6 +249,9 @@ fn bind_inner(settings: &BrokerSettings) -> Result<rmqtt::net::Listener, BrokerE
         .handshake_timeout(Duration::from_secs(15))
         .max_packet_size(settings.max_packet_bytes)
         .max_mqueue_len(settings.max_queued_messages)
+        // Bounds on what one session can make the broker keep.
+        .max_subscriptions(64)
+        .max_clientid_len(128)
         .message_expiry_interval(settings.message_expiry)
         .max_inflight(std::num::NonZeroU16::new(64).unwrap_or(std::num::NonZeroU16::MIN))
         .bind()

@@ -15,10 +15,22 @@ use rmqtt::types::{Retain, TopicFilter, TopicName};
 
 /// Shared with [`super::Broker`], which drops a removed device's retained
 /// messages.
-#[derive(Default, Clone)]
-pub(super) struct InMemoryRetain(Arc<DefaultRetainStorage>);
+#[derive(Clone)]
+pub(super) struct InMemoryRetain(Arc<DefaultRetainStorage>, usize);
+
+impl Default for InMemoryRetain {
+    fn default() -> Self {
+        Self::new(10_000)
+    }
+}
 
 impl InMemoryRetain {
+    /// Keeps at most `max` retained messages: beyond, a new retained topic
+    /// is not kept (the message itself still flows, and it is logged).
+    pub(super) fn new(max: usize) -> Self {
+        Self(Arc::default(), max)
+    }
+
     /// Removes every retained message on a topic matching `filter`;
     /// returns how many there were.
     pub(super) async fn clear(&self, filter: &str) -> rmqtt::Result<usize> {
@@ -46,6 +58,21 @@ impl RetainStorage for InMemoryRetain {
         retain: Retain,
         expiry: Option<Duration>,
     ) -> rmqtt::Result<()> {
+        if !retain.publish.payload.is_empty()
+            && self.0.count().await >= self.1 as isize
+            && self
+                .0
+                .get_message(&TopicFilter::from(topic.as_ref()))
+                .await?
+                .is_empty()
+        {
+            tracing::warn!(
+                ?topic,
+                max = self.1,
+                "retained message not kept: the retained store is full"
+            );
+            return Ok(());
+        }
         self.0.set_with_timeout(topic, retain, expiry).await
     }
 
@@ -104,5 +131,23 @@ mod tests {
         let topics: Vec<String> = left.iter().map(|(t, _)| t.to_string()).collect();
         assert_eq!(topics, vec!["tele/other/STATE".to_string()]);
         assert_eq!(store.clear("tele/plug/#").await.expect("clear"), 0);
+    }
+
+    #[tokio::test]
+    async fn the_retained_store_is_bounded() {
+        let store = InMemoryRetain::new(2);
+        for t in ["a/1", "a/2", "a/3"] {
+            store
+                .set(&TopicName::from(t), retained(t), None)
+                .await
+                .expect("set");
+        }
+        assert_eq!(store.count().await, 2);
+        // An existing topic may still be replaced when full.
+        store
+            .set(&TopicName::from("a/2"), retained("a/2"), None)
+            .await
+            .expect("set");
+        assert_eq!(store.count().await, 2);
     }
 }

@@ -3,7 +3,6 @@
 //! does. Both give the same JSON answer, which the CLI then renders.
 
 use std::io::Write;
-use std::os::unix::fs::DirBuilderExt;
 use std::time::{Duration, Instant};
 
 use tokio::net::UnixStream;
@@ -11,7 +10,7 @@ use tokio::net::UnixStream;
 use super::lock::{DataDirLock, LockError};
 use super::protocol::{self, Envelope, FrameKind, Request};
 use super::server::socket_path;
-use super::{with_causes, OpError, Operations};
+use super::{with_causes, ErrorClass, OpError, Operations};
 use crate::config::Config;
 use crate::store::Store;
 
@@ -35,7 +34,13 @@ pub async fn request(
     let deadline = Instant::now() + BUSY_WAIT;
     loop {
         match UnixStream::connect(&sock).await {
-            Ok(stream) => return remote(stream, &request, data).await,
+            Ok(stream) => match remote(stream, &request, data).await {
+                Err(e) if e.class == ErrorClass::Busy && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                other => return other,
+            },
             Err(e)
                 if matches!(
                     e.kind(),
@@ -54,10 +59,16 @@ pub async fn request(
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(Busy(e)) => {
+                let gateway = matches!(&e, LockError::Held { holder: Some(h), .. } if h.role == super::lock::Role::Gateway);
                 return Err(OpError::runtime(format!(
-                    "{} and its control socket does not answer",
-                    with_causes(&e)
-                )))
+                    "{}{}",
+                    with_causes(&e),
+                    if gateway {
+                        " and its control socket does not answer"
+                    } else {
+                        "; try again when it has finished"
+                    }
+                )));
             }
             Ok(result) => return result,
         }
@@ -78,11 +89,7 @@ async fn local(
         // Nothing was ever stored here: answer from nothing, create nothing.
         return Ok(run_local(Operations::offline(config.clone(), None), request, data).await);
     }
-    if let Err(e) = std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-    {
+    if let Err(e) = super::lock::prepare_data_dir(dir) {
         return Ok(Err(OpError::runtime(format!(
             "cannot create the data directory {}: {e}",
             dir.display()

@@ -28,7 +28,7 @@ impl Operations {
         };
         let history = store.history()?;
         let write_err =
-            |e: std::io::Error| OpError::runtime(format!("writing the export failed: {e}"));
+            |e: std::io::Error| OpError::runtime(format!("writing the output failed: {e}"));
         let mut records = 0u64;
         let mut line = Vec::with_capacity(512);
         for rec in history.scan(device) {

@@ -71,6 +71,24 @@ fn describe(holder: &Option<Holder>) -> String {
     }
 }
 
+/// Creates the data directory if needed, private to its user (0700), and
+/// makes an existing one private too: it holds password hashes and history.
+/// Files made inside it from then on are private as well (umask 077).
+pub fn prepare_data_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let meta = std::fs::metadata(dir)?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    // SAFETY: umask only changes the process's file creation mask.
+    unsafe { libc::umask(0o077) };
+    Ok(())
+}
+
 /// The held lock; released when dropped (or when the process ends).
 #[derive(Debug)]
 pub struct DataDirLock {

@@ -48,6 +48,9 @@ pub enum ErrorClass {
     /// Something failed that the request could not help: the disk, the
     /// socket, a busy data directory.
     Runtime,
+    /// The gateway is serving as many requests as it takes: try again soon
+    /// (the CLI does, for a while).
+    Busy,
 }
 
 /// A refused or failed request, as every face reports it.

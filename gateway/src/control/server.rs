@@ -71,9 +71,10 @@ impl ControlServer {
                             match slot {
                                 Ok(_slot) => serve(&mut stream, ops).await,
                                 Err(_) => {
-                                    let busy = OpError::runtime(
-                                        "the gateway is busy with other control requests; try again",
-                                    );
+                                    let busy = OpError {
+                                        class: super::ErrorClass::Busy,
+                                        message: "the gateway is busy with other control requests; try again".into(),
+                                    };
                                     let _ = send_error(&mut stream, &busy).await;
                                 }
                             }

@@ -84,7 +84,12 @@ impl Operations {
             running: self.live.is_some(),
             pid: self.live.as_ref().map(|_| std::process::id()),
             uptime_secs: self.live.as_ref().map(|l| l.started.elapsed().as_secs()),
-            data_dir: self.config.data_dir.display().to_string(),
+            // Absolute, so that both faces spell it alike whatever
+            // directory each was started from.
+            data_dir: std::fs::canonicalize(&self.config.data_dir)
+                .unwrap_or_else(|_| self.config.data_dir.clone())
+                .display()
+                .to_string(),
             devices: DeviceCounts {
                 known: self.registry.as_ref().map_or(0, |r| r.list().len()),
                 connected,
@@ -93,10 +98,23 @@ impl Operations {
             destinations,
             policy_version: self.version_in_force()?,
             history: "plaintext".into(),
-            store_bytes: match &self.store {
-                Some(s) => s.size_on_disk()?,
-                None => 0,
-            },
+            store_bytes: dir_bytes(&self.config.data_dir.join("db")),
         })
     }
+}
+
+/// The bytes of the files under `dir`, as the disk holds them (what both
+/// faces see alike; the engine's own count depends on its cache).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(_) => e.metadata().map(|m| m.len()).unwrap_or(0),
+            Err(_) => 0,
+        })
+        .sum()
 }

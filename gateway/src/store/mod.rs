@@ -104,11 +104,6 @@ impl Store {
             .any(|n| n.as_ref() == format!("outbox/{destination}").as_bytes())
     }
 
-    /// Bytes the store takes on disk.
-    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.db.size_on_disk()?)
-    }
-
     /// Opens an existing store; for commands that only read or change what
     /// is there, so a mistyped `--data-dir` does not create an empty one.
     pub fn open_existing(dir: &Path) -> Result<Self, StoreError> {

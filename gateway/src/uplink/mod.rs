@@ -52,6 +52,7 @@ impl LinkState {
 
 pub struct Uplink {
     cfg: DestinationConfig,
+    max_command_bytes: usize,
     state: Arc<LinkState>,
     endpoint: Endpoint,
     tls: Option<Arc<rustls::ClientConfig>>,
@@ -97,6 +98,7 @@ impl Uplink {
         outbox: Arc<Outbox>,
         wake: Arc<Notify>,
         commands: mpsc::Sender<InboundCommand>,
+        max_command_bytes: usize,
     ) -> Result<Self, UplinkError> {
         let err = |reason: String| UplinkError::Config {
             name: cfg.name.clone(),
@@ -110,6 +112,7 @@ impl Uplink {
         };
         Ok(Self {
             cfg,
+            max_command_bytes,
             state: Arc::default(),
             endpoint,
             tls,
@@ -325,6 +328,12 @@ impl Uplink {
         else {
             return;
         };
+        // Checked here, before the command queue: what waits there and in
+        // a device's queue is bounded by count times this size.
+        if payload.len() > self.max_command_bytes {
+            tracing::warn!(destination = %self.cfg.name, topic = ?local, bytes = payload.len(), max = self.max_command_bytes, "command dropped: larger than max_command_bytes");
+            return;
+        }
         let cmd = InboundCommand {
             destination: self.cfg.name.clone(),
             topic: local.to_string(),
