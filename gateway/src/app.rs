@@ -161,16 +161,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let rx = shutdown_rx.clone();
         uplink_tasks.push(supervisor.spawn("uplink", u.run(rx)));
     }
-    let router_task = supervisor.spawn(
-        "command router",
-        commands::route(
-            cmd_rx,
-            Arc::clone(&registry),
-            Arc::clone(&pipeline),
-            Arc::clone(&broker),
-        ),
-    );
-
+    // With no destination there are no commands, and nothing to route.
+    let router_task = (!config.destinations.is_empty()).then(|| {
+        supervisor.spawn(
+            "command router",
+            commands::route(
+                cmd_rx,
+                Arc::clone(&registry),
+                Arc::clone(&pipeline),
+                Arc::clone(&broker),
+            ),
+        )
+    });
     let ops = Arc::new(Operations::running(
         config.clone(),
         store.clone(),
@@ -257,7 +259,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     for t in uplink_tasks {
         t.join().await;
     }
-    router_task.abort();
+    if let Some(t) = router_task {
+        t.abort();
+    }
     http_task.join().await;
     committer.join().await;
     store.flush().context("final flush of the store")?;

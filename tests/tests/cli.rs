@@ -180,3 +180,22 @@ fn ctrl_c_stops_the_gateway_cleanly() -> Result<()> {
     assert!(std::fs::read_to_string(dir.path().join("gateway.log"))?.contains("stopped cleanly"));
     Ok(())
 }
+
+#[test]
+fn the_embedded_defaults_keep_running() -> Result<()> {
+    // No destination, no policy, no config beyond the data directory: what
+    // `dataward run` does on a fresh machine.
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let mut gw = Gateway::start(
+        dir.path(),
+        &format!("data_dir = {:?}\n", data.display().to_string()),
+    )?;
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    assert!(gw.is_running(), "it stays up: {}", gw.log());
+    assert!(gw.healthz()?.contains("200 OK"));
+    let status = cli_json(&data, &["status"])?;
+    assert_eq!(status["running"], true);
+    assert!(gw.stop()?.success());
+    Ok(())
+}
