@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use dataward_tests::*;
 use rumqttc::{Event, LastWill, Packet, QoS};
 
