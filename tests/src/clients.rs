@@ -151,25 +151,7 @@ pub async fn raw_connect(
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket.bind(SocketAddr::from((source, 0)))?;
     let mut stream = socket.connect(addr).await?;
-    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0xC2, 0, 30];
-    for s in [client_id, username, password] {
-        body.extend_from_slice(&(s.len() as u16).to_be_bytes());
-        body.extend_from_slice(s.as_bytes());
-    }
-    let mut packet = vec![0x10];
-    let mut len = body.len();
-    loop {
-        let mut byte = (len % 128) as u8;
-        len /= 128;
-        if len > 0 {
-            byte |= 0x80;
-        }
-        packet.push(byte);
-        if len == 0 {
-            break;
-        }
-    }
-    packet.extend_from_slice(&body);
+    let packet = crate::fuzz::connect(false, client_id, username, password, false);
     stream.write_all(&packet).await?;
     let mut ack = [0u8; 4];
     stream.read_exact(&mut ack).await?;
@@ -177,4 +159,17 @@ pub async fn raw_connect(
         bail!("not a CONNACK: {ack:02x?}");
     }
     Ok(ack[3])
+}
+
+/// Publishes one QoS 1 message and waits for its PUBACK.
+pub async fn publish_acked(
+    client: &AsyncClient,
+    events: &mut EventLoop,
+    topic: &str,
+    payload: &str,
+) -> Result<()> {
+    client
+        .publish(topic, QoS::AtLeastOnce, false, payload.to_string())
+        .await?;
+    wait_for(events, |e| matches!(e, Event::Incoming(Packet::PubAck(_)))).await
 }

@@ -292,8 +292,8 @@ async fn one_connection(
 /// device still delivers to the cloud.
 pub async fn run_against_gateway(packets: usize, seed: u64) -> Result<FuzzStats> {
     use crate::{
-        add_device, cloud_subscriber, collect, config_for, connect, device_options, scratch,
-        wait_for, write_policy, Gateway, SHARE_ALL,
+        add_device, cloud_subscriber, collect, config_for, connect, device_options, publish_acked,
+        scratch, write_policy, Gateway, SHARE_ALL,
     };
     let (dir, data, cloud) = scratch()?;
     let target = add_device(&data, "target", "generic")?;
@@ -313,18 +313,7 @@ pub async fn run_against_gateway(packets: usize, seed: u64) -> Result<FuzzStats>
     );
     let (sub, mut sub_events) = cloud_subscriber(&cloud, "home/devices/real/#", "sub-fuzz").await?;
     let (client, mut events) = connect(device_options(gw.mqtt, &real, "real")).await?;
-    client
-        .publish(
-            "devices/real/after",
-            rumqttc::QoS::AtLeastOnce,
-            false,
-            r#"{"ok":1}"#,
-        )
-        .await?;
-    wait_for(&mut events, |e| {
-        matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))
-    })
-    .await?;
+    publish_acked(&client, &mut events, "devices/real/after", r#"{"ok":1}"#).await?;
     let got = collect(Some(&sub), &mut sub_events, Duration::from_secs(10), |g| {
         !g.is_empty()
     })

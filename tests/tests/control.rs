@@ -17,13 +17,7 @@ async fn a_device_added_while_running_connects_and_shares_at_once() -> Result<()
 
     let creds = add_device(&data, "late", "generic")?;
     let (client, mut events) = connect(device_options(gw.mqtt, &creds, "late")).await?;
-    client
-        .publish("devices/late/state", QoS::AtLeastOnce, false, r#"{"t":1}"#)
-        .await?;
-    wait_for(&mut events, |e| {
-        matches!(e, Event::Incoming(Packet::PubAck(_)))
-    })
-    .await?;
+    publish_acked(&client, &mut events, "devices/late/state", r#"{"t":1}"#).await?;
     let got = collect(Some(&sub), &mut sub_events, Duration::from_secs(10), |g| {
         !g.is_empty()
     })

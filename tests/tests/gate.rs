@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use dataward_tests::*;
-use rumqttc::{Event, Packet, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn open_fds(pid: u32) -> Result<usize> {
@@ -70,13 +69,7 @@ async fn sockets_that_never_finish_connect_are_closed_in_time() -> Result<()> {
     // Meanwhile a real device connects and delivers.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (client, mut events) = connect(device_options(gw.mqtt, &dev, "real")).await?;
-    client
-        .publish("devices/real/state", QoS::AtLeastOnce, false, r#"{"t":1}"#)
-        .await?;
-    wait_for(&mut events, |e| {
-        matches!(e, Event::Incoming(Packet::PubAck(_)))
-    })
-    .await?;
+    publish_acked(&client, &mut events, "devices/real/state", r#"{"t":1}"#).await?;
     let got = collect(Some(&sub), &mut sub_events, Duration::from_secs(10), |g| {
         !g.is_empty()
     })
