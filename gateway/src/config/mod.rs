@@ -7,28 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-/// A credential from the config: never printed (its `Debug` is redacted)
-/// and wiped from memory when dropped.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(zeroize::Zeroizing<String>);
+mod destination;
 
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(|s| Secret(zeroize::Zeroizing::new(s)))
-    }
-}
-
-impl Secret {
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("\"<redacted>\"")
-    }
-}
+pub use destination::{DestinationConfig, Endpoint, Secret};
 
 /// The largest packet an uplink sends to, or takes from, a destination.
 pub const UPLINK_MAX_PACKET_BYTES: usize = 1 << 20;
@@ -150,77 +131,6 @@ pub struct StoreConfig {
     pub outbox_max_entries: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DestinationConfig {
-    /// The name rules use, e.g. `vendor_cloud`.
-    pub name: String,
-    /// `mqtt://host:port` or `mqtts://host:port` (TLS, verified).
-    pub url: String,
-    #[serde(default)]
-    pub client_id: Option<String>,
-    #[serde(default)]
-    pub username: Option<String>,
-    #[serde(default)]
-    pub password: Option<Secret>,
-    /// PEM file with the CA certificates to trust for `mqtts://`; without it
-    /// the system's trust store is used.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// Remote topic = `topic_prefix` + local topic.
-    #[serde(default)]
-    pub topic_prefix: String,
-    /// Cloud-to-device commands: the uplink subscribes to
-    /// `command_prefix` + `#`, and a message on `command_prefix` + T is a
-    /// command for local topic T. No prefix: no commands from this cloud.
-    #[serde(default)]
-    pub command_prefix: Option<String>,
-    /// QoS 1 messages in flight to this cloud at once.
-    #[serde(default = "default_inflight")]
-    pub max_inflight: u16,
-    #[serde(default = "default_keepalive")]
-    pub keep_alive_secs: u64,
-}
-
-/// Where a destination lives, parsed from its `mqtt://` / `mqtts://` URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    pub host: String,
-    pub port: u16,
-    pub tls: bool,
-}
-
-impl Endpoint {
-    pub fn parse(url: &str) -> Result<Self, String> {
-        let (tls, rest) = if let Some(r) = url.strip_prefix("mqtts://") {
-            (true, r)
-        } else if let Some(r) = url.strip_prefix("mqtt://") {
-            (false, r)
-        } else {
-            return Err(format!("url {url:?} must start with mqtt:// or mqtts://"));
-        };
-        let rest = rest.trim_end_matches('/');
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
-                let port = p
-                    .parse::<u16>()
-                    .map_err(|_| format!("url {url:?} has an invalid port"))?;
-                (h, port)
-            }
-            _ => (rest, if tls { 8883 } else { 1883 }),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() || host.contains(['/', '@', '?', '#']) {
-            return Err(format!("url {url:?} has no valid host"));
-        }
-        Ok(Self {
-            host: host.to_string(),
-            port,
-            tls,
-        })
-    }
-}
-
 fn default_data_dir() -> PathBuf {
     PathBuf::from("./dataward-data")
 }
@@ -263,13 +173,6 @@ fn default_expiry() -> u64 {
 fn default_outbox_max() -> u64 {
     1_000_000
 }
-fn default_inflight() -> u16 {
-    64
-}
-fn default_keepalive() -> u64 {
-    30
-}
-
 impl Default for MqttConfig {
     fn default() -> Self {
         Self {
@@ -540,48 +443,12 @@ mod tests {
     }
 
     #[test]
-    fn secrets_do_not_show_in_debug() {
-        let c = Config::parse(
-            "[[destination]]\nname = \"v\"\nurl = \"mqtt://h:1\"\npassword = \"hunter2\"\n",
-        )
-        .expect("valid");
-        assert!(!format!("{c:?}").contains("hunter2"));
-        assert_eq!(
-            c.destinations[0].password.as_ref().map(Secret::expose),
-            Some("hunter2")
-        );
-    }
-
-    #[test]
     fn unknown_keys_report_line_and_column() {
         let (line, column, msg) =
             Config::parse("data_dir = \"x\"\n[mqtt]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n")
                 .expect_err("unknown key");
         assert_eq!((line, column), (4, 1));
         assert!(msg.contains("lisen"), "{msg}");
-    }
-
-    #[test]
-    fn urls_parse() {
-        assert_eq!(
-            Endpoint::parse("mqtt://127.0.0.1:1884").unwrap(),
-            Endpoint {
-                host: "127.0.0.1".into(),
-                port: 1884,
-                tls: false
-            }
-        );
-        assert_eq!(Endpoint::parse("mqtts://cloud.example").unwrap().port, 8883);
-        assert_eq!(Endpoint::parse("mqtt://[::1]:1883").unwrap().host, "::1");
-        for bad in [
-            "http://x",
-            "mqtt://",
-            "mqtt://h:99999",
-            "mqtt://u@h:1",
-            "h:1",
-        ] {
-            assert!(Endpoint::parse(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]
