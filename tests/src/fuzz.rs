@@ -268,11 +268,13 @@ async fn one_connection(
         };
         packets.push(mutate(rng, p));
     }
-    let count = packets.len();
+    // Counted as they are written: the gateway may close at any point.
+    let mut count = 0;
     for p in packets {
         if s.write_all(&p).await.is_err() {
             break;
         }
+        count += 1;
     }
     // Read whatever comes back, briefly; the gateway may close at any time.
     let mut buf = [0u8; 4096];

@@ -82,6 +82,13 @@ async fn a_device_that_never_reads_holds_a_bounded_queue() -> Result<()> {
     // The queue holds 64 × 16 KiB and the in-flight window as much again;
     // the command channel in front of the router at most 1024 × 16 KiB.
     assert!(grew_mib < 40, "RSS grew by {grew_mib} MiB");
+    // And the commands did reach the device's queue: it filled, and the
+    // oldest were dropped.
+    assert!(gw.log().contains("command relayed to device"));
+    assert!(
+        gw.log().contains("broker dropped a message"),
+        "the queue never filled"
+    );
     driver.abort();
     drop(s);
     assert!(gw.stop()?.success());

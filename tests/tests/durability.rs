@@ -174,6 +174,12 @@ async fn cloud_outage_loses_nothing_and_keeps_order() -> Result<()> {
         gw.log().contains("uplink disconnected"),
         "the outage was noticed"
     );
+    // An outage is not a refusal: nothing was set aside.
+    assert!(!gw.log().contains("set aside as a dead letter"));
+    assert_eq!(
+        cli_json(&data, &["status"])?["destinations"][0]["dead_letters"],
+        0
+    );
     gw.stop()?;
     Ok(())
 }

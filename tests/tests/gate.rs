@@ -46,6 +46,7 @@ async fn sockets_that_never_finish_connect_are_closed_in_time() -> Result<()> {
     let gw = Gateway::start(dir.path(), &config_for(&data, &cloud, Some(&policy), extra))?;
     let (sub, mut sub_events) = cloud_subscriber(&cloud, "home/#", "sub-gate").await?;
     let baseline = open_fds(gw.pid())?;
+    let gw_addr = gw.mqtt;
 
     const OPENINGS: [&[u8]; 6] = [
         b"",                         // nothing at all
@@ -81,6 +82,37 @@ async fn sockets_that_never_finish_connect_are_closed_in_time() -> Result<()> {
         slowest = slowest.max(s.await??);
     }
     eprintln!("slowest hostile socket closed after {slowest:?}");
+    // A whole CONNECT with a wrong password, then silence: refused, and
+    // the connection (the gate's relay with it) goes, not just the
+    // broker's half of it.
+    let mut refused = Vec::new();
+    for i in 0..20u8 {
+        refused.push(tokio::spawn(async move {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind((Ipv4Addr::new(127, 4, 0, i + 1), 0).into())?;
+            let mut s = socket.connect(gw_addr).await?;
+            s.write_all(&fuzz::connect(
+                false,
+                "ghost",
+                &format!("ghost-{i}"),
+                "wrong",
+                false,
+            ))
+            .await?;
+            let mut buf = [0u8; 64];
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                match tokio::time::timeout_at(deadline.into(), s.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => return anyhow::Ok(()),
+                    Ok(Ok(_)) => {}
+                    Err(_) => bail!("a refused, silent connection stayed open"),
+                }
+            }
+        }));
+    }
+    for r in refused {
+        r.await??;
+    }
     assert!(
         slowest <= Duration::from_secs(3),
         "every hostile socket is closed within connect_timeout + 1 s; the slowest took {slowest:?}"

@@ -140,8 +140,14 @@ async fn read_connect(stream: &mut TcpStream, max: u32) -> Result<Vec<u8>, Turne
         return Err(Turned::TooLarge(remaining));
     }
     let header = buf.len();
-    buf.resize(header + remaining, 0);
-    stream.read_exact(&mut buf[header..]).await.map_err(eof)?;
+    // Grown as bytes arrive, not from the length field's claim.
+    (&mut *stream)
+        .take(remaining as u64)
+        .read_to_end(&mut buf)
+        .await?;
+    if buf.len() != header + remaining {
+        return Err(Turned::Closed);
+    }
     check_variable_header(&buf[header..])?;
     Ok(buf)
 }
@@ -238,13 +244,34 @@ impl Gate {
     }
 }
 
+impl Gate {
+    /// Stops taking new connections.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
 impl Drop for Gate {
     fn drop(&mut self) {
         self.task.abort();
     }
 }
 
+/// The address a per-source limit counts by: IPv4 as is (also when it
+/// comes IPv4-mapped), IPv6 by its /64, which one host can fill at will.
+pub(crate) fn source_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let mut o = v6.octets();
+            o[8..].fill(0);
+            IpAddr::V6(o.into())
+        }
+        v4 => v4,
+    }
+}
+
 fn admit(counts: &Arc<Mutex<Counts>>, limits: &GateLimits, source: IpAddr) -> Option<Place> {
+    let source = source_key(source);
     let mut c = lock(counts);
     let from_source = c.pending_by_source.get(&source).copied().unwrap_or(0);
     let refusal = if c.open >= limits.max_connections {
@@ -285,6 +312,8 @@ async fn serve(
     mut place: Place,
 ) -> Result<(), Turned> {
     let _ = client.set_nodelay(true);
+    keep_alive(&client);
+    let local = client.local_addr().unwrap_or(local);
     let connect = tokio::time::timeout(
         limits.connect_timeout,
         read_connect(&mut client, limits.max_packet_bytes),
@@ -308,8 +337,39 @@ async fn serve(
         return Ok(());
     }
     client.write_all(&answer[..n]).await?;
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut broker).await;
+    // Until either side is done. Not a half-close: a device that stops
+    // talking after the broker closed (a refused login, an expired
+    // keepalive) must not keep the relay and its descriptors.
+    let (mut from_device, mut to_device) = client.split();
+    let (mut from_broker, mut to_broker) = broker.split();
+    tokio::select! {
+        _ = tokio::io::copy(&mut from_device, &mut to_broker) => {}
+        _ = tokio::io::copy(&mut from_broker, &mut to_device) => {}
+    }
     Ok(())
+}
+
+/// TCP keepalive on a device's socket: a device that loses power while
+/// keepalive 0 is allowed would otherwise hold its connection forever.
+fn keep_alive(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let fd = stream.as_raw_fd();
+    let set = |level, name, value: libc::c_int| {
+        // SAFETY: setsockopt on a socket we own, with a c_int option value.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
+    };
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, 60);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 10);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 3);
 }
 
 #[cfg(test)]
@@ -333,6 +393,24 @@ mod tests {
         );
         assert_eq!(v6[13], 0x21);
         assert_eq!(v6.len(), 16 + 36);
+        // The IPv4 source, mapped; then ::1; then the ports.
+        assert_eq!(&v6[16..28], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]);
+        assert_eq!(&v6[28..32], &[192, 168, 1, 20]);
+        assert_eq!(v6[47], 1);
+        assert_eq!(&v6[48..50], &1u16.to_be_bytes());
+        assert_eq!(&v6[50..52], &1883u16.to_be_bytes());
+    }
+
+    #[test]
+    fn sources_count_by_host() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().expect("v6");
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().expect("v6");
+        assert_eq!(source_key(a), source_key(b), "one /64, one source");
+        let mapped: IpAddr = "::ffff:192.168.1.20".parse().expect("mapped");
+        assert_eq!(
+            source_key(mapped),
+            "192.168.1.20".parse::<IpAddr>().expect("v4")
+        );
     }
 
     #[tokio::test]

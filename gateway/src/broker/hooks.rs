@@ -28,6 +28,9 @@ pub(super) struct Hooks {
     /// Client ids are counted, not connections, because a reconnect with the
     /// same client id takes the old session over rather than adding one.
     pub connections: DashMap<String, HashMap<String, u32>>,
+    /// Sessions refused at connect for the limit, not counted in, so not to
+    /// be counted out: (client id, session creation time).
+    pub over_limit: DashMap<(String, i64), ()>,
 }
 
 // Device-supplied strings (client ids, usernames, topics) are logged with
@@ -238,6 +241,8 @@ impl Handler for Hooks {
             Parameter::ClientConnected(s) => {
                 if let Some(u) = s.id.username.as_deref() {
                     if !self.connected(u, &s.id.client_id) {
+                        self.over_limit
+                            .insert((s.id.client_id.to_string(), s.id.create_time), ());
                         tracing::warn!(client_id = ?s.id.client_id, device = %u, max = self.max_connections_per_device, "connection closed: connection limit for this device reached");
                         let (scx, id) = (self.scx.clone(), s.id.clone());
                         tokio::spawn(async move { super::end_session(&scx, id).await });
@@ -255,8 +260,11 @@ impl Handler for Hooks {
                 (true, acc)
             }
             Parameter::ClientDisconnected(s, _) => {
-                if let Some(u) = s.id.username.as_deref() {
-                    self.disconnected(u, &s.id.client_id);
+                let key = (s.id.client_id.to_string(), s.id.create_time);
+                if self.over_limit.remove(&key).is_none() {
+                    if let Some(u) = s.id.username.as_deref() {
+                        self.disconnected(u, &s.id.client_id);
+                    }
                 }
                 (true, acc)
             }

@@ -93,8 +93,22 @@ impl<K: std::hash::Hash + Eq + Clone> Tracker<K> {
     fn entry(&mut self, key: &K, now: Instant) -> Option<&mut Record> {
         if !self.map.contains_key(key) && self.map.len() >= MAX_TRACKED {
             self.map.retain(|_, r| !r.idle(now));
-            if self.map.len() >= MAX_TRACKED {
-                return None;
+        }
+        if !self.map.contains_key(key) && self.map.len() >= MAX_TRACKED {
+            // Still full: forget the record whose last failure is oldest,
+            // rather than turn every new source away. Records with checks
+            // in flight stay (their counts are being used).
+            let oldest = self
+                .map
+                .iter()
+                .filter(|(_, r)| r.inflight == 0)
+                .min_by_key(|(_, r)| r.last_failure)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => {
+                    self.map.remove(&k);
+                }
+                None => return None,
             }
         }
         Some(self.map.entry(key.clone()).or_default())
@@ -103,6 +117,20 @@ impl<K: std::hash::Hash + Eq + Clone> Tracker<K> {
 
 fn doubling(failures: u32, base: Duration, max: Duration) -> Duration {
     base.saturating_mul(1u32 << failures.min(16)).min(max)
+}
+
+/// A source's place among its checks in flight.
+struct SourceSlot<'a> {
+    guard: &'a LoginGuard,
+    ip: IpAddr,
+}
+
+impl Drop for SourceSlot<'_> {
+    fn drop(&mut self) {
+        if let Some(r) = lock(&self.guard.sources).map.get_mut(&self.ip) {
+            r.inflight = r.inflight.saturating_sub(1);
+        }
+    }
 }
 
 pub struct LoginGuard {
@@ -183,6 +211,9 @@ impl LoginGuard {
         password: &[u8],
     ) -> Verdict {
         let now = Instant::now();
+        let source = source.map(super::gate::source_key);
+        // Gives the source's place back however this ends, cancelled too.
+        let _slot = source.map(|ip| SourceSlot { guard: self, ip });
         if let Some(ip) = source {
             let mut sources = lock(&self.sources);
             let Some(r) = sources.entry(&ip, now) else {
@@ -197,6 +228,8 @@ impl LoginGuard {
                 r.last_failure = None;
             }
             if r.blocked_until.is_some_and(|t| t > now) || r.inflight >= PER_SOURCE_INFLIGHT {
+                // Not counted in, so the slot must not count it out.
+                std::mem::forget(_slot);
                 return Verdict::Throttled;
             }
             r.inflight += 1;
@@ -206,7 +239,6 @@ impl LoginGuard {
         if let Some(ip) = source {
             let mut sources = lock(&self.sources);
             if let Some(r) = sources.entry(&ip, Instant::now()) {
-                r.inflight = r.inflight.saturating_sub(1);
                 match verdict {
                     Verdict::Allowed => {
                         r.failures = 0;
@@ -355,6 +387,16 @@ mod tests {
                 r.inflight = u32::from(k % 2 == 0);
             }
         }
+        assert!(t.map.len() <= MAX_TRACKED);
+        // Full of records with failures: a new key still gets one.
+        let mut t: Tracker<u32> = Tracker::default();
+        for k in 0..MAX_TRACKED as u32 {
+            if let Some(r) = t.entry(&k, now) {
+                r.failures = 1;
+                r.last_failure = Some(now);
+            }
+        }
+        assert!(t.entry(&u32::MAX, now).is_some());
         assert!(t.map.len() <= MAX_TRACKED);
     }
 }

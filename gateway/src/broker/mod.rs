@@ -62,7 +62,7 @@ const DEVICE_LISTENER: rmqtt::types::ListenerId = 1;
 
 pub struct Broker {
     scx: ServerContext,
-    _gate: gate::Gate,
+    gate: gate::Gate,
     hooks: Arc<hooks::Hooks>,
     retained: retain::InMemoryRetain,
     local_addr: SocketAddr,
@@ -87,6 +87,7 @@ impl Broker {
             pipeline,
             max_connections_per_device: settings.max_connections_per_device,
             connections: Default::default(),
+            over_limit: Default::default(),
         };
         let handler = Arc::new(hooks);
         let register = scx.extends.hook_mgr().register();
@@ -141,7 +142,7 @@ impl Broker {
         tracing::info!(%local_addr, "MQTT broker listening for devices");
         Ok(Self {
             scx,
-            _gate: gate,
+            gate,
             hooks: handler,
             retained,
             local_addr,
@@ -222,6 +223,7 @@ impl Broker {
     }
 
     pub fn stop(&self) {
+        self.gate.stop();
         self.task.abort();
     }
 }

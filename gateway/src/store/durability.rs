@@ -105,6 +105,8 @@ impl Durability {
                 Err(e) => Some(format!("flush task failed: {e}")),
             };
             if let Some(e) = &result {
+                // Still to be flushed: the next tick tries again.
+                self.dirty.store(true, Ordering::Release);
                 tracing::error!(error = %e, "flushing the store failed; publishes are refused until it works again");
             }
             self.flushed.send_replace(Flushed {

@@ -20,6 +20,7 @@ use rumqttc::{
     Transport,
 };
 use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::Instant;
 
 use crate::config::{DestinationConfig, Endpoint, UPLINK_MAX_PACKET_BYTES};
 use crate::store::Outbox;
@@ -72,7 +73,7 @@ enum SessionEnd {
     Lost {
         reason: String,
         /// The oldest entry written to the cloud and not acknowledged.
-        oldest_written: Option<u64>,
+        oldest_written: Option<(u64, Duration)>,
         /// The session made progress (an acknowledgement) or lasted: the
         /// backoff starts over.
         healthy: bool,
@@ -144,21 +145,8 @@ impl Uplink {
                 failures = 0;
             }
             failures = failures.saturating_add(1);
-            if let Some(key) = poison.lost(oldest_written) {
-                let why = format!(
-                    "the destination dropped the connection {} times with only this entry in flight (last: {reason})",
-                    poison::STRIKES
-                );
-                match self.outbox.dead_letter(key, &why) {
-                    Ok(_) => {
-                        tracing::error!(destination = %self.cfg.name, entry = key, %reason, dead_letters = self.outbox.dead_letters(), "message set aside as a dead letter: the destination keeps refusing it; the next ones go on")
-                    }
-                    Err(e) => {
-                        tracing::error!(destination = %self.cfg.name, entry = key, error = %e, "could not set a refused message aside")
-                    }
-                }
-                failures = 0;
-            } else if let Some(key) = poison.suspect() {
+            poison.lost(oldest_written);
+            if let Some(key) = poison.suspect() {
                 tracing::warn!(destination = %self.cfg.name, entry = key, "sending the oldest waiting message alone, to see whether the destination refuses it");
             }
             let delay = backoff(failures);
@@ -248,17 +236,26 @@ impl Uplink {
         // Keys handed to the client whose packet id we have not seen yet;
         // rumqttc sends in the order we publish, so they pair up in order.
         let mut unsent: VecDeque<u64> = VecDeque::new();
-        let mut inflight: HashMap<u16, u64> = HashMap::new();
+        // Packet id -> (outbox key, when it was written).
+        let mut inflight: HashMap<u16, (u64, Instant)> = HashMap::new();
         // Whether the outbox may hold entries past `cursor`: set by a wake,
         // cleared by a read that came back short. Saves a tree scan for
         // every acknowledgement.
         let mut maybe_more = true;
-        let lost =
-            |reason: String, inflight: &HashMap<u16, u64>, progressed: bool| SessionEnd::Lost {
+        let lost = |reason: String, inflight: &HashMap<u16, (u64, Instant)>, progressed: bool| {
+            SessionEnd::Lost {
                 reason,
-                oldest_written: inflight.values().min().copied(),
+                oldest_written: inflight
+                    .values()
+                    .min_by_key(|(key, _)| *key)
+                    .map(|(key, at)| (*key, at.elapsed())),
                 healthy: progressed || since.elapsed() >= HEALTHY_SESSION,
-            };
+            }
+        };
+        // The control session (see `poison`): nothing is sent until this
+        // passes; if the connection holds that long, the suspect is set
+        // aside.
+        let mut control = (window == 0).then(|| Instant::now() + poison::CONTROL_PERIOD);
         loop {
             let room = window.saturating_sub(unsent.len() + inflight.len());
             if room > 0 && maybe_more {
@@ -292,11 +289,11 @@ impl Uplink {
                 event = events.poll() => match event {
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                         if let Some(key) = unsent.pop_front() {
-                            inflight.insert(pkid, key);
+                            inflight.insert(pkid, (key, Instant::now()));
                         }
                     }
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                        if let Some(key) = inflight.remove(&ack.pkid) {
+                        if let Some((key, _)) = inflight.remove(&ack.pkid) {
                             progressed = true;
                             poison.acked(key);
                             if let Err(e) = self.outbox.remove(key) {
@@ -311,10 +308,36 @@ impl Uplink {
                     Err(e) => return lost(e.to_string(), &inflight, progressed),
                 },
                 _ = self.wake.notified(), if room > 0 => maybe_more = true,
+                _ = tokio::time::sleep_until(control.unwrap_or_else(Instant::now)), if control.is_some() => {
+                    control = None;
+                    if let Some(key) = poison.control_held() {
+                        self.set_aside(key);
+                    }
+                    window = poison.window(full_window);
+                    maybe_more = true;
+                }
                 _ = shutdown.changed() => {
                     let _ = client.try_disconnect();
                     return SessionEnd::Shutdown;
                 }
+            }
+        }
+    }
+
+    fn set_aside(&self, key: u64) {
+        let why = format!(
+            "the destination dropped the connection {} times with only this message in flight, and held it without",
+            poison::STRIKES
+        );
+        match self.outbox.dead_letter(key, &why) {
+            Ok(true) => {
+                tracing::error!(destination = %self.cfg.name, entry = key, dead_letters = self.outbox.dead_letters(), "message set aside as a dead letter: the destination keeps refusing it; the next ones go on")
+            }
+            Ok(false) => {
+                tracing::info!(destination = %self.cfg.name, entry = key, "the suspected message had already left the outbox")
+            }
+            Err(e) => {
+                tracing::error!(destination = %self.cfg.name, entry = key, error = %e, "could not set a refused message aside")
             }
         }
     }
