@@ -266,6 +266,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     committer.join().await;
     store.flush().context("final flush of the store")?;
     drop(lock);
+    // A stage that panicked while stopping still makes the exit non-zero.
+    let outcome = match outcome {
+        Ok(())
+            if !supervisor
+                .health()
+                .load(std::sync::atomic::Ordering::Acquire) =>
+        {
+            Err(anyhow::anyhow!(
+                "a stage failed while the gateway was stopping; see the log"
+            ))
+        }
+        other => other,
+    };
     if outcome.is_ok() {
         tracing::info!("stopped cleanly");
     }
