@@ -243,7 +243,9 @@ fn bind_inner(settings: &BrokerSettings) -> Result<rmqtt::net::Listener, BrokerE
         .laddr(SocketAddr::from(([127, 0, 0, 1], 0)))
         .nodelay(true)
         .proxy_protocol(true)
-        .proxy_protocol_timeout(Duration::from_secs(2))
+        // The gate sends the header with its first write; anyone slower is
+        // not the gate (and rmqtt waits for it in its accept loop).
+        .proxy_protocol_timeout(Duration::from_millis(500))
         .allow_anonymous(false)
         .allow_zero_keepalive(true)
         // From the CONNECT to the CONNACK: the login itself, which a busy
