@@ -28,6 +28,8 @@ pub enum PipelineError {
 pub enum Inadmissible {
     #[error("the topic holds a control character (NUL, newline, ...)")]
     ControlCharacter,
+    #[error("a PUBLISH topic may not hold the wildcards '+' or '#'")]
+    Wildcard,
     #[error("the topic would be {len} bytes at destination {destination}, above MQTT's 65535")]
     TopicTooLong { destination: String, len: usize },
     #[error("the message would be {len} bytes at destination {destination}, above the uplink's limit of {max}")]
@@ -98,6 +100,9 @@ impl Pipeline {
     pub fn admit(&self, topic: &str, payload_len: usize) -> Result<(), Inadmissible> {
         if crate::config::has_control_chars(topic) {
             return Err(Inadmissible::ControlCharacter);
+        }
+        if !policy::topic::is_valid_topic(topic) {
+            return Err(Inadmissible::Wildcard);
         }
         for lane in &self.lanes {
             let remote = lane.topic_prefix.len() + topic.len();

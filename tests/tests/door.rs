@@ -15,6 +15,7 @@ use rumqttc::{Event, Packet, QoS};
 async fn topics_that_cannot_leave_are_refused_and_the_rest_flows() -> Result<()> {
     let (dir, data, cloud) = scratch()?;
     let v5 = add_device(&data, "five", "generic")?;
+    let v5dev = v5.clone();
     let v3 = add_device(&data, "three", "generic")?;
     let policy = write_policy(dir.path(), SHARE_ALL)?;
     let gw = Gateway::start(dir.path(), &config_for(&data, &cloud, Some(&policy), ""))?;
@@ -91,13 +92,36 @@ async fn topics_that_cannot_leave_are_refused_and_the_rest_flows() -> Result<()>
         }
     }
 
+    // Wildcards have no place in a PUBLISH, and no cloud would take one
+    // (client libraries refuse to send them, so these go out raw).
+    for (v5, topic) in [
+        (true, &b"devices/five/+"[..]),
+        (false, &b"devices/five/a/#"[..]),
+    ] {
+        let reason = raw_publish(gw.mqtt, &v5dev, v5, topic).await?;
+        if v5 {
+            assert_eq!(reason, Some(0x99), "MQTT 5 is told why");
+        }
+    }
+    // And what comes after them still flows.
+    c3.publish("devices/three/after", QoS::AtLeastOnce, false, "{\"t\":6}")
+        .await?;
+    wait_for(&mut e3, |e| matches!(e, Event::Incoming(Packet::PubAck(_)))).await?;
+
     let got = collect(Some(&sub), &mut sub_events, Duration::from_secs(10), |g| {
-        g.len() >= 2
+        g.len() >= 3
     })
     .await;
     let mut topics: Vec<&str> = got.iter().map(|(t, _)| t.as_str()).collect();
     topics.sort();
-    assert_eq!(topics, ["home/devices/five/ok", "home/devices/three/ok"]);
+    assert_eq!(
+        topics,
+        [
+            "home/devices/five/ok",
+            "home/devices/three/after",
+            "home/devices/three/ok"
+        ]
+    );
     let more = collect(
         Some(&sub),
         &mut sub_events,
@@ -111,4 +135,51 @@ async fn topics_that_cannot_leave_are_refused_and_the_rest_flows() -> Result<()>
         .contains("publish refused: it could not leave the home"));
     assert!(gw.stop()?.success());
     Ok(())
+}
+
+/// Reads one MQTT packet: (first byte, body).
+async fn read_packet(s: &mut tokio::net::TcpStream) -> Result<(u8, Vec<u8>)> {
+    use tokio::io::AsyncReadExt;
+    let kind = s.read_u8().await?;
+    let (mut len, mut shift) = (0usize, 0);
+    loop {
+        let b = s.read_u8().await?;
+        len |= usize::from(b & 0x7f) << shift;
+        shift += 7;
+        if b & 0x80 == 0 || shift > 21 {
+            break;
+        }
+    }
+    let mut body = vec![0; len];
+    s.read_exact(&mut body).await?;
+    Ok((kind, body))
+}
+
+/// Connects as `dev` with a raw socket, publishes on `topic` at QoS 1, and
+/// returns the PUBACK's reason code (MQTT 5), or None (3.1.1).
+async fn raw_publish(
+    addr: std::net::SocketAddr,
+    dev: &DeviceCreds,
+    v5: bool,
+    topic: &[u8],
+) -> Result<Option<u8>> {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let id = format!("{}.raw", dev.id);
+    s.write_all(&fuzz::connect(v5, &id, &dev.id, &dev.password, false))
+        .await?;
+    let (kind, body) = read_packet(&mut s).await?;
+    anyhow::ensure!(
+        kind == 0x20 && body.get(1) == Some(&0),
+        "not accepted: {body:?}"
+    );
+    s.write_all(&fuzz::publish(v5, topic, b"{\"t\":1}", 1, 7, false))
+        .await?;
+    let (kind, body) = tokio::time::timeout(Duration::from_secs(10), read_packet(&mut s)).await??;
+    anyhow::ensure!(kind == 0x40, "expected a PUBACK, got {kind:#04x}");
+    Ok(if v5 {
+        Some(body.get(2).copied().unwrap_or(0))
+    } else {
+        None
+    })
 }

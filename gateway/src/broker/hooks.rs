@@ -204,7 +204,9 @@ impl Hooks {
             // say it, so the message is dropped (and logged) there.
             tracing::warn!(device = %device.id, ?topic, reason = %why, "publish refused: it could not leave the home");
             let code = match why {
-                Inadmissible::ControlCharacter => PublishAckReason::PayloadFormatInvalid,
+                Inadmissible::ControlCharacter | Inadmissible::Wildcard => {
+                    PublishAckReason::PayloadFormatInvalid
+                }
                 _ => PublishAckReason::UnspecifiedError,
             };
             return PublishAclResult(PublishResult::reason_code(

@@ -272,6 +272,19 @@ impl Uplink {
                 maybe_more = entries.len() == room;
                 for entry in entries {
                     let topic = format!("{}{}", self.cfg.topic_prefix, entry.topic);
+                    // The entry itself is what cannot be sent (one queued
+                    // before the door refused such topics): set it aside
+                    // rather than fail the session on it forever.
+                    if !policy::topic::is_valid_topic(&topic)
+                        || crate::config::has_control_chars(&topic)
+                    {
+                        self.set_aside_for(
+                            entry.key,
+                            "its topic cannot be published (wildcard or control character)",
+                        );
+                        cursor = Some(entry.key);
+                        continue;
+                    }
                     if let Err(e) =
                         client.try_publish(topic, QoS::AtLeastOnce, false, entry.payload)
                     {
@@ -329,7 +342,11 @@ impl Uplink {
             "the destination dropped the connection {} times with only this message in flight, and held it without",
             poison::STRIKES
         );
-        match self.outbox.dead_letter(key, &why) {
+        self.set_aside_for(key, &why);
+    }
+
+    fn set_aside_for(&self, key: u64, why: &str) {
+        match self.outbox.dead_letter(key, why) {
             Ok(true) => {
                 tracing::error!(destination = %self.cfg.name, entry = key, dead_letters = self.outbox.dead_letters(), "message set aside as a dead letter: the destination keeps refusing it; the next ones go on")
             }
