@@ -44,24 +44,62 @@ pub fn check(
     Ok(())
 }
 
+/// Command bytes one device may be sent: a burst, then a steady rate.
+/// With the device's queue bound and the gate's stall deadline, this bounds
+/// what a cloud can pile up for a device that does not read.
+const BURST_BYTES: f64 = 256.0 * 1024.0;
+const BYTES_PER_SEC: f64 = 32.0 * 1024.0;
+
+/// Token buckets of command bytes, per device.
+#[derive(Default)]
+struct CommandBudget {
+    buckets: std::collections::HashMap<String, (f64, std::time::Instant)>,
+}
+
+impl CommandBudget {
+    fn take(&mut self, device: &str, bytes: usize, now: std::time::Instant) -> bool {
+        let (tokens, last) = self
+            .buckets
+            .entry(device.to_string())
+            .or_insert((BURST_BYTES, now));
+        *tokens =
+            (*tokens + now.duration_since(*last).as_secs_f64() * BYTES_PER_SEC).min(BURST_BYTES);
+        *last = now;
+        if *tokens >= bytes as f64 {
+            *tokens -= bytes as f64;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 pub async fn route(
     mut rx: mpsc::Receiver<InboundCommand>,
     registry: Arc<DeviceRegistry>,
     pipeline: Arc<Pipeline>,
     broker: Arc<Broker>,
 ) {
+    let mut budget = CommandBudget::default();
     while let Some(cmd) = rx.recv().await {
         match check(&registry, &pipeline.policy().policy, &cmd) {
+            Ok(())
+                if !registry.receivers_of(&cmd.topic).iter().all(|d| {
+                    budget.take(&d.id, cmd.payload.len().max(1), std::time::Instant::now())
+                }) =>
+            {
+                tracing::warn!(destination = %cmd.destination, topic = ?crate::short(&cmd.topic), "command dropped: over the device's command rate ({} KiB/s)", BYTES_PER_SEC as u64 / 1024);
+            }
             Ok(()) => match broker.publish(&cmd.topic, &cmd.payload, true).await {
                 Ok(()) => {
-                    tracing::info!(destination = %cmd.destination, topic = ?cmd.topic, "command relayed to device")
+                    tracing::info!(destination = %cmd.destination, topic = ?crate::short(&cmd.topic), "command relayed to device")
                 }
                 Err(e) => {
-                    tracing::warn!(destination = %cmd.destination, topic = ?cmd.topic, error = %e, "command not delivered")
+                    tracing::warn!(destination = %cmd.destination, topic = ?crate::short(&cmd.topic), error = %e, "command not delivered")
                 }
             },
             Err(reason) => {
-                tracing::warn!(destination = %cmd.destination, topic = ?cmd.topic, ?reason, "command dropped: no rule allows it")
+                tracing::warn!(destination = %cmd.destination, topic = ?crate::short(&cmd.topic), ?reason, "command dropped: no rule allows it")
             }
         }
     }
@@ -70,6 +108,19 @@ pub async fn route(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn command_bytes_are_budgeted_per_device() {
+        let mut b = CommandBudget::default();
+        let t0 = std::time::Instant::now();
+        assert!(b.take("plug", 200 * 1024, t0));
+        assert!(!b.take("plug", 100 * 1024, t0), "over the burst");
+        assert!(b.take("other", 100 * 1024, t0), "per device");
+        // A second later, a second's worth is back.
+        let t1 = t0 + std::time::Duration::from_secs(1);
+        assert!(b.take("plug", 32 * 1024 + 56 * 1024, t1));
+        assert!(!b.take("plug", 1024, t1));
+    }
     use crate::devices::Preset;
     use crate::store::Store;
 

@@ -35,3 +35,28 @@ pub mod uplink;
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct BadInput(pub String);
+
+/// A device-supplied string as logs show it: at most 200 bytes (cut at a
+/// character boundary), so that a 64 KiB topic cannot turn each log line
+/// into 64 KiB. Logged with `?` (Debug), which also escapes it.
+pub fn short(s: &str) -> &str {
+    if s.len() <= 200 {
+        return s;
+    }
+    let mut end = 200;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn long_device_strings_are_cut_for_the_log() {
+        assert_eq!(super::short("plug"), "plug");
+        let long = "é".repeat(1000);
+        let cut = super::short(&long);
+        assert!(cut.len() <= 200 && cut.chars().all(|c| c == 'é'));
+    }
+}

@@ -133,3 +133,65 @@ async fn sockets_that_never_finish_connect_are_closed_in_time() -> Result<()> {
     assert!(gw.stop()?.success());
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_starters_from_many_addresses_do_not_lock_devices_out() -> Result<()> {
+    let (dir, data, cloud) = scratch()?;
+    let dev = add_device(&data, "real", "generic")?;
+    let extra = "[mqtt]\nmax_handshakes = 32\n";
+    let gw = Gateway::start(dir.path(), &config_for(&data, &cloud, None, extra))?;
+    let addr = gw.mqtt;
+    // 64 sockets from 64 addresses, each dribbling a CONNECT one byte every
+    // 300 ms, reconnecting whenever closed: twice what the gate lets log
+    // in at once.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut slow = Vec::new();
+    for i in 0..64u8 {
+        let stop = std::sync::Arc::clone(&stop);
+        slow.push(tokio::spawn(async move {
+            let hello = fuzz::connect(false, "x", "x", "x", false);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok(socket) = tokio::net::TcpSocket::new_v4() else {
+                    return;
+                };
+                if socket
+                    .bind((Ipv4Addr::new(127, 5, 0, i + 1), 0).into())
+                    .is_err()
+                {
+                    return;
+                }
+                let Ok(mut s) = socket.connect(addr).await else {
+                    continue;
+                };
+                for b in &hello {
+                    if s.write_all(&[*b]).await.is_err()
+                        || stop.load(std::sync::atomic::Ordering::Relaxed)
+                    {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut took = Vec::new();
+    for _ in 0..5 {
+        let start = Instant::now();
+        let code = raw_connect(addr, Ipv4Addr::LOCALHOST, "real", &dev.id, &dev.password).await?;
+        assert_eq!(code, 0, "the real device is accepted");
+        took.push(start.elapsed());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for s in slow {
+        s.abort();
+    }
+    eprintln!("real device logins among slow starters took {took:?}");
+    assert!(
+        took.iter().all(|t| *t < Duration::from_secs(2)),
+        "logins took {took:?}"
+    );
+    assert!(gw.stop()?.success());
+    Ok(())
+}

@@ -41,8 +41,11 @@ pub struct GateLimits {
 
 #[derive(Default)]
 struct Counts {
-    pending: usize,
+    /// Connections still sending their CONNECT, oldest first, each with
+    /// the address it counts against and the way to close it.
+    pending: std::collections::BTreeMap<u64, (IpAddr, tokio::sync::oneshot::Sender<()>)>,
     pending_by_source: HashMap<IpAddr, usize>,
+    next: u64,
     open: usize,
     last_refusal_log: Option<Instant>,
 }
@@ -50,37 +53,34 @@ struct Counts {
 /// Held while a connection occupies a place; gives it back when dropped.
 struct Place {
     counts: Arc<Mutex<Counts>>,
-    source: IpAddr,
-    pending: bool,
+    seq: u64,
 }
 
 impl Place {
     fn connected(&mut self) {
-        if self.pending {
-            self.pending = false;
-            release_pending(&mut lock(&self.counts), self.source);
-        }
+        release_pending(&mut lock(&self.counts), self.seq);
     }
 }
 
 impl Drop for Place {
     fn drop(&mut self) {
         let mut c = lock(&self.counts);
-        if self.pending {
-            release_pending(&mut c, self.source);
-        }
+        release_pending(&mut c, self.seq);
         c.open = c.open.saturating_sub(1);
     }
 }
 
-fn release_pending(c: &mut Counts, source: IpAddr) {
-    c.pending = c.pending.saturating_sub(1);
+/// Takes `seq` off the pending list, if it is still there (connected,
+/// closed, and evicted all come here; only the first counts).
+fn release_pending(c: &mut Counts, seq: u64) -> Option<tokio::sync::oneshot::Sender<()>> {
+    let (source, evict) = c.pending.remove(&seq)?;
     if let Some(n) = c.pending_by_source.get_mut(&source) {
         *n = n.saturating_sub(1);
         if *n == 0 {
             c.pending_by_source.remove(&source);
         }
     }
+    Some(evict)
 }
 
 fn lock(m: &Mutex<Counts>) -> std::sync::MutexGuard<'_, Counts> {
@@ -103,6 +103,8 @@ enum Turned {
     NotMqtt,
     #[error("the broker did not answer the CONNECT")]
     NoAnswer,
+    #[error("closed to make room: the oldest of too many connections still logging in")]
+    Evicted,
     #[error("the connection closed before its CONNECT was complete")]
     Closed,
     #[error(transparent)]
@@ -227,14 +229,16 @@ impl Gate {
                         continue;
                     }
                 };
-                let Some(place) = admit(&counts, &limits, peer.ip()) else {
+                let Some((place, evicted)) = admit(&counts, &limits, peer.ip()) else {
                     drop(stream);
                     continue;
                 };
                 let limits = limits.clone();
                 let local = local.unwrap_or(upstream);
                 tokio::spawn(async move {
-                    if let Err(why) = serve(stream, peer, local, upstream, &limits, place).await {
+                    if let Err(why) =
+                        serve(stream, peer, local, upstream, &limits, place, evicted).await
+                    {
                         tracing::debug!(?peer, reason = %why, "device connection closed by the gate");
                     }
                 });
@@ -270,37 +274,58 @@ pub(crate) fn source_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-fn admit(counts: &Arc<Mutex<Counts>>, limits: &GateLimits, source: IpAddr) -> Option<Place> {
+fn admit(
+    counts: &Arc<Mutex<Counts>>,
+    limits: &GateLimits,
+    source: IpAddr,
+) -> Option<(Place, tokio::sync::oneshot::Receiver<()>)> {
     let source = source_key(source);
     let mut c = lock(counts);
     let from_source = c.pending_by_source.get(&source).copied().unwrap_or(0);
     let refusal = if c.open >= limits.max_connections {
         Some("the connection limit")
-    } else if c.pending >= limits.max_pending {
-        Some("the limit of connections still logging in")
     } else if from_source >= limits.max_pending_per_source {
         Some("the per-address limit of connections still logging in")
     } else {
         None
     };
-    if let Some(limit) = refusal {
-        let now = Instant::now();
+    let now = Instant::now();
+    let log = |c: &mut Counts, what: &str| {
         if c.last_refusal_log
             .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
         {
             c.last_refusal_log = Some(now);
-            tracing::warn!(%source, limit, open = c.open, logging_in = c.pending, "device connection refused at once: over {limit}");
+            tracing::warn!(%source, limit = what, open = c.open, logging_in = c.pending.len(), "device connection refused or evicted: over {what}");
         }
+    };
+    if let Some(limit) = refusal {
+        log(&mut c, limit);
         return None;
     }
-    c.open += 1;
-    c.pending += 1;
+    if c.pending.len() >= limits.max_pending {
+        // Full of slow starters (slowloris from many addresses): the oldest
+        // goes, not the newcomer. A real device's CONNECT takes a round
+        // trip; an attacker's never completes, so it is always the oldest.
+        if let Some(&oldest) = c.pending.keys().next() {
+            if let Some(evict) = release_pending(&mut c, oldest) {
+                let _ = evict.send(());
+            }
+        }
+        log(&mut c, "the limit of connections still logging in");
+    }
+    let seq = c.next;
+    c.next += 1;
+    let (evict, evicted) = tokio::sync::oneshot::channel();
+    c.pending.insert(seq, (source, evict));
     *c.pending_by_source.entry(source).or_insert(0) += 1;
-    Some(Place {
-        counts: Arc::clone(counts),
-        source,
-        pending: true,
-    })
+    c.open += 1;
+    Some((
+        Place {
+            counts: Arc::clone(counts),
+            seq,
+        },
+        evicted,
+    ))
 }
 
 async fn serve(
@@ -310,16 +335,20 @@ async fn serve(
     upstream: SocketAddr,
     limits: &GateLimits,
     mut place: Place,
+    evicted: tokio::sync::oneshot::Receiver<()>,
 ) -> Result<(), Turned> {
     let _ = client.set_nodelay(true);
     keep_alive(&client);
     let local = client.local_addr().unwrap_or(local);
-    let connect = tokio::time::timeout(
-        limits.connect_timeout,
-        read_connect(&mut client, limits.max_packet_bytes),
-    )
-    .await
-    .map_err(|_| Turned::Deadline)??;
+    let connect = tokio::select! {
+        c = tokio::time::timeout(
+            limits.connect_timeout,
+            read_connect(&mut client, limits.max_packet_bytes),
+        ) => c.map_err(|_| Turned::Deadline)??,
+        // Only a send means eviction; the sender also goes when the
+        // connection stops being pending, which is not this branch's case.
+        Ok(()) = evicted => return Err(Turned::Evicted),
+    };
     let mut broker = TcpStream::connect(upstream).await?;
     let _ = broker.set_nodelay(true);
     // One write: the broker peeks the PROXY header and expects it whole.
@@ -344,9 +373,40 @@ async fn serve(
     let (mut from_broker, mut to_broker) = broker.split();
     tokio::select! {
         _ = tokio::io::copy(&mut from_device, &mut to_broker) => {}
-        _ = tokio::io::copy(&mut from_broker, &mut to_device) => {}
+        r = to_device_with_deadline(&mut from_broker, &mut to_device) => {
+            if let Err(e) = r {
+                tracing::warn!(?peer, error = %e, "device connection closed: it stopped reading");
+            }
+        }
     }
     Ok(())
+}
+
+/// A device that takes nothing from its socket for this long while data
+/// waits for it is closed: what waits for it would otherwise pile up in
+/// the broker.
+const DEVICE_STALL: Duration = Duration::from_secs(30);
+
+async fn to_device_with_deadline<R, W>(from: &mut R, to: &mut W) -> std::io::Result<()>
+where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        tokio::time::timeout(DEVICE_STALL, to.write_all(&buf[..n]))
+            .await
+            .map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "nothing read for 30 s while data waited",
+                )
+            })??;
+    }
 }
 
 /// TCP keepalive on a device's socket: a device that loses power while
@@ -399,6 +459,31 @@ mod tests {
         assert_eq!(v6[47], 1);
         assert_eq!(&v6[48..50], &1u16.to_be_bytes());
         assert_eq!(&v6[50..52], &1883u16.to_be_bytes());
+    }
+
+    #[tokio::test]
+    async fn a_full_gate_evicts_its_oldest_starter_not_the_newcomer() {
+        let counts: Arc<Mutex<Counts>> = Arc::default();
+        let limits = GateLimits {
+            connect_timeout: Duration::from_secs(5),
+            max_pending: 2,
+            max_pending_per_source: 16,
+            max_connections: 100,
+            max_packet_bytes: 1024,
+        };
+        let ip = |n: u8| IpAddr::from([10, 0, 0, n]);
+        let (_a, first) = admit(&counts, &limits, ip(1)).expect("room");
+        let (_b, second) = admit(&counts, &limits, ip(2)).expect("room");
+        let (_c, _third) = admit(&counts, &limits, ip(3)).expect("the newcomer gets in");
+        assert_eq!(first.await, Ok(()), "the oldest is told to go");
+        assert_eq!(lock(&counts).pending.len(), 2);
+        // The second one was not.
+        let mut second = second;
+        assert!(second.try_recv().is_err());
+        // Dropping the evicted place does not give back a place twice.
+        drop(_a);
+        assert_eq!(lock(&counts).pending.len(), 2);
+        assert_eq!(lock(&counts).open, 2);
     }
 
     #[test]

@@ -50,11 +50,11 @@ impl Hooks {
     async fn authenticate(&self, ci: &ConnectInfo) -> AuthResult {
         let client_id = ci.client_id().to_string();
         let Some(username) = ci.username().map(|u| u.to_string()) else {
-            tracing::warn!(?client_id, "connection refused: no credentials");
+            tracing::warn!(client_id = ?crate::short(&client_id), "connection refused: no credentials");
             return AuthResult::NotAuthorized;
         };
         let Some(password) = ci.password().cloned() else {
-            tracing::warn!(?client_id, device = ?username, "connection refused: no password");
+            tracing::warn!(client_id = ?crate::short(&client_id), device = ?crate::short(&username), "connection refused: no password");
             return AuthResult::BadUsernameOrPassword;
         };
         // Known or not, the id costs one Argon2 check: the answer's timing
@@ -73,25 +73,25 @@ impl Hooks {
         let device = match (verdict, known) {
             (Verdict::Allowed, Some(device)) => device,
             (Verdict::Throttled, _) => {
-                tracing::warn!(?client_id, device = ?username, ?source, "connection refused: too many failed logins from this address, or too many at once");
+                tracing::warn!(client_id = ?crate::short(&client_id), device = ?crate::short(&username), ?source, "connection refused: too many failed logins from this address, or too many at once");
                 return AuthResult::NotAuthorized;
             }
             (_, None) => {
-                tracing::warn!(?client_id, device = ?username, ?source, "connection refused: unknown device");
+                tracing::warn!(client_id = ?crate::short(&client_id), device = ?crate::short(&username), ?source, "connection refused: unknown device");
                 return AuthResult::BadUsernameOrPassword;
             }
             (_, Some(_)) => {
-                tracing::warn!(?client_id, device = ?username, ?source, "connection refused: wrong password");
+                tracing::warn!(client_id = ?crate::short(&client_id), device = ?crate::short(&username), ?source, "connection refused: wrong password");
                 return AuthResult::BadUsernameOrPassword;
             }
         };
         // The check took a while: a `device remove` in the meantime wins.
         if self.registry.get(&username).is_none() {
-            tracing::warn!(?client_id, device = ?username, "connection refused: device removed during login");
+            tracing::warn!(client_id = ?crate::short(&client_id), device = ?crate::short(&username), "connection refused: device removed during login");
             return AuthResult::BadUsernameOrPassword;
         }
         if !client_id_fits(&client_id, &device.id) {
-            tracing::warn!(?client_id, device = %device.id, "connection refused: client id must be the device id or <id>.<suffix>");
+            tracing::warn!(client_id = ?crate::short(&client_id), device = %device.id, "connection refused: client id must be the device id or <id>.<suffix>");
             return AuthResult::NotAuthorized;
         }
         if let Some(will) = ci.last_will() {
@@ -103,7 +103,7 @@ impl Hooks {
             // device's topics could forge a message (or a command) for
             // another device when the connection drops.
             if !device.may_publish(&topic) {
-                tracing::warn!(?client_id, device = %device.id, ?topic, "connection refused: will topic outside the device's topics");
+                tracing::warn!(client_id = ?crate::short(&client_id), device = %device.id, topic = ?crate::short(&topic), "connection refused: will topic outside the device's topics");
                 return AuthResult::NotAuthorized;
             }
             let payload_len = match will {
@@ -111,12 +111,12 @@ impl Hooks {
                 LastWill::V5(w) => w.message.len(),
             };
             if let Err(why) = self.pipeline.admit(&topic, payload_len) {
-                tracing::warn!(?client_id, device = %device.id, ?topic, reason = %why, "connection refused: its will could not leave the home");
+                tracing::warn!(client_id = ?crate::short(&client_id), device = %device.id, topic = ?crate::short(&topic), reason = %why, "connection refused: its will could not leave the home");
                 return AuthResult::NotAuthorized;
             }
         }
         if !self.has_connection_room(&device.id, &client_id) {
-            tracing::warn!(?client_id, device = %device.id, max = self.max_connections_per_device, "connection refused: connection limit for this device reached");
+            tracing::warn!(client_id = ?crate::short(&client_id), device = %device.id, max = self.max_connections_per_device, "connection refused: connection limit for this device reached");
             return AuthResult::NotAuthorized;
         }
         AuthResult::Allow(false, None)
@@ -190,19 +190,19 @@ impl Hooks {
         };
         let topic: &str = &p.topic;
         if !device.may_publish(topic) {
-            tracing::warn!(device = %device.id, ?topic, "publish refused: topic outside the device's topics");
+            tracing::warn!(device = %device.id, topic = ?crate::short(topic), "publish refused: topic outside the device's topics");
             return PublishAclResult::rejected(false, None);
         }
         // Its own command topics: commands come only from a destination,
         // through a rule (and a device could otherwise fill its own queue).
         if device.receives(topic) {
-            tracing::warn!(device = %device.id, ?topic, "publish refused: a device may not publish to its own command topics");
+            tracing::warn!(device = %device.id, topic = ?crate::short(topic), "publish refused: a device may not publish to its own command topics");
             return PublishAclResult::rejected(false, None);
         }
         if let Err(why) = self.pipeline.admit(topic, p.payload.len()) {
             // MQTT 5 devices learn why from the PUBACK; 3.1.1 has no way to
             // say it, so the message is dropped (and logged) there.
-            tracing::warn!(device = %device.id, ?topic, reason = %why, "publish refused: it could not leave the home");
+            tracing::warn!(device = %device.id, topic = ?crate::short(topic), reason = %why, "publish refused: it could not leave the home");
             let code = match why {
                 Inadmissible::ControlCharacter | Inadmissible::Wildcard => {
                     PublishAckReason::PayloadFormatInvalid
@@ -225,7 +225,7 @@ impl Hooks {
             Err(e) => {
                 // No PUBACK: close the connection so the device resends
                 // once the store works again. Nothing acknowledged is lost.
-                tracing::error!(device = %device.id, ?topic, error = %e, "message not stored; closing the connection without acknowledging");
+                tracing::error!(device = %device.id, topic = ?crate::short(topic), error = %e, "message not stored; closing the connection without acknowledging");
                 PublishAclResult::rejected(true, Some("storage unavailable".into()))
             }
         }
@@ -245,7 +245,7 @@ impl Handler for Hooks {
                     if !self.connected(u, &s.id.client_id) {
                         self.over_limit
                             .insert((s.id.client_id.to_string(), s.id.create_time), ());
-                        tracing::warn!(client_id = ?s.id.client_id, device = %u, max = self.max_connections_per_device, "connection closed: connection limit for this device reached");
+                        tracing::warn!(client_id = ?crate::short(&s.id.client_id), device = %u, max = self.max_connections_per_device, "connection closed: connection limit for this device reached");
                         let (scx, id) = (self.scx.clone(), s.id.clone());
                         tokio::spawn(async move { super::end_session(&scx, id).await });
                         return (true, acc);
@@ -277,7 +277,7 @@ impl Handler for Hooks {
                 let result = if allowed {
                     SubscribeAclResult::new_success(sub.opts.qos(), None)
                 } else {
-                    tracing::warn!(client_id = ?s.id.client_id, filter = ?sub.topic_filter, "subscribe refused: outside the device's topics");
+                    tracing::warn!(client_id = ?crate::short(&s.id.client_id), filter = ?crate::short(&sub.topic_filter), "subscribe refused: outside the device's topics");
                     SubscribeAclResult::new_failure(SubscribeAckReason::NotAuthorized)
                 };
                 (false, Some(HookResult::SubscribeAclResult(result)))
@@ -303,7 +303,7 @@ impl Handler for Hooks {
                 (true, acc)
             }
             Parameter::MessageDropped(to, from, p, reason) => {
-                tracing::warn!(to = ?to.as_ref().map(|t| t.client_id.to_string()), from = ?from.client_id, topic = ?p.topic, %reason, "broker dropped a message");
+                tracing::warn!(to = ?to.as_ref().map(|t| t.client_id.to_string()), from = ?from.client_id, topic = ?crate::short(&p.topic), %reason, "broker dropped a message");
                 (true, acc)
             }
             _ => (true, acc),

@@ -67,7 +67,7 @@ impl RetainStorage for InMemoryRetain {
                 .is_empty()
         {
             tracing::warn!(
-                ?topic,
+                topic = ?crate::short(topic.as_ref()),
                 max = self.1,
                 "retained message not kept: the retained store is full"
             );

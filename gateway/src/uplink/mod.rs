@@ -371,7 +371,7 @@ impl Uplink {
         // Checked here, before the command queue: what waits there and in
         // a device's queue is bounded by count times this size.
         if payload.len() > self.max_command_bytes {
-            tracing::warn!(destination = %self.cfg.name, topic = ?local, bytes = payload.len(), max = self.max_command_bytes, "command dropped: larger than max_command_bytes");
+            tracing::warn!(destination = %self.cfg.name, topic = ?crate::short(local), bytes = payload.len(), max = self.max_command_bytes, "command dropped: larger than max_command_bytes");
             return;
         }
         let cmd = InboundCommand {
@@ -380,7 +380,7 @@ impl Uplink {
             payload: payload.to_vec(),
         };
         if self.commands.try_send(cmd).is_err() {
-            tracing::warn!(destination = %self.cfg.name, topic = ?local, "command dropped: the command queue is full");
+            tracing::warn!(destination = %self.cfg.name, topic = ?crate::short(local), "command dropped: the command queue is full");
         }
     }
 }
