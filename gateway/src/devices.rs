@@ -163,10 +163,25 @@ impl Device {
     /// Checks a password against the stored Argon2id hash. Deliberately
     /// slow (that is the point of Argon2): call it off the async runtime.
     pub fn verify_password(&self, password: &[u8]) -> bool {
-        match PasswordHash::new(&self.password_hash) {
-            Ok(hash) => Argon2::default().verify_password(password, &hash).is_ok(),
-            Err(_) => false,
-        }
+        password_matches(&self.password_hash, password)
+    }
+}
+
+/// An Argon2id hash of `password` with a fresh salt, in PHC string form.
+pub fn hash_password(password: &[u8]) -> Result<String, DeviceError> {
+    let salt = SaltString::generate(&mut rand::rngs::OsRng);
+    Argon2::default()
+        .hash_password(password, &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| DeviceError::Hash(e.to_string()))
+}
+
+/// Whether `password` matches `hash` (PHC form); false for a hash that does
+/// not parse. Deliberately slow: call it off the async runtime.
+pub fn password_matches(hash: &str, password: &[u8]) -> bool {
+    match PasswordHash::new(hash) {
+        Ok(h) => Argon2::default().verify_password(password, &h).is_ok(),
+        Err(_) => false,
     }
 }
 
@@ -244,11 +259,7 @@ impl DeviceRegistry {
         // Hashing is slow, so it runs before the lock; the checks that
         // matter are repeated under it.
         let password = new_password();
-        let salt = SaltString::generate(&mut rand::rngs::OsRng);
-        let hash = Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map_err(|e| DeviceError::Hash(e.to_string()))?
-            .to_string();
+        let hash = hash_password(password.as_bytes())?;
         let (publish, subscribe) = preset.patterns();
         let fill = |ps: &[&str]| ps.iter().map(|p| p.replace("{id}", id)).collect::<Vec<_>>();
         let device = Device {

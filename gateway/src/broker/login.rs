@@ -21,9 +21,9 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 use zeroize::Zeroizing;
+
+use crate::devices::{hash_password, password_matches};
 
 /// Checks one source may have running (or waiting) at once.
 pub const PER_SOURCE_INFLIGHT: u32 = 2;
@@ -151,13 +151,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn verify(hash: &str, password: &[u8]) -> bool {
-    match PasswordHash::new(hash) {
-        Ok(h) => Argon2::default().verify_password(password, &h).is_ok(),
-        Err(_) => false,
-    }
-}
-
 impl LoginGuard {
     /// Starts the pool: one thread per core, at most four.
     pub fn start() -> Self {
@@ -176,7 +169,7 @@ impl LoginGuard {
                     let Ok((hash, password, reply)) = job else {
                         return;
                     };
-                    let _ = reply.send(verify(&hash, &password));
+                    let _ = reply.send(password_matches(&hash, &password));
                 });
             if let Err(e) = spawned {
                 tracing::error!(error = %e, "cannot start a password verifier thread");
@@ -186,11 +179,7 @@ impl LoginGuard {
         // against it, with the same parameters as real ones.
         let mut random = Zeroizing::new([0u8; 32]);
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, random.as_mut());
-        let salt = SaltString::generate(&mut rand::rngs::OsRng);
-        let dummy_hash = Argon2::default()
-            .hash_password(random.as_ref(), &salt)
-            .map(|h| h.to_string())
-            .unwrap_or_default();
+        let dummy_hash = hash_password(random.as_ref()).unwrap_or_default();
         Self {
             jobs: Arc::new(Mutex::new(Some(tx))),
             places: Arc::new(tokio::sync::Semaphore::new(threads * 2)),
@@ -309,11 +298,7 @@ mod tests {
     use super::*;
 
     fn hash(password: &str) -> String {
-        let salt = SaltString::generate(&mut rand::rngs::OsRng);
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .expect("hash")
+        hash_password(password.as_bytes()).expect("hash")
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
