@@ -7,7 +7,7 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 
 use crate::broker::Broker;
-use crate::devices::DeviceRegistry;
+use crate::devices::{Device, DeviceRegistry};
 use crate::pipeline::Pipeline;
 use crate::uplink::InboundCommand;
 
@@ -21,11 +21,12 @@ pub enum Refusal {
 
 /// Decides whether `cmd` may go to the devices that would receive it. All
 /// of them must be allowed, since the broker delivers to every subscriber.
+/// Gives those devices back.
 pub fn check(
     registry: &DeviceRegistry,
     policy: &policy::Policy,
     cmd: &InboundCommand,
-) -> Result<(), Refusal> {
+) -> Result<Vec<Arc<Device>>, Refusal> {
     if !policy::topic::is_valid_topic(&cmd.topic) {
         return Err(Refusal::InvalidTopic);
     }
@@ -33,7 +34,7 @@ pub fn check(
     if receivers.is_empty() {
         return Err(Refusal::NoDevice);
     }
-    for d in receivers {
+    for d in &receivers {
         if policy
             .allows_command(&d.id, &cmd.destination, &cmd.topic)
             .is_none()
@@ -41,7 +42,7 @@ pub fn check(
             return Err(Refusal::NotAllowed(d.id.clone()));
         }
     }
-    Ok(())
+    Ok(receivers)
 }
 
 /// Command bytes one device may be sent: a burst, then a steady rate.
@@ -83,14 +84,14 @@ pub async fn route(
     let mut budget = CommandBudget::default();
     while let Some(cmd) = rx.recv().await {
         match check(&registry, &pipeline.policy().policy, &cmd) {
-            Ok(())
-                if !registry.receivers_of(&cmd.topic).iter().all(|d| {
+            Ok(receivers)
+                if !receivers.iter().all(|d| {
                     budget.take(&d.id, cmd.payload.len().max(1), std::time::Instant::now())
                 }) =>
             {
                 tracing::warn!(destination = %cmd.destination, topic = ?crate::short(&cmd.topic), "command dropped: over the device's command rate ({} KiB/s)", BYTES_PER_SEC as u64 / 1024);
             }
-            Ok(()) => match broker.publish(&cmd.topic, &cmd.payload, true).await {
+            Ok(_) => match broker.publish(&cmd.topic, &cmd.payload, true).await {
                 Ok(()) => {
                     tracing::info!(destination = %cmd.destination, topic = ?crate::short(&cmd.topic), "command relayed to device")
                 }
@@ -139,24 +140,39 @@ mod tests {
             topic: topic.into(),
             payload: b"ON".to_vec(),
         };
+        let ids = |r: Result<Vec<Arc<Device>>, Refusal>| {
+            r.map(|ds| ds.iter().map(|d| d.id.clone()).collect::<Vec<_>>())
+        };
         assert_eq!(
-            check(&reg, &policy, &cmd("vendor_cloud", "cmnd/plug/POWER")),
-            Ok(())
+            ids(check(
+                &reg,
+                &policy,
+                &cmd("vendor_cloud", "cmnd/plug/POWER")
+            )),
+            Ok(vec!["plug".to_string()])
         );
         assert_eq!(
-            check(&reg, &policy, &cmd("vendor_cloud", "cmnd/plug/Upgrade")),
+            ids(check(
+                &reg,
+                &policy,
+                &cmd("vendor_cloud", "cmnd/plug/Upgrade")
+            )),
             Err(Refusal::NotAllowed("plug".into()))
         );
         assert_eq!(
-            check(&reg, &policy, &cmd("utility", "cmnd/plug/POWER")),
+            ids(check(&reg, &policy, &cmd("utility", "cmnd/plug/POWER"))),
             Err(Refusal::NotAllowed("plug".into()))
         );
         assert_eq!(
-            check(&reg, &policy, &cmd("vendor_cloud", "cmnd/other/POWER")),
+            ids(check(
+                &reg,
+                &policy,
+                &cmd("vendor_cloud", "cmnd/other/POWER")
+            )),
             Err(Refusal::NoDevice)
         );
         assert_eq!(
-            check(&reg, &policy, &cmd("vendor_cloud", "cmnd/+/POWER")),
+            ids(check(&reg, &policy, &cmd("vendor_cloud", "cmnd/+/POWER"))),
             Err(Refusal::InvalidTopic)
         );
     }
