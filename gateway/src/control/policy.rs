@@ -6,6 +6,8 @@
 //! into the running pipeline: an invalid text changes nothing, and a crash
 //! in between leaves the stored version to be used at the next start.
 
+use std::sync::Arc;
+
 use policy::{Action, Message, Policy};
 use serde::{Deserialize, Serialize};
 
@@ -267,13 +269,17 @@ impl Operations {
                 .map(|p| p.replace('#', "state").replace('+', "x"))
                 .unwrap_or_default(),
         };
-        let (version, policy) = match candidate {
-            Some(text) => (None, validate(&self.config, text, "candidate policy")?),
+        let (version, active) = match candidate {
+            Some(text) => {
+                let policy = validate(&self.config, text, "candidate policy")?;
+                (None, Arc::new(ActivePolicy { version: 0, policy }))
+            }
             None => {
                 let active = self.active_policy()?;
-                (Some(active.version), active.policy)
+                (Some(active.version), active)
             }
         };
+        let policy = &active.policy;
         let names = self.config.destination_names();
         let eval = policy.evaluate(
             &Message {
@@ -318,20 +324,18 @@ impl Operations {
         })
     }
 
-    fn active_policy(&self) -> Result<ActivePolicy, OpError> {
+    /// The policy in force: the running pipeline's (shared, not copied),
+    /// or the latest stored version.
+    fn active_policy(&self) -> Result<Arc<ActivePolicy>, OpError> {
         if let Some(live) = &self.live {
-            let p = live.pipeline.policy();
-            return Ok(ActivePolicy {
-                version: p.version,
-                policy: p.policy.clone(),
-            });
+            return Ok(live.pipeline.policy());
         }
         match &self.store {
             Some(s) => match s.policy_versions()?.latest()? {
-                Some(v) => in_force(&v, &self.config),
-                None => Ok(ActivePolicy::default()),
+                Some(v) => in_force(&v, &self.config).map(Arc::new),
+                None => Ok(Arc::default()),
             },
-            None => Ok(ActivePolicy::default()),
+            None => Ok(Arc::default()),
         }
     }
 }
