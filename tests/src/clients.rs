@@ -173,3 +173,13 @@ pub async fn publish_acked(
         .await?;
     wait_for(events, |e| matches!(e, Event::Incoming(Packet::PubAck(_)))).await
 }
+
+/// Whatever still arrives on `events` within `within`, up to the first
+/// message: for checking that nothing trails behind what was expected.
+pub async fn stragglers(
+    acker: Option<&AsyncClient>,
+    events: &mut EventLoop,
+    within: Duration,
+) -> Vec<(String, Vec<u8>)> {
+    collect(acker, events, within, |g| !g.is_empty()).await
+}

@@ -207,13 +207,7 @@ async fn policy_apply_switches_once_mid_stream_and_loses_nothing() -> Result<()>
 
     // Every message exactly once, each with a or b but never both or
     // neither, and one switch from a to b.
-    let more = collect(
-        Some(&sub),
-        &mut sub_events,
-        Duration::from_millis(500),
-        |g| !g.is_empty(),
-    )
-    .await;
+    let more = stragglers(Some(&sub), &mut sub_events, Duration::from_millis(500)).await;
     assert!(
         more.is_empty(),
         "duplicates after the stream: {}",

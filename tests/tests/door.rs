@@ -122,13 +122,7 @@ async fn topics_that_cannot_leave_are_refused_and_the_rest_flows() -> Result<()>
             "home/devices/three/ok"
         ]
     );
-    let more = collect(
-        Some(&sub),
-        &mut sub_events,
-        Duration::from_millis(500),
-        |g| !g.is_empty(),
-    )
-    .await;
+    let more = stragglers(Some(&sub), &mut sub_events, Duration::from_millis(500)).await;
     assert!(more.is_empty(), "refused messages leaked: {more:?}");
     assert!(gw
         .log()

@@ -60,13 +60,7 @@ async fn policy_shares_only_allowed_fields_and_default_denies() -> Result<()> {
     assert_eq!(got[0].0, "home/devices/thermo/state");
     assert_eq!(std::str::from_utf8(&got[0].1)?, r#"{"temp":21.5}"#);
     // Nothing else trails behind it.
-    let more = collect(
-        Some(&sub),
-        &mut sub_events,
-        Duration::from_millis(700),
-        |g| !g.is_empty(),
-    )
-    .await;
+    let more = stragglers(Some(&sub), &mut sub_events, Duration::from_millis(700)).await;
     assert!(more.is_empty(), "unexpected extra messages: {more:?}");
     drop((c1, c2));
     let _ = (d1.await, d2.await);
@@ -446,7 +440,7 @@ async fn commands_reach_a_device_only_when_allowed() -> Result<()> {
     cc.publish("home/cmd/cmnd/plug/POWER", QoS::AtLeastOnce, false, "ON")
         .await?;
     let got = collect(None, &mut pe, Duration::from_secs(10), |g| !g.is_empty()).await;
-    let more = collect(None, &mut pe, Duration::from_millis(700), |g| !g.is_empty()).await;
+    let more = stragglers(None, &mut pe, Duration::from_millis(700)).await;
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0], ("cmnd/plug/POWER".to_string(), b"ON".to_vec()));
     assert!(
