@@ -68,6 +68,60 @@ async fn a_real_device_logs_in_during_a_flood_of_bad_logins() -> Result<()> {
     Ok(())
 }
 
+/// The flood a botnet on the LAN would send: every attempt from an address
+/// of its own, so that no per-address limit applies. A device that logged
+/// in before from its address is checked ahead of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_known_device_logs_in_during_a_flood_from_many_addresses() -> Result<()> {
+    let (dir, data, cloud) = scratch()?;
+    let real = add_device(&data, "real", "generic")?;
+    let gw = Gateway::start(dir.path(), &config_for(&data, &cloud, None, ""))?;
+    let addr = gw.mqtt;
+    let code = raw_connect(addr, Ipv4Addr::LOCALHOST, "real", &real.id, &real.password).await?;
+    assert_eq!(code, 0, "the real device is accepted before the flood");
+
+    let mut attack = Vec::new();
+    for i in 0..400u16 {
+        let source = Ipv4Addr::new(127, 1, (i / 200) as u8, (i % 200) as u8 + 1);
+        let (id, password) = if i % 2 == 0 {
+            (real.id.clone(), "not-the-password".to_string())
+        } else {
+            (format!("ghost-{i}"), "whatever".to_string())
+        };
+        attack.push(tokio::spawn(async move {
+            tokio::time::timeout(
+                Duration::from_secs(30),
+                raw_connect(addr, source, &id, &id, &password),
+            )
+            .await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut took = Vec::new();
+    for _ in 0..3 {
+        let start = Instant::now();
+        let code = raw_connect(addr, Ipv4Addr::LOCALHOST, "real", &real.id, &real.password).await?;
+        took.push(start.elapsed());
+        assert_eq!(code, 0, "the real device is accepted during the flood");
+    }
+    let mut answered = 0;
+    for a in attack {
+        match a.await? {
+            Ok(Ok(0)) => bail!("a bad login was accepted"),
+            Ok(_) => answered += 1,
+            Err(_) => bail!("an attacker got no answer within 30 s"),
+        }
+    }
+    eprintln!("real device logins during a 400-address flood took {took:?}");
+    assert_eq!(answered, 400);
+    assert!(
+        took.iter().all(|t| *t < Duration::from_secs(2)),
+        "the real device's logins took {took:?}"
+    );
+    assert!(gw.stop()?.success());
+    Ok(())
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]

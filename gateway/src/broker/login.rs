@@ -15,6 +15,11 @@
 //!   out.
 //! - A saturated pool is a refusal that says "not authorized", not "wrong
 //!   password", after a bounded wait.
+//! - A device that logged in before, from the same address, is checked in
+//!   a lane of its own that the pool serves first. A flood from many
+//!   fresh addresses fills the other lane, and a device reconnecting
+//!   waits for at most the checks already running. A failure in that lane
+//!   takes the pair out of it, so a guesser gains one early check at most.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -56,6 +61,61 @@ type Job = (
     Zeroizing<Vec<u8>>,
     tokio::sync::oneshot::Sender<bool>,
 );
+
+/// Which of the pool's two queues a check waits in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    /// A (source, id) pair that logged in successfully before.
+    Known,
+    Other,
+}
+
+#[derive(Default)]
+struct Queues {
+    known: std::collections::VecDeque<Job>,
+    other: std::collections::VecDeque<Job>,
+    closed: bool,
+}
+
+/// The verifier threads and their two queues; the known lane goes first.
+struct CheckPool {
+    queues: Mutex<Queues>,
+    ready: std::sync::Condvar,
+}
+
+impl CheckPool {
+    fn submit(&self, lane: Lane, job: Job) -> bool {
+        let mut q = lock(&self.queues);
+        if q.closed {
+            return false;
+        }
+        match lane {
+            Lane::Known => q.known.push_back(job),
+            Lane::Other => q.other.push_back(job),
+        }
+        drop(q);
+        self.ready.notify_one();
+        true
+    }
+
+    fn next(&self) -> Option<Job> {
+        let mut q = lock(&self.queues);
+        loop {
+            if q.closed {
+                return None;
+            }
+            if let Some(job) = q.known.pop_front().or_else(|| q.other.pop_front()) {
+                return Some(job);
+            }
+            q = self.ready.wait(q).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn close(&self) {
+        lock(&self.queues).closed = true;
+        self.ready.notify_all();
+    }
+}
 
 #[derive(Debug, Default, Clone)]
 struct Record {
@@ -134,8 +194,13 @@ impl Drop for SourceSlot<'_> {
 }
 
 pub struct LoginGuard {
-    jobs: Arc<Mutex<Option<std::sync::mpsc::SyncSender<Job>>>>,
+    pool: Arc<CheckPool>,
+    /// Places in each lane: they bound the queues.
     places: Arc<tokio::sync::Semaphore>,
+    known_places: Arc<tokio::sync::Semaphore>,
+    /// (source, keyed id hash) pairs that logged in, with when they last
+    /// did; bounded, the stalest go first.
+    known: Mutex<HashMap<(IpAddr, u64), Instant>>,
     dummy_hash: String,
     sources: Mutex<Tracker<IpAddr>>,
     /// Keyed by a keyed hash of the id as given: known and unknown ids are
@@ -158,22 +223,28 @@ impl LoginGuard {
             .map(|n| n.get())
             .unwrap_or(1)
             .clamp(1, 4);
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(threads * 2);
-        let rx = Arc::new(Mutex::new(rx));
+        let pool = Arc::new(CheckPool {
+            queues: Mutex::default(),
+            ready: std::sync::Condvar::new(),
+        });
+        let mut running = 0;
         for i in 0..threads {
-            let rx = Arc::clone(&rx);
+            let pool = Arc::clone(&pool);
             let spawned = std::thread::Builder::new()
                 .name(format!("dataward-auth-{i}"))
-                .spawn(move || loop {
-                    let job = lock(&rx).recv();
-                    let Ok((hash, password, reply)) = job else {
-                        return;
-                    };
-                    let _ = reply.send(password_matches(&hash, &password));
+                .spawn(move || {
+                    while let Some((hash, password, reply)) = pool.next() {
+                        let _ = reply.send(password_matches(&hash, &password));
+                    }
                 });
-            if let Err(e) = spawned {
-                tracing::error!(error = %e, "cannot start a password verifier thread");
+            match spawned {
+                Ok(_) => running += 1,
+                Err(e) => tracing::error!(error = %e, "cannot start a password verifier thread"),
             }
+        }
+        if running == 0 {
+            // Nobody would ever answer: refuse every login at once instead.
+            pool.close();
         }
         // A hash of a random password nobody knows: unknown ids are checked
         // against it, with the same parameters as real ones.
@@ -181,8 +252,10 @@ impl LoginGuard {
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, random.as_mut());
         let dummy_hash = hash_password(random.as_ref()).unwrap_or_default();
         Self {
-            jobs: Arc::new(Mutex::new(Some(tx))),
+            pool,
             places: Arc::new(tokio::sync::Semaphore::new(threads * 2)),
+            known_places: Arc::new(tokio::sync::Semaphore::new(threads * 2)),
+            known: Mutex::default(),
             dummy_hash,
             sources: Mutex::default(),
             ids: Mutex::default(),
@@ -223,7 +296,22 @@ impl LoginGuard {
             }
             r.inflight += 1;
         }
-        let verdict = self.verify_in_pool(hash, password).await;
+        let id_key = std::hash::BuildHasher::hash_one(&self.id_hasher, id);
+        let pair = source.map(|ip| (ip, id_key));
+        let lane = match pair {
+            Some(pair) if hash.is_some() && lock(&self.known).contains_key(&pair) => Lane::Known,
+            _ => Lane::Other,
+        };
+        let verdict = self.verify_in_pool(lane, hash, password).await;
+        if let Some(pair) = pair {
+            match verdict {
+                Verdict::Allowed => self.remember(pair),
+                Verdict::Denied => {
+                    lock(&self.known).remove(&pair);
+                }
+                Verdict::Throttled => {}
+            }
+        }
         let mut tarpit = Duration::ZERO;
         if let Some(ip) = source {
             let mut sources = lock(&self.sources);
@@ -250,9 +338,8 @@ impl LoginGuard {
             }
         }
         if verdict == Verdict::Denied {
-            let key = std::hash::BuildHasher::hash_one(&self.id_hasher, id);
             let mut ids = lock(&self.ids);
-            if let Some(r) = ids.entry(&key, Instant::now()) {
+            if let Some(r) = ids.entry(&id_key, Instant::now()) {
                 let recent = r
                     .last_failure
                     .is_some_and(|t| t.elapsed() < Duration::from_secs(600));
@@ -267,9 +354,23 @@ impl LoginGuard {
         verdict
     }
 
-    async fn verify_in_pool(&self, hash: Option<&str>, password: &[u8]) -> Verdict {
+    fn remember(&self, pair: (IpAddr, u64)) {
+        let mut known = lock(&self.known);
+        if !known.contains_key(&pair) && known.len() >= MAX_TRACKED {
+            if let Some(stalest) = known.iter().min_by_key(|(_, t)| **t).map(|(k, _)| *k) {
+                known.remove(&stalest);
+            }
+        }
+        known.insert(pair, Instant::now());
+    }
+
+    async fn verify_in_pool(&self, lane: Lane, hash: Option<&str>, password: &[u8]) -> Verdict {
+        let places = match lane {
+            Lane::Known => &self.known_places,
+            Lane::Other => &self.places,
+        };
         let Ok(Ok(_place)) =
-            tokio::time::timeout(POOL_WAIT, Arc::clone(&self.places).acquire_owned()).await
+            tokio::time::timeout(POOL_WAIT, Arc::clone(places).acquire_owned()).await
         else {
             tracing::warn!("password checks saturated; a login was refused without a check");
             return Verdict::Throttled;
@@ -278,10 +379,8 @@ impl LoginGuard {
         let hash = hash.unwrap_or(&self.dummy_hash).to_string();
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = (hash, Zeroizing::new(password.to_vec()), reply);
-        let sent = lock(&self.jobs).as_ref().map(|tx| tx.try_send(job));
-        if !matches!(sent, Some(Ok(()))) {
-            // The places bound the queue, so this means the threads are
-            // gone: fail closed.
+        if !self.pool.submit(lane, job) {
+            // The pool only closes when the guard is dropped: fail closed.
             tracing::error!("the password verifier threads are not running; refusing logins");
             return Verdict::Throttled;
         }
@@ -290,6 +389,12 @@ impl LoginGuard {
             Ok(_) => Verdict::Denied,
             Err(_) => Verdict::Throttled,
         }
+    }
+}
+
+impl Drop for LoginGuard {
+    fn drop(&mut self) {
+        self.pool.close();
     }
 }
 
@@ -361,6 +466,53 @@ mod tests {
         // milliseconds: most of them find both places taken.
         assert!(allowed >= 1, "allowed {allowed}");
         assert!(throttled >= 10, "throttled {throttled}, allowed {allowed}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_device_seen_before_overtakes_a_queue_of_strangers() {
+        let guard = Arc::new(LoginGuard::start());
+        let h = Arc::new(hash("right"));
+        let home: IpAddr = [10, 0, 1, 1].into();
+        assert_eq!(
+            guard.check(Some(home), "plug", Some(&h), b"right").await,
+            Verdict::Allowed
+        );
+        let finished = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        // Strangers from many addresses fill the other lane...
+        let strangers: Vec<_> = (0..16u8)
+            .map(|i| {
+                let (guard, finished) = (Arc::clone(&guard), Arc::clone(&finished));
+                tokio::spawn(async move {
+                    // Each its own id, so that no id's tarpit grows long.
+                    let ip: IpAddr = [10, 0, 2, i].into();
+                    let v = guard
+                        .check(Some(ip), &format!("ghost-{i}"), None, b"wrong")
+                        .await;
+                    finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    v
+                })
+            })
+            .collect();
+        while guard.places.available_permits() > 0 {
+            tokio::task::yield_now().await;
+        }
+        // ...and the device that logged in before does not wait behind them.
+        assert_eq!(
+            guard.check(Some(home), "plug", Some(&h), b"right").await,
+            Verdict::Allowed
+        );
+        let before_us = finished.load(std::sync::atomic::Ordering::SeqCst);
+        for s in strangers {
+            assert_ne!(s.await.expect("join"), Verdict::Allowed);
+        }
+        assert!(before_us < 8, "{before_us} of 16 strangers went first");
+        // A failure from that pair takes it out of the lane.
+        assert_eq!(
+            guard.check(Some(home), "plug", Some(&h), b"wrong").await,
+            Verdict::Denied
+        );
+        let key = std::hash::BuildHasher::hash_one(&guard.id_hasher, "plug");
+        assert!(!lock(&guard.known).contains_key(&(home, key)));
     }
 
     #[test]
