@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs dataward's whole test suite on a fresh machine: installs what the
-# tests need (mosquitto from Debian's packages) if it is missing, then runs
+# tests need (mosquitto, openssl and age from Debian's packages) if missing, then runs
 # `cargo test` over the workspace. Used as-is by .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,6 +9,8 @@ need=()
 [ -x /usr/sbin/mosquitto ] || command -v mosquitto >/dev/null 2>&1 || need+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# age opens encrypted exports in the tests, as a user would.
+command -v age >/dev/null 2>&1 || need+=(age)
 if [ "${#need[@]}" -gt 0 ]; then
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi

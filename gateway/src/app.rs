@@ -128,7 +128,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         uplinks.push(uplink);
     }
     drop(cmd_tx);
-    let history = Arc::new(store.history()?);
+    let history = store.history();
     let pipeline = Arc::new(Pipeline::new(
         policy,
         history,
@@ -223,6 +223,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.data_dir.display(),
         std::process::id()
     );
+    if !store.history().keeps_history() {
+        tracing::warn!(
+            "no history is kept: the keys are not set up; run `dataward init` to keep history, encrypted to your own key (forwarding works meanwhile)"
+        );
+    }
     tracing::info!(mqtt = %mqtt_addr, http = %http_addr, destinations = config.destinations.len(), devices = registry.list().len(), "dataward running");
 
     let outcome = loop {

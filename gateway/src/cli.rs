@@ -6,8 +6,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::control::{
-    AddedDevice, AppliedPolicy, CheckedPolicy, DeviceInfo, ExportSummary, OpError, PolicyPreview,
-    PolicyVersionInfo, RemovedDevice, Request, StatusReport,
+    AddedDevice, AppliedPolicy, CheckedPolicy, DeviceInfo, ExportSummary, InitReport, OpError,
+    PassphraseChanged, PolicyPreview, PolicyVersionInfo, RemovedDevice, Request, StatusReport,
 };
 
 fn typed<T: DeserializeOwned>(v: &Value) -> Result<T, OpError> {
@@ -97,8 +97,37 @@ pub fn render(request: &Request, reply: &Value) -> Result<String, OpError> {
         Request::PolicyPreview { .. } => preview(&typed(reply)?),
         Request::Export { .. } => {
             let s: ExportSummary = typed(reply)?;
-            format!("exported {} records\n", s.records)
+            let mut text = format!("exported {} records\n", s.records);
+            for u in &s.unreadable {
+                text.push_str(&format!("NOT exported: {u}\n"));
+            }
+            text
         }
+        Request::Init { .. } => {
+            let r: InitReport = typed(reply)?;
+            let mut text = format!(
+                "Keys set up (key id {}). From now on, history is kept, encrypted to your key.\n\n\
+                 Your recovery key is below. It is shown only this once. Write it down and keep it\n\
+                 apart from the hub: with it, `dataward passphrase reset` sets a new passphrase if\n\
+                 you forget this one. Without both, the history cannot be read by anyone.\n\n    {}\n\n",
+                r.key_id, *r.recovery_key.0
+            );
+            if r.migrated > 0 {
+                text.push_str(&format!(
+                    "{} records kept before encryption existed are now encrypted too.\n",
+                    r.migrated
+                ));
+            }
+            text
+        }
+        Request::PassphraseChange { .. } | Request::PassphraseReset { .. } => {
+            let r: PassphraseChanged = typed(reply)?;
+            format!(
+                "passphrase changed (key id {}); the history and the recovery key are unchanged\n",
+                r.key_id
+            )
+        }
+        Request::KeyRecord => format!("{reply:#}\n"),
     })
 }
 
@@ -151,10 +180,7 @@ fn status(s: &StatusReport) -> String {
     } else {
         out.push_str(&format!("policy: version {} in force\n", s.policy_version));
     }
-    out.push_str(&format!(
-        "history: stored in {} (encryption comes with the user's keys)\n",
-        s.history
-    ));
+    out.push_str(&format!("history: {}\n", s.history));
     out.push_str(&format!("store: {} on disk\n", bytes(s.store_bytes)));
     for d in &s.destinations {
         out.push_str(&format!(

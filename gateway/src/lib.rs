@@ -7,6 +7,8 @@
 //!
 //! - [`config`]: the TOML config file and its embedded defaults.
 //! - [`devices`]: device identities, credentials and topic permissions.
+//! - [`keys`]: the user's key pair, wrapped by passphrase and recovery key;
+//!   HPKE sealing to it.
 //! - [`broker`]: the embedded MQTT broker (rmqtt, behind this one module).
 //! - [`pipeline`]: policy evaluation and durable storage per message.
 //! - [`store`]: sled behind small interfaces: history, outboxes, group commit.
@@ -18,6 +20,7 @@
 //! - [`supervise`]: long-lived tasks, watched; a failed stage stops the
 //!   gateway with a non-zero exit, for the service manager to restart.
 //! - [`app`]: `dataward run`, wiring it all and shutting down cleanly.
+//! - [`when`]: times and durations as users read and write them (UTC).
 
 pub mod app;
 pub mod broker;
@@ -26,10 +29,12 @@ pub mod commands;
 pub mod config;
 pub mod control;
 pub mod devices;
+pub mod keys;
 pub mod pipeline;
 pub mod store;
 pub mod supervise;
 pub mod uplink;
+pub mod when;
 
 /// An error caused by the user's input (a file, a flag): exit code 2.
 #[derive(Debug, thiserror::Error)]

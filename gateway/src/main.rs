@@ -4,7 +4,7 @@
 //! when none runs. Exit codes: 0 success, 1 runtime failure, 2 bad usage
 //! or input.
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,8 +12,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use gateway::config::{Config, ConfigError};
-use gateway::control::{client, ErrorClass, OpError, Request};
+use gateway::control::{client, ErrorClass, ExportFormat, ExportRequest, OpError, Request};
 use gateway::BadInput;
+
+mod prompt;
 
 #[derive(Parser)]
 #[command(
@@ -69,16 +71,90 @@ enum Command {
         #[command(subcommand)]
         action: PolicyCommand,
     },
-    /// Export stored device history as NDJSON
+    /// Set up your keys: a passphrase, your key pair and a one-time recovery key.
+    /// Until then, no history is kept
+    Init {
+        #[command(flatten)]
+        common: Common,
+        /// Read the passphrase from this file instead of the terminal
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Change the passphrase, or set a new one with the recovery key
+    Passphrase {
+        #[command(subcommand)]
+        action: PassphraseCommand,
+    },
+    /// Export stored device history (needs the passphrase)
     Export {
         #[command(flatten)]
         common: Common,
         /// Only this device
         #[arg(long)]
         device: Option<String>,
-        /// Write to this file instead of standard output
+        /// From this time: RFC 3339 UTC (2026-11-30T08:00:00Z), a date, or a duration ago (7d)
         #[arg(long)]
+        since: Option<String>,
+        /// Up to (not including) this time, written like --since
+        #[arg(long)]
+        until: Option<String>,
+        /// ndjson (one JSON object per message) or csv (one row per message)
+        #[arg(long, value_enum, default_value = "ndjson")]
+        format: FormatArg,
+        /// Encrypt the output to this age recipient (age1…); `age -d` opens it
+        #[arg(long)]
+        encrypt_to: Option<String>,
+        /// Write to this file instead of standard output
+        #[arg(short = 'o', long)]
         output: Option<PathBuf>,
+        /// Read the passphrase from this file instead of the terminal
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+    /// Open values sealed to your key (dw1.…): one given, or every one in an NDJSON stream
+    Decrypt {
+        #[command(flatten)]
+        common: Common,
+        /// A sealed value; without it, lines are read from --input or standard input
+        value: Option<String>,
+        /// Read lines from this file
+        #[arg(long, conflicts_with = "value")]
+        input: Option<PathBuf>,
+        /// Read the passphrase from this file instead of the terminal
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FormatArg {
+    Ndjson,
+    Csv,
+}
+
+#[derive(Subcommand)]
+enum PassphraseCommand {
+    /// Change the passphrase (the history is not touched)
+    Change {
+        #[command(flatten)]
+        common: Common,
+        /// Read the current passphrase from this file
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
+        /// Read the new passphrase from this file
+        #[arg(long)]
+        new_passphrase_file: Option<PathBuf>,
+    },
+    /// Set a new passphrase with the recovery key printed at init
+    Reset {
+        #[command(flatten)]
+        common: Common,
+        /// A file holding the recovery key
+        #[arg(long)]
+        recovery_key_file: PathBuf,
+        /// Read the new passphrase from this file
+        #[arg(long)]
+        new_passphrase_file: Option<PathBuf>,
     },
 }
 
@@ -335,11 +411,74 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 )
             }
         },
+        Command::Init {
+            common,
+            passphrase_file,
+        } => {
+            let passphrase = prompt::secret(
+                passphrase_file.as_deref(),
+                "New passphrase (at least 8 characters): ",
+                true,
+            )?;
+            (common, Request::Init { passphrase }, None)
+        }
+        Command::Passphrase { action } => match action {
+            PassphraseCommand::Change {
+                common,
+                passphrase_file,
+                new_passphrase_file,
+            } => {
+                let old =
+                    prompt::secret(passphrase_file.as_deref(), "Current passphrase: ", false)?;
+                let new = prompt::secret(new_passphrase_file.as_deref(), "New passphrase: ", true)?;
+                (common, Request::PassphraseChange { old, new }, None)
+            }
+            PassphraseCommand::Reset {
+                common,
+                recovery_key_file,
+                new_passphrase_file,
+            } => {
+                let recovery_key = prompt::secret(Some(&recovery_key_file), "", false)?;
+                let new = prompt::secret(new_passphrase_file.as_deref(), "New passphrase: ", true)?;
+                (common, Request::PassphraseReset { recovery_key, new }, None)
+            }
+        },
         Command::Export {
             common,
             device,
+            since,
+            until,
+            format,
+            encrypt_to,
             output,
-        } => (common, Request::Export { device }, output),
+            passphrase_file,
+        } => {
+            let now = gateway::pipeline::now_ms();
+            let time = |t: Option<String>| {
+                t.map(|t| gateway::when::parse_time_ms(&t, now).map_err(BadInput))
+                    .transpose()
+            };
+            let (since_ms, until_ms) = (time(since)?, time(until)?);
+            let passphrase = prompt::secret(passphrase_file.as_deref(), "Passphrase: ", false)?;
+            let request = Request::Export(ExportRequest {
+                device,
+                since_ms,
+                until_ms,
+                format: match format {
+                    FormatArg::Ndjson => ExportFormat::Ndjson,
+                    FormatArg::Csv => ExportFormat::Csv,
+                },
+                encrypt_to,
+                passphrase,
+            });
+            (common, request, output)
+        }
+        Command::Decrypt {
+            common,
+            value,
+            input,
+            passphrase_file,
+        } => return decrypt(&common, value, input, passphrase_file.as_deref()),
     };
     let config = load_config(&common)?;
     // An output file is written beside its final name and renamed only once
@@ -387,10 +526,80 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     };
     if request.is_streamed() {
         eprint!("{text}");
+        let unreadable = reply["unreadable"].as_array().map_or(0, Vec::len);
+        if unreadable > 0 {
+            anyhow::bail!(
+                "{unreadable} part(s) of the history could not be read (listed above): the export is incomplete"
+            );
+        }
     } else {
         let mut out = std::io::stdout().lock();
         out.write_all(text.as_bytes())?;
         out.flush()?;
+    }
+    Ok(())
+}
+
+/// `decrypt`: unlocks the private key here, from the stored key record
+/// (which the running gateway, or the store, gives), and opens values.
+fn decrypt(
+    common: &Common,
+    value: Option<String>,
+    input: Option<PathBuf>,
+    passphrase_file: Option<&Path>,
+) -> anyhow::Result<()> {
+    let config = load_config(common)?;
+    let passphrase = prompt::secret(passphrase_file, "Passphrase: ", false)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let record = runtime.block_on(client::request(
+        config,
+        Request::KeyRecord,
+        &mut std::io::sink(),
+    ))?;
+    let keys = gateway::keys::StoredKeys::from_json(record.to_string().as_bytes())
+        .context("the key record")?;
+    let sk = keys
+        .unlock(passphrase.as_bytes())
+        .map_err(OpError::from)?;
+    let pk = keys.public()?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    if let Some(v) = value {
+        let plain =
+            gateway::keys::seal::open_value(&sk, &pk, &v).map_err(|e| BadInput(e.to_string()))?;
+        out.write_all(&plain)?;
+        out.write_all(b"\n")?;
+        out.flush()?;
+        return Ok(());
+    }
+    let reader: Box<dyn std::io::BufRead> = match &input {
+        Some(p) => Box::new(std::io::BufReader::new(
+            std::fs::File::open(p)
+                .map_err(|e| BadInput(format!("cannot read {}: {e}", p.display())))?,
+        )),
+        None => Box::new(std::io::stdin().lock()),
+    };
+    let mut failed = 0u64;
+    for (n, line) in reader.lines().enumerate() {
+        let line = line.context("reading the input")?;
+        match gateway::keys::open_line(&sk, &pk, &line) {
+            Ok(opened) => {
+                out.write_all(opened.as_bytes())?;
+                out.write_all(b"\n")?;
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("line {}: {e}", n + 1);
+                out.write_all(line.as_bytes())?;
+                out.write_all(b"\n")?;
+            }
+        }
+    }
+    out.flush()?;
+    if failed > 0 {
+        anyhow::bail!("{failed} line(s) held sealed values that did not open (left as they were)");
     }
     Ok(())
 }

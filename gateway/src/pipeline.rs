@@ -15,7 +15,7 @@ use policy::{Message, Policy};
 use tokio::sync::Notify;
 
 use crate::config::{MAX_TOPIC_BYTES, UPLINK_MAX_PACKET_BYTES};
-use crate::store::{Durability, HistoryStore, Outbox, StoreError};
+use crate::store::{Durability, HistoryStore, NewRecord, Outbox, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -51,6 +51,13 @@ pub struct Lane {
 
 /// A policy with the version number it was stored under (0: no policy was
 /// ever applied, so nothing is shared).
+/// How a message arrived, as history keeps it.
+#[derive(Debug, Clone, Copy)]
+pub struct Kept {
+    pub qos: u8,
+    pub retain: bool,
+}
+
 #[derive(Debug, Default)]
 pub struct ActivePolicy {
     pub version: u64,
@@ -61,7 +68,7 @@ pub struct Pipeline {
     /// Swapped whole by `policy apply` and SIGHUP. Each message loads it
     /// once, so it is evaluated under exactly one version.
     policy: ArcSwap<ActivePolicy>,
-    history: Arc<dyn HistoryStore>,
+    history: Arc<HistoryStore>,
     lanes: Vec<Lane>,
     names: Vec<String>,
     durability: Arc<Durability>,
@@ -70,7 +77,7 @@ pub struct Pipeline {
 impl Pipeline {
     pub fn new(
         policy: ActivePolicy,
-        history: Arc<dyn HistoryStore>,
+        history: Arc<HistoryStore>,
         lanes: Vec<Lane>,
         durability: Arc<Durability>,
     ) -> Self {
@@ -131,13 +138,16 @@ impl Pipeline {
         &self.names
     }
 
+    /// Evaluates, keeps and queues one message. Returns once it is durable
+    /// when its QoS is above 0.
     pub async fn handle(
         &self,
         device: &str,
         topic: &str,
         payload: &[u8],
-        durable: bool,
+        kept: Kept,
     ) -> Result<(), PipelineError> {
+        let durable = kept.qos > 0;
         let active = self.policy.load();
         let eval = active.policy.evaluate(
             &Message {
@@ -149,7 +159,14 @@ impl Pipeline {
         );
         drop(active);
         let now = now_ms();
-        self.history.append(device, now, topic, payload)?;
+        self.history.append(&NewRecord {
+            device,
+            received_ms: now,
+            qos: kept.qos,
+            retain: kept.retain,
+            topic,
+            payload,
+        })?;
         for (lane, out) in self.lanes.iter().zip(&eval.outputs) {
             if let Some(p) = &out.payload {
                 lane.outbox.push(device, topic, p, now)?;

@@ -285,14 +285,42 @@ pub fn write_policy(dir: &Path, text: &str) -> Result<PathBuf> {
     Ok(p)
 }
 
+/// The passphrase the tests set up keys with.
+pub const PASSPHRASE: &str = "correct horse battery staple";
+
+/// The file beside `data_dir` holding [`PASSPHRASE`].
+pub fn passphrase_file(data_dir: &Path) -> Result<PathBuf> {
+    let p = data_dir.with_file_name("passphrase.txt");
+    if !p.exists() {
+        std::fs::write(&p, format!("{PASSPHRASE}\n"))?;
+    }
+    Ok(p)
+}
+
+/// `dataward init` with [`PASSPHRASE`]; returns the recovery key printed.
+pub fn init_keys(data_dir: &Path) -> Result<String> {
+    let pass = passphrase_file(data_dir)?;
+    let answer = cli_json(
+        data_dir,
+        &["init", "--passphrase-file", &pass.to_string_lossy()],
+    )?;
+    answer["recovery_key"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("init printed no recovery key: {answer}"))
+}
+
 /// The `seq` numbers of one device's stored messages, read back through
 /// `dataward export` (gateway stopped) from JSON payloads like
 /// `{"seq":12,...}`.
 pub fn stored_seqs(data_dir: &Path, device: &str) -> Result<std::collections::HashSet<usize>> {
+    let pass = passphrase_file(data_dir)?;
     let out = cli(&[
         "export",
         "--device",
         device,
+        "--passphrase-file",
+        &pass.to_string_lossy(),
         "--data-dir",
         &data_dir.to_string_lossy(),
     ])?;
@@ -302,12 +330,7 @@ pub fn stored_seqs(data_dir: &Path, device: &str) -> Result<std::collections::Ha
     Ok(String::from_utf8(out.stdout)?
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|v| {
-            v["payload"]
-                .as_str()
-                .and_then(|p| serde_json::from_str::<serde_json::Value>(p).ok())
-        })
-        .filter_map(|p| p["seq"].as_u64().map(|s| s as usize))
+        .filter_map(|v| v["payload"]["seq"].as_u64().map(|s| s as usize))
         .collect())
 }
 

@@ -395,6 +395,8 @@ fn every_command_answers_the_same_running_or_stopped() -> Result<()> {
     let p = policy.to_string_lossy().into_owned();
     cli_ok(&data, &["policy", "apply", &p, "--config", &conf])?;
     // Some history to export, written by a running gateway.
+    init_keys(&data)?;
+    let pass = passphrase_file(&data)?.to_string_lossy().into_owned();
     {
         let gw = Gateway::start(dir.path(), &config)?;
         for payload in [r#"{"a":1,"b":2}"#, "ON", r#"{"a":3}"#] {
@@ -449,8 +451,8 @@ fn every_command_answers_the_same_running_or_stopped() -> Result<()> {
             "--config",
             &conf,
         ],
-        vec!["export"],
-        vec!["export", "--device", "plug"],
+        vec!["export", "--passphrase-file", &pass],
+        vec!["export", "--device", "plug", "--passphrase-file", &pass],
     ];
     let stopped: Vec<_> = commands
         .iter()

@@ -55,6 +55,7 @@ async fn full_disk_refuses_without_losing_what_was_acknowledged() -> Result<()> 
     let data = dir.path().join("data");
     let disk = Tmpfs::mount(&data, "3m")?;
     let dev = add_device(&data, "dev", "generic")?;
+    init_keys(&data)?;
     let mut gw = Gateway::start(
         dir.path(),
         &format!("data_dir = {:?}\n", data.display().to_string()),

@@ -191,6 +191,7 @@ async fn crash_keeps_every_acknowledged_message() -> Result<()> {
     let data = dir.path().join("data");
     let cloud = Cloud::start()?;
     let dev = add_device(&data, "meter", "generic")?;
+    init_keys(&data)?;
     let policy = write_policy(dir.path(), SHARE_ALL)?;
     let config = config_for(&data, &cloud, Some(&policy), "");
     let gw = Gateway::start(dir.path(), &config)?;

@@ -13,6 +13,7 @@ use rumqttc::{Event, Outgoing, Packet, QoS};
 async fn a_panicking_committer_stops_the_gateway_and_loses_nothing() -> Result<()> {
     let (dir, data, cloud) = scratch()?;
     let dev = add_device(&data, "meter", "generic")?;
+    init_keys(&data)?;
     let policy = write_policy(dir.path(), SHARE_ALL)?;
     let config = config_for(&data, &cloud, Some(&policy), "");
     let mut gw = Gateway::start_with_env(

@@ -215,10 +215,13 @@ impl Hooks {
                 false,
             ));
         }
-        let durable = p.qos != rmqtt::codec::types::QoS::AtMostOnce;
+        let kept = crate::pipeline::Kept {
+            qos: p.qos as u8,
+            retain: p.retain,
+        };
         match self
             .pipeline
-            .handle(&device.id, topic, &p.payload, durable)
+            .handle(&device.id, topic, &p.payload, kept)
             .await
         {
             Ok(()) => PublishAclResult::allow(),
@@ -294,7 +297,15 @@ impl Handler for Hooks {
                 if let Some(device) = self.device(s.id.username.as_deref()) {
                     if let Err(e) = self
                         .pipeline
-                        .handle(&device.id, &p.topic, &p.payload, true)
+                        .handle(
+                            &device.id,
+                            &p.topic,
+                            &p.payload,
+                            crate::pipeline::Kept {
+                                qos: p.qos as u8,
+                                retain: p.retain,
+                            },
+                        )
                         .await
                     {
                         tracing::error!(device = %device.id, error = %e, "will message not stored");

@@ -119,8 +119,8 @@ async fn run_local(
 ) -> Result<serde_json::Value, OpError> {
     let ops = ops?;
     match request {
-        Request::Export { device } => {
-            let summary = ops.export(device.as_deref(), data)?;
+        Request::Export(export) => {
+            let summary = ops.export(export, data)?;
             serde_json::to_value(summary).map_err(|e| OpError::runtime(e.to_string()))
         }
         other => ops.call(other.clone()).await,

@@ -1,61 +1,219 @@
-//! `export`: the stored history as NDJSON, one object per message with
-//! `device`, `seq`, `received_ms`, `topic` and `payload` (or
-//! `payload_base64` for a payload that is not UTF-8).
+//! `export`: the history, decrypted with the user's key, streamed as NDJSON
+//! or CSV, optionally encrypted to an age recipient. Memory stays flat
+//! whatever the size (CSV reads the range twice: once for its columns).
+//! The formats are specified in docs/formats.md.
 
 use std::io::Write;
 
 use serde::{Deserialize, Serialize};
 
-use super::{OpError, Operations};
-use crate::store::HistoryStore;
+use super::export_csv::CsvWriter;
+use super::{OpError, Operations, Passphrase};
+use crate::store::{HistoryRecord, ReadRange, StoreError};
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportFormat {
+    #[default]
+    Ndjson,
+    Csv,
+}
+
+/// What to export, and how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportRequest {
+    #[serde(default)]
+    pub device: Option<String>,
+    #[serde(default)]
+    pub since_ms: Option<u64>,
+    #[serde(default)]
+    pub until_ms: Option<u64>,
+    #[serde(default)]
+    pub format: ExportFormat,
+    /// An age recipient (`age1…`): the output is an age file for it.
+    #[serde(default)]
+    pub encrypt_to: Option<String>,
+    pub passphrase: Passphrase,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExportSummary {
     pub records: u64,
+    /// Records or keys that failed authentication, one line per device and
+    /// day, with how many records it covers. Never skipped in silence.
+    #[serde(default)]
+    pub unreadable: Vec<String>,
+}
+
+fn write_err(e: std::io::Error) -> OpError {
+    OpError::runtime(format!("writing the output failed: {e}"))
+}
+
+/// Counts what could not be read, per device, day and reason.
+#[derive(Default)]
+pub(super) struct Unreadable(std::collections::BTreeMap<String, u64>);
+
+impl Unreadable {
+    /// Takes an unreadable record's error; anything else is returned.
+    pub(super) fn note(&mut self, e: StoreError) -> Result<(), OpError> {
+        match e {
+            StoreError::Unreadable { .. } => {
+                *self.0.entry(e.to_string()).or_default() += 1;
+                Ok(())
+            }
+            other => Err(other.into()),
+        }
+    }
+
+    pub(super) fn into_lines(self) -> Vec<String> {
+        self.0
+            .into_iter()
+            .map(|(what, n)| format!("{what} ({n} record{})", if n == 1 { "" } else { "s" }))
+            .collect()
+    }
 }
 
 impl Operations {
     /// Writes the history to `out`. Blocking: run it off the async runtime.
-    /// With no data directory there is nothing to export, which is not an
-    /// error.
     pub fn export(
         &self,
-        device: Option<&str>,
+        req: &ExportRequest,
         out: &mut dyn Write,
     ) -> Result<ExportSummary, OpError> {
-        let Some(store) = &self.store else {
-            return Ok(ExportSummary { records: 0 });
+        let sk = self.unlock(&req.passphrase)?;
+        let recipient = match &req.encrypt_to {
+            Some(r) => Some(r.trim().parse::<age::x25519::Recipient>().map_err(|e| {
+                OpError::input(format!(
+                    "--encrypt-to {r:?} is not an age recipient (age1…): {e}"
+                ))
+            })?),
+            None => None,
         };
-        let history = store.history()?;
-        let write_err =
-            |e: std::io::Error| OpError::runtime(format!("writing the output failed: {e}"));
+        match recipient {
+            Some(r) => {
+                let enc =
+                    age::Encryptor::with_recipients(std::iter::once(&r as &dyn age::Recipient))
+                        .map_err(|e| OpError::runtime(format!("age: {e}")))?;
+                let mut w = enc.wrap_output(out).map_err(write_err)?;
+                let summary = self.write_export(req, &sk, &mut w)?;
+                // The last chunk is written only now.
+                w.finish().map_err(write_err)?.flush().map_err(write_err)?;
+                Ok(summary)
+            }
+            None => self.write_export(req, &sk, out),
+        }
+    }
+
+    fn write_export(
+        &self,
+        req: &ExportRequest,
+        sk: &crate::keys::PrivateKey,
+        out: &mut dyn Write,
+    ) -> Result<ExportSummary, OpError> {
+        let history = self.store()?.history();
+        let range = ReadRange {
+            device: req.device.as_deref(),
+            since_ms: req.since_ms.unwrap_or(0),
+            until_ms: req.until_ms.unwrap_or(u64::MAX),
+        };
+        let mut buf = std::io::BufWriter::with_capacity(64 << 10, out);
+        let mut unreadable = Unreadable::default();
         let mut records = 0u64;
-        let mut line = Vec::with_capacity(512);
-        for rec in history.scan(device) {
-            let rec = rec?;
-            let mut obj = serde_json::json!({
-                "device": rec.device,
-                "seq": rec.seq,
-                "received_ms": rec.received_ms,
-                "topic": rec.topic,
-            });
-            match std::str::from_utf8(&rec.payload) {
-                Ok(s) => obj["payload"] = s.into(),
-                Err(_) => {
-                    use base64::Engine;
-                    obj["payload_base64"] = base64::engine::general_purpose::STANDARD
-                        .encode(&rec.payload)
-                        .into();
+        match req.format {
+            ExportFormat::Ndjson => {
+                let mut line = Vec::with_capacity(1024);
+                for rec in history.read(sk, &range) {
+                    match rec {
+                        Ok(rec) => {
+                            line.clear();
+                            ndjson_line(&rec, &mut line);
+                            buf.write_all(&line).map_err(write_err)?;
+                            records += 1;
+                        }
+                        Err(e) => unreadable.note(e)?,
+                    }
                 }
             }
-            line.clear();
-            serde_json::to_writer(&mut line, &obj)
-                .map_err(|e| OpError::runtime(format!("encoding a record: {e}")))?;
-            line.push(b'\n');
-            out.write_all(&line).map_err(write_err)?;
-            records += 1;
+            ExportFormat::Csv => {
+                // First pass: the columns. Problems are counted in the
+                // second pass only, so each is reported once.
+                let mut csv = CsvWriter::default();
+                for rec in history.read(sk, &range).flatten() {
+                    csv.learn(&rec);
+                }
+                csv.header(&mut buf).map_err(write_err)?;
+                for rec in history.read(sk, &range) {
+                    match rec {
+                        Ok(rec) => {
+                            csv.row(&rec, &mut buf).map_err(write_err)?;
+                            records += 1;
+                        }
+                        Err(e) => unreadable.note(e)?,
+                    }
+                }
+            }
         }
-        out.flush().map_err(write_err)?;
-        Ok(ExportSummary { records })
+        buf.flush().map_err(write_err)?;
+        Ok(ExportSummary {
+            records,
+            unreadable: unreadable.into_lines(),
+        })
     }
+}
+
+/// One NDJSON line: device, topic, received (RFC 3339 UTC), received_ms,
+/// seq, qos, retain, and the payload: `payload` as the JSON itself when it
+/// is JSON, else `payload_text` (UTF-8) or `payload_b64`.
+pub fn ndjson_line(rec: &HistoryRecord, line: &mut Vec<u8>) {
+    use std::fmt::Write as _;
+    let mut head = String::with_capacity(128);
+    head.push_str("{\"device\":");
+    head.push_str(&json_string(&rec.device));
+    head.push_str(",\"topic\":");
+    head.push_str(&json_string(&rec.topic));
+    let _ = write!(
+        head,
+        ",\"received\":\"{}\",\"received_ms\":{},\"seq\":{},\"qos\":{},\"retain\":{},",
+        crate::when::rfc3339_ms(rec.received_ms),
+        rec.received_ms,
+        rec.seq,
+        rec.qos,
+        rec.retain
+    );
+    line.extend_from_slice(head.as_bytes());
+    let is_json = serde_json::from_slice::<serde::de::IgnoredAny>(&rec.payload).is_ok();
+    if is_json && !rec.payload.iter().any(|b| *b == b'\n' || *b == b'\r') {
+        // Embedded as sent: numbers keep their exact text.
+        line.extend_from_slice(b"\"payload\":");
+        line.extend_from_slice(trim_ascii(&rec.payload));
+    } else if is_json {
+        // A line break inside (pretty-printed JSON) would split the line:
+        // the same value, written compactly.
+        line.extend_from_slice(b"\"payload\":");
+        match serde_json::from_slice::<serde_json::Value>(&rec.payload) {
+            Ok(v) => line.extend_from_slice(v.to_string().as_bytes()),
+            Err(_) => line.extend_from_slice(b"null"),
+        }
+    } else if let Ok(text) = std::str::from_utf8(&rec.payload) {
+        line.extend_from_slice(b"\"payload_text\":");
+        line.extend_from_slice(json_string(text).as_bytes());
+    } else {
+        use base64::Engine;
+        line.extend_from_slice(b"\"payload_b64\":\"");
+        line.extend_from_slice(
+            base64::engine::general_purpose::STANDARD
+                .encode(&rec.payload)
+                .as_bytes(),
+        );
+        line.push(b'"');
+    }
+    line.extend_from_slice(b"}\n");
+}
+
+fn trim_ascii(b: &[u8]) -> &[u8] {
+    b.trim_ascii()
+}
+
+fn json_string(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
 }

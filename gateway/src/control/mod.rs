@@ -8,11 +8,14 @@
 //! - [`server`]: the control socket a running gateway serves.
 //! - [`client`]: the CLI side: through the socket when a gateway runs,
 //!   on the store directly when none does.
-//! - `devices`, `policy`, `status`, `export`: the operations themselves.
+//! - `devices`, `policy`, `status`, `keys`, `export`: the operations
+//!   themselves.
 
 pub mod client;
 mod devices;
 mod export;
+mod export_csv;
+mod keys;
 pub mod lock;
 mod policy;
 pub mod protocol;
@@ -31,7 +34,8 @@ use crate::store::{Outbox, Store, StoreError};
 use crate::uplink::LinkState;
 
 pub use devices::{AddedDevice, DeviceInfo, RemovedDevice};
-pub use export::ExportSummary;
+pub use export::{ndjson_line, ExportFormat, ExportRequest, ExportSummary};
+pub use keys::{InitReport, Passphrase, PassphraseChanged};
 pub use policy::policy_at_start;
 pub use policy::{
     AppliedPolicy, CheckedPolicy, FieldPreview, PolicyPreview, PolicyVersionInfo, PreviewOutput,
@@ -226,9 +230,27 @@ impl Operations {
                 payload.as_bytes(),
                 candidate.as_deref(),
             )?),
+            Request::KeyRecord => self.key_record(),
             Request::Export { .. } => Err(OpError::runtime(
                 "export is streamed; it has no single reply",
             )),
+            blocking => self.call_blocking(blocking),
+        }
+    }
+
+    /// Answers a request that holds a thread for a while (Argon2id, or a
+    /// pass over the history): the server runs it off the async runtime.
+    pub fn call_blocking(&self, request: Request) -> Result<serde_json::Value, OpError> {
+        fn json<T: Serialize>(v: T) -> Result<serde_json::Value, OpError> {
+            serde_json::to_value(v).map_err(|e| OpError::runtime(format!("encoding a reply: {e}")))
+        }
+        match request {
+            Request::Init { passphrase } => json(self.init(&passphrase)?),
+            Request::PassphraseChange { old, new } => json(self.passphrase_change(&old, &new)?),
+            Request::PassphraseReset { recovery_key, new } => {
+                json(self.passphrase_reset(&recovery_key, &new)?)
+            }
+            _ => Err(OpError::runtime("not a blocking request")),
         }
     }
 }

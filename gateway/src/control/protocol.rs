@@ -160,11 +160,21 @@ pub enum Request {
         #[serde(default)]
         candidate: Option<String>,
     },
-    /// Streamed: NDJSON data frames, then a summary.
-    Export {
-        #[serde(default)]
-        device: Option<String>,
+    /// Streamed: the export's bytes in data frames, then a summary.
+    Export(super::ExportRequest),
+    Init {
+        passphrase: super::Passphrase,
     },
+    PassphraseChange {
+        old: super::Passphrase,
+        new: super::Passphrase,
+    },
+    PassphraseReset {
+        recovery_key: super::Passphrase,
+        new: super::Passphrase,
+    },
+    /// The stored key record, for `decrypt` to unlock on the user's side.
+    KeyRecord,
 }
 
 impl Request {
@@ -172,7 +182,18 @@ impl Request {
     pub fn creates_store(&self) -> bool {
         matches!(
             self,
-            Request::DeviceAdd { .. } | Request::PolicyApply { .. }
+            Request::DeviceAdd { .. } | Request::PolicyApply { .. } | Request::Init { .. }
+        )
+    }
+
+    /// Whether answering holds a thread for a while (see
+    /// `Operations::call_blocking`).
+    pub fn is_blocking(&self) -> bool {
+        matches!(
+            self,
+            Request::Init { .. }
+                | Request::PassphraseChange { .. }
+                | Request::PassphraseReset { .. }
         )
     }
 

@@ -173,7 +173,17 @@ async fn serve(stream: &mut UnixStream, ops: Arc<Operations>) {
     let outcome = if envelope.request.is_streamed() {
         stream_export(stream, ops, envelope.request).await
     } else {
-        match ops.call(envelope.request).await {
+        let answer = if envelope.request.is_blocking() {
+            let request = envelope.request;
+            tokio::task::spawn_blocking(move || ops.call_blocking(request))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(OpError::runtime(format!("the request's task failed: {e}")))
+                })
+        } else {
+            ops.call(envelope.request).await
+        };
+        match answer {
             Ok(reply) => {
                 let body = serde_json::to_vec(&reply).unwrap_or_default();
                 send(stream, FrameKind::Reply, &body).await
@@ -237,7 +247,7 @@ async fn stream_export(
     ops: Arc<Operations>,
     request: Request,
 ) -> std::io::Result<()> {
-    let Request::Export { device } = request else {
+    let Request::Export(export) = request else {
         return send_error(stream, &OpError::runtime("not a streamed request")).await;
     };
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
@@ -246,7 +256,7 @@ async fn stream_export(
             tx,
             buf: Vec::with_capacity(protocol::CHUNK_BYTES),
         };
-        ops.export(device.as_deref(), &mut sink)
+        ops.export(&export, &mut sink)
     });
     let mut client_gone = None;
     while let Some(chunk) = rx.recv().await {

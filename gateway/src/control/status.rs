@@ -36,10 +36,14 @@ pub struct StatusReport {
     pub destinations: Vec<DestinationStatus>,
     /// The policy version in force (0: none, nothing is shared).
     pub policy_version: u64,
-    /// What history keeps: "plaintext" until the user's keys exist.
+    /// Whether history is kept: encrypted once the user's keys exist, not
+    /// at all before.
     pub history: String,
     pub store_bytes: u64,
 }
+
+pub const NOT_KEPT: &str =
+    "NOT kept: the keys are not set up; run `dataward init` to keep history, encrypted to your own key";
 
 impl Operations {
     pub fn status(&self) -> Result<StatusReport, OpError> {
@@ -97,7 +101,12 @@ impl Operations {
             },
             destinations,
             policy_version: self.version_in_force()?,
-            history: "plaintext".into(),
+            history: match &self.store {
+                Some(store) if store.history().keeps_history() => {
+                    "kept, encrypted to your key (reading it needs your passphrase)".into()
+                }
+                _ => NOT_KEPT.into(),
+            },
             store_bytes: dir_bytes(&self.config.data_dir.join("db")),
         })
     }

@@ -1,5 +1,6 @@
 //! The on-disk store (sled), behind small interfaces so the engine can be
-//! swapped: [`HistoryStore`] for device history, [`Outbox`] for what waits
+//! swapped: [`HistoryStore`] for device history (encrypted to the user's
+//! key, whose wrapped form is in the `keys` tree), [`Outbox`] for what waits
 //! for a destination's acknowledgement, [`PolicyVersions`] for every policy
 //! applied, and the `devices` tree.
 //!
@@ -16,8 +17,15 @@ mod policies;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::keys::StoredKeys;
+
+const USER_KEYS: &[u8] = b"user";
+
 pub use durability::Durability;
-pub use history::{HistoryRecord, HistoryStore, SledHistory};
+pub use history::{
+    period_name, period_of, HistoryReader, HistoryRecord, HistoryStore, NewRecord, ReadRange,
+    PERIOD_MS,
+};
 pub use outbox::{Outbox, OutboxEntry};
 pub use policies::{PolicySource, PolicyVersion, PolicyVersions};
 
@@ -35,6 +43,16 @@ pub enum StoreError {
     Corrupt(String),
     #[error("flushing to disk failed: {0}")]
     Flush(String),
+    #[error("the history of device {device:?} for {period} cannot be read: {reason}")]
+    Unreadable {
+        device: String,
+        period: String,
+        reason: String,
+    },
+    #[error("encryption failed: {0}")]
+    Crypto(String),
+    #[error(transparent)]
+    Keys(#[from] crate::keys::KeyError),
 }
 
 /// The opened database and its trees.
@@ -42,6 +60,9 @@ pub enum StoreError {
 pub struct Store {
     db: sled::Db,
     pub durability: Arc<Durability>,
+    /// One per store, shared by the pipeline and the operations: deletes
+    /// and appends coordinate through it.
+    history: Arc<HistoryStore>,
 }
 
 impl Store {
@@ -76,15 +97,100 @@ impl Store {
                 },
             })?;
         let durability = Arc::new(Durability::new(db.clone()));
-        Ok(Self { db, durability })
+        let history = Arc::new(HistoryStore::open(&db, durability.dirty())?);
+        let store = Self {
+            db,
+            durability,
+            history,
+        };
+        if let Some(keys) = store.load_keys()? {
+            store.history.set_recipient(Some(keys.public()?));
+        }
+        Ok(store)
+    }
+
+    /// The user's stored keys, if `init` has run.
+    pub fn load_keys(&self) -> Result<Option<StoredKeys>, StoreError> {
+        match self.db.open_tree("keys")?.get(USER_KEYS)? {
+            Some(bytes) => Ok(Some(StoredKeys::from_json(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores the user's keys, durably, and keys new history to them.
+    pub fn save_keys(&self, keys: &StoredKeys) -> Result<(), StoreError> {
+        self.db
+            .open_tree("keys")?
+            .insert(USER_KEYS, keys.to_json())?;
+        self.db.flush()?;
+        self.history.set_recipient(Some(keys.public()?));
+        Ok(())
+    }
+
+    /// Encrypts history kept in plaintext by versions before the user's
+    /// keys existed (tree `history`: key device, 0x00, seq; value received
+    /// ms u64 BE, topic length u16 BE, topic, payload), then drops it.
+    /// Their QoS and retain flag were not kept: they come out as 1 and
+    /// false. Returns how many records moved.
+    pub fn migrate_plaintext_history(&self) -> Result<u64, StoreError> {
+        if !self
+            .db
+            .tree_names()
+            .iter()
+            .any(|n| n.as_ref() == b"history")
+        {
+            return Ok(0);
+        }
+        let old = self.db.open_tree("history")?;
+        let mut moved = 0;
+        for kv in old.iter() {
+            let (k, v) = kv?;
+            let corrupt = || StoreError::Corrupt(format!("plaintext history record {k:02x?}"));
+            let zero = k.iter().position(|b| *b == 0).ok_or_else(corrupt)?;
+            let device = std::str::from_utf8(&k[..zero]).map_err(|_| corrupt())?;
+            let received_ms = u64::from_be_bytes(
+                v.get(..8)
+                    .and_then(|s| s.try_into().ok())
+                    .ok_or_else(corrupt)?,
+            );
+            let tlen = u16::from_be_bytes(
+                v.get(8..10)
+                    .and_then(|s| s.try_into().ok())
+                    .ok_or_else(corrupt)?,
+            ) as usize;
+            let topic = std::str::from_utf8(v.get(10..10 + tlen).ok_or_else(corrupt)?)
+                .map_err(|_| corrupt())?;
+            let payload = v.get(10 + tlen..).ok_or_else(corrupt)?;
+            self.history.append(&NewRecord {
+                device,
+                received_ms,
+                qos: 1,
+                retain: false,
+                topic,
+                payload,
+            })?;
+            moved += 1;
+        }
+        self.db.flush()?;
+        self.db.drop_tree("history")?;
+        self.db.flush()?;
+        Ok(moved)
+    }
+
+    /// Forgets the user's keys (factory wipe): no history is kept after.
+    pub fn remove_keys(&self) -> Result<(), StoreError> {
+        self.history.set_recipient(None);
+        self.db.open_tree("keys")?.remove(USER_KEYS)?;
+        self.db.flush()?;
+        Ok(())
     }
 
     pub fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
         Ok(self.db.open_tree(name)?)
     }
 
-    pub fn history(&self) -> Result<SledHistory, StoreError> {
-        SledHistory::open(&self.db, self.durability.dirty())
+    pub fn history(&self) -> Arc<HistoryStore> {
+        Arc::clone(&self.history)
     }
 
     pub fn outbox(&self, destination: &str, max_entries: u64) -> Result<Outbox, StoreError> {
