@@ -6,8 +6,9 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::control::{
-    AddedDevice, AppliedPolicy, CheckedPolicy, DeviceInfo, ExportSummary, InitReport, OpError,
-    PassphraseChanged, PolicyPreview, PolicyVersionInfo, RemovedDevice, Request, StatusReport,
+    AddedDevice, AppliedPolicy, CheckedPolicy, DeleteReport, DeviceInfo, ExportSummary, InitReport,
+    OpError, PassphraseChanged, PolicyPreview, PolicyVersionInfo, RemovedDevice, Request,
+    StatusReport,
 };
 
 fn typed<T: DeserializeOwned>(v: &Value) -> Result<T, OpError> {
@@ -128,7 +129,40 @@ pub fn render(request: &Request, reply: &Value) -> Result<String, OpError> {
             )
         }
         Request::KeyRecord => format!("{reply:#}\n"),
+        Request::Delete { .. } | Request::Wipe { .. } => deleted(&typed(reply)?),
     })
+}
+
+fn deleted(r: &DeleteReport) -> String {
+    let h = &r.history;
+    let mut text = format!(
+        "{}: {} records in {} device-days destroyed ({}; unreadable {:.1} ms after the start)",
+        match &r.device {
+            Some(d) => format!("deleted the history of {d}"),
+            None => "wiped all history".to_string(),
+        },
+        h.records,
+        h.periods,
+        bytes(h.bytes),
+        h.unreadable_after_ms
+    );
+    if h.kept > 0 {
+        text.push_str(&format!(
+            "; {} records of the days at the range's edges were re-encrypted and kept",
+            h.kept
+        ));
+    }
+    text.push_str(&format!(
+        "\n{} entries waiting to leave and {} retained messages dropped\n",
+        r.outbox_entries, r.retained
+    ));
+    if r.keys_removed {
+        text.push_str(&format!(
+            "factory wipe: {} devices and {} policy versions removed, and your keys: run `dataward init` to keep history again\n",
+            r.devices_removed, r.policy_versions_removed
+        ));
+    }
+    text
 }
 
 fn preset(d: &DeviceInfo) -> String {

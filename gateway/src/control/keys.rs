@@ -92,6 +92,20 @@ impl Operations {
         Ok(self.stored_keys()?.unlock(passphrase.as_bytes())?)
     }
 
+    /// [`Self::unlock`] on a blocking thread, for async requests: Argon2id
+    /// takes a while, and the runtime's threads serve devices.
+    pub(super) async fn unlock_off_runtime(
+        &self,
+        passphrase: &Passphrase,
+    ) -> Result<PrivateKey, OpError> {
+        let keys = self.stored_keys()?;
+        let passphrase = passphrase.clone();
+        tokio::task::spawn_blocking(move || keys.unlock(passphrase.as_bytes()))
+            .await
+            .map_err(|e| OpError::runtime(format!("the unlock task failed: {e}")))?
+            .map_err(OpError::from)
+    }
+
     /// The stored key record (public, and the private key wrapped): what
     /// `decrypt` unlocks on the user's side.
     pub fn key_record(&self) -> Result<serde_json::Value, OpError> {

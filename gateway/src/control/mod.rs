@@ -8,11 +8,12 @@
 //! - [`server`]: the control socket a running gateway serves.
 //! - [`client`]: the CLI side: through the socket when a gateway runs,
 //!   on the store directly when none does.
-//! - `devices`, `policy`, `status`, `keys`, `export`: the operations
-//!   themselves.
+//! - `devices`, `policy`, `status`, `keys`, `export`, `erase`: the
+//!   operations themselves.
 
 pub mod client;
 mod devices;
+mod erase;
 mod export;
 mod export_csv;
 mod keys;
@@ -34,6 +35,7 @@ use crate::store::{Outbox, Store, StoreError};
 use crate::uplink::LinkState;
 
 pub use devices::{AddedDevice, DeviceInfo, RemovedDevice};
+pub use erase::DeleteReport;
 pub use export::{ndjson_line, ExportFormat, ExportRequest, ExportSummary};
 pub use keys::{InitReport, Passphrase, PassphraseChanged};
 pub use policy::policy_at_start;
@@ -231,6 +233,19 @@ impl Operations {
                 candidate.as_deref(),
             )?),
             Request::KeyRecord => self.key_record(),
+            Request::Delete {
+                device,
+                since_ms,
+                until_ms,
+                passphrase,
+            } => json(
+                self.delete(&device, since_ms, until_ms, &passphrase)
+                    .await?,
+            ),
+            Request::Wipe {
+                factory,
+                passphrase,
+            } => json(self.wipe(factory, &passphrase).await?),
             Request::Export { .. } => Err(OpError::runtime(
                 "export is streamed; it has no single reply",
             )),

@@ -175,6 +175,19 @@ pub enum Request {
     },
     /// The stored key record, for `decrypt` to unlock on the user's side.
     KeyRecord,
+    Delete {
+        device: String,
+        #[serde(default)]
+        since_ms: Option<u64>,
+        #[serde(default)]
+        until_ms: Option<u64>,
+        passphrase: super::Passphrase,
+    },
+    Wipe {
+        #[serde(default)]
+        factory: bool,
+        passphrase: super::Passphrase,
+    },
 }
 
 impl Request {

@@ -122,6 +122,58 @@ pub(super) struct Writer {
     open: HashMap<(String, u32), OpenKey>,
 }
 
+impl Writer {
+    pub(super) fn recipient(&self) -> Option<PublicKey> {
+        self.recipient
+    }
+
+    /// Stops writing under the keys of `device` (or all): they are being
+    /// destroyed, and the next record draws a new one.
+    pub(super) fn forget(&mut self, device: Option<&str>) {
+        match device {
+            Some(d) => self.open.retain(|(dev, _), _| dev != d),
+            None => self.open.clear(),
+        }
+    }
+
+    pub(super) fn forget_period(&mut self, device: &str, period: u32) {
+        self.open.remove(&(device.to_string(), period));
+    }
+}
+
+fn plaintext(rec: &NewRecord<'_>) -> Result<Zeroizing<Vec<u8>>, StoreError> {
+    let tlen = u16::try_from(rec.topic.len())
+        .map_err(|_| StoreError::Corrupt("topic longer than 65535 bytes".into()))?;
+    let mut plain = Zeroizing::new(Vec::with_capacity(12 + rec.topic.len() + rec.payload.len()));
+    plain.extend_from_slice(&rec.received_ms.to_be_bytes());
+    plain.push(rec.qos);
+    plain.push(u8::from(rec.retain));
+    plain.extend_from_slice(&tlen.to_be_bytes());
+    plain.extend_from_slice(rec.topic.as_bytes());
+    plain.extend_from_slice(rec.payload);
+    Ok(plain)
+}
+
+fn sealed_value(
+    key: &OpenKey,
+    device: &str,
+    period: u32,
+    seq: u64,
+    plain: &[u8],
+) -> Result<Vec<u8>, StoreError> {
+    let mut value = Vec::with_capacity(5 + plain.len() + crate::keys::wrap::OVERHEAD);
+    value.push(RECORD_FORMAT);
+    value.extend_from_slice(&key.keyno.to_be_bytes());
+    key.key
+        .seal_into(
+            &record_aad(device, period, seq, key.keyno),
+            plain,
+            &mut value,
+        )
+        .map_err(|e| StoreError::Crypto(e.to_string()))?;
+    Ok(value)
+}
+
 pub struct HistoryStore {
     pub(super) db: sled::Db,
     pub(super) records: sled::Tree,
@@ -214,6 +266,25 @@ impl HistoryStore {
         drop(w);
         self.mark_dirty();
         Ok(Some(seq))
+    }
+
+    /// A read record sealed again under `key` (same sequence number).
+    pub(super) fn seal_record(
+        &self,
+        key: &OpenKey,
+        device: &str,
+        period: u32,
+        rec: &HistoryRecord,
+    ) -> Result<Vec<u8>, StoreError> {
+        let plain = plaintext(&NewRecord {
+            device,
+            received_ms: rec.received_ms,
+            qos: rec.qos,
+            retain: rec.retain,
+            topic: &rec.topic,
+            payload: &rec.payload,
+        })?;
+        sealed_value(key, device, period, rec.seq, &plain)
     }
 
     /// A new data key for (device, period), sealed and stored under the
@@ -571,16 +642,15 @@ mod tests {
     fn a_restart_draws_a_new_key_for_the_same_period() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (sk, pk) = seal::generate();
+        let store = Store::open(dir.path()).expect("open");
         for n in 0..2 {
-            let store = Store::open(dir.path()).expect("open");
+            // What a restart leaves the writer with: the public key only.
             store.history().set_recipient(Some(pk));
             store
                 .history()
                 .append(&rec("d", 10 + n, b"v"))
                 .expect("append");
-            store.flush().expect("flush");
         }
-        let store = Store::open(dir.path()).expect("open");
         assert_eq!(store.history().keys.len(), 2);
         assert_eq!(store.history().read(&sk, &ReadRange::default()).count(), 2);
     }

@@ -13,6 +13,7 @@ mod durability;
 mod history;
 mod outbox;
 mod policies;
+mod shred;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -28,6 +29,7 @@ pub use history::{
 };
 pub use outbox::{Outbox, OutboxEntry};
 pub use policies::{PolicySource, PolicyVersion, PolicyVersions};
+pub use shred::{ShredRange, ShredReport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -130,6 +130,43 @@ impl Outbox {
         Ok(())
     }
 
+    /// Removes the entries (waiting and dead letters) of `device`, or all:
+    /// what a delete or a wipe must not let leave afterwards. Returns how
+    /// many went.
+    pub fn purge(&self, device: Option<&str>) -> Result<u64, StoreError> {
+        let mut removed = 0;
+        for (tree, count, skip) in [
+            (&self.tree, &self.count, 0usize),
+            (&self.dead, &self.dead_count, 1),
+        ] {
+            for kv in tree.iter() {
+                let (k, v) = kv?;
+                let key = key_of(&k)?;
+                // A dead letter's value starts with its reason.
+                let body = if skip == 1 {
+                    let len = v
+                        .get(..2)
+                        .map_or(0, |l| u16::from_be_bytes([l[0], l[1]]) as usize);
+                    v.get(2 + len..).unwrap_or_default()
+                } else {
+                    &v[..]
+                };
+                let matches = match device {
+                    None => true,
+                    Some(d) => decode(key, body).is_ok_and(|e| e.device == d),
+                };
+                if matches && tree.remove(&k)?.is_some() {
+                    count.fetch_sub(1, Ordering::AcqRel);
+                    removed += 1;
+                }
+            }
+        }
+        if removed > 0 {
+            self.dirty.store(true, Ordering::Release);
+        }
+        Ok(removed)
+    }
+
     /// Up to `limit` entries with keys above `after`, in key order.
     pub fn read_after(
         &self,

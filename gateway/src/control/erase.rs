@@ -1,0 +1,183 @@
+//! `delete` and `wipe`: the right to be forgotten, by crypto-shredding
+//! (see `store::shred`). Both need the passphrase: they are as much the
+//! user's act as reading is, and a cut day must be re-encrypted.
+
+use serde::{Deserialize, Serialize};
+
+use super::{OpError, Operations, Passphrase};
+use crate::store::{ShredRange, ShredReport};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeleteReport {
+    /// The device, or none for a wipe.
+    pub device: Option<String>,
+    pub history: ShredReport,
+    /// Entries that were waiting to leave (or set aside as dead letters).
+    pub outbox_entries: u64,
+    /// Retained messages dropped from the running broker.
+    pub retained: usize,
+    /// For a factory wipe: devices and policy versions removed, and whether
+    /// the keys went too.
+    #[serde(default)]
+    pub devices_removed: u64,
+    #[serde(default)]
+    pub policy_versions_removed: u64,
+    #[serde(default)]
+    pub keys_removed: bool,
+}
+
+impl Operations {
+    /// Purges the outbox entries of `device` (or all), live or stored.
+    fn purge_outboxes(&self, device: Option<&str>) -> Result<u64, OpError> {
+        let mut purged = 0;
+        for dest in &self.config.destinations {
+            let live = self
+                .live
+                .as_ref()
+                .and_then(|l| l.links.iter().find(|h| h.name == dest.name));
+            purged += match live {
+                Some(link) => link.outbox.purge(device)?,
+                None => {
+                    let store = self.store()?;
+                    if store.has_outbox(&dest.name) {
+                        store
+                            .outbox(&dest.name, self.config.store.outbox_max_entries)?
+                            .purge(device)?
+                    } else {
+                        0
+                    }
+                }
+            };
+        }
+        Ok(purged)
+    }
+
+    /// Deletes `device`'s history in `[since, until)` (all of it without
+    /// bounds), what waits to leave for it and its retained messages.
+    pub async fn delete(
+        &self,
+        device: &str,
+        since_ms: Option<u64>,
+        until_ms: Option<u64>,
+        passphrase: &Passphrase,
+    ) -> Result<DeleteReport, OpError> {
+        let store = self.store()?.clone();
+        let history = store.history();
+        let registered = self.registry()?.get(device);
+        if registered.is_none() && history.count(device) == 0 {
+            return Err(OpError::input(format!(
+                "there is no device {device:?} and no history of it"
+            )));
+        }
+        let sk = self.unlock_off_runtime(passphrase).await?;
+        let range = ShredRange {
+            device: Some(device),
+            since_ms: since_ms.unwrap_or(0),
+            until_ms: until_ms.unwrap_or(u64::MAX),
+        };
+        if range.since_ms >= range.until_ms {
+            return Err(OpError::input("--since must be before --until"));
+        }
+        let whole = since_ms.is_none() && until_ms.is_none();
+        let owned = device.to_string();
+        let report = tokio::task::spawn_blocking(move || {
+            let range = ShredRange {
+                device: Some(&owned),
+                ..range
+            };
+            history.shred(&range, Some(&sk))
+        })
+        .await
+        .map_err(|e| OpError::runtime(format!("the delete task failed: {e}")))??;
+        // What waits to leave and what the broker keeps go with a whole
+        // delete; a time range concerns history only.
+        let (outbox_entries, retained) = if whole {
+            let outbox = self.purge_outboxes(Some(device))?;
+            let retained = match (&self.live, &registered) {
+                (Some(live), Some(d)) => live.broker.drop_retained(&d.publish).await,
+                _ => 0,
+            };
+            (outbox, retained)
+        } else {
+            (0, 0)
+        };
+        self.flush().await?;
+        tracing::info!(
+            device = %device,
+            records = report.records,
+            periods = report.periods,
+            outbox_entries,
+            "history deleted"
+        );
+        Ok(DeleteReport {
+            device: Some(device.to_string()),
+            history: report,
+            outbox_entries,
+            retained,
+            devices_removed: 0,
+            policy_versions_removed: 0,
+            keys_removed: false,
+        })
+    }
+
+    /// Deletes all history and everything waiting to leave. With
+    /// `factory`, also every device, every policy version and the keys:
+    /// the hub is as new, and keeps no history until `init` again.
+    pub async fn wipe(
+        &self,
+        factory: bool,
+        passphrase: &Passphrase,
+    ) -> Result<DeleteReport, OpError> {
+        let store = self.store()?.clone();
+        let sk = self.unlock_off_runtime(passphrase).await?;
+        let history = store.history();
+        let report = tokio::task::spawn_blocking(move || {
+            history.shred(
+                &ShredRange {
+                    device: None,
+                    since_ms: 0,
+                    until_ms: u64::MAX,
+                },
+                Some(&sk),
+            )
+        })
+        .await
+        .map_err(|e| OpError::runtime(format!("the wipe task failed: {e}")))??;
+        let outbox_entries = self.purge_outboxes(None)?;
+        let mut wiped = DeleteReport {
+            device: None,
+            history: report,
+            outbox_entries,
+            retained: 0,
+            devices_removed: 0,
+            policy_versions_removed: 0,
+            keys_removed: false,
+        };
+        if factory {
+            for device in self.registry()?.list() {
+                let removed = self.device_remove(&device.id).await?;
+                wiped.retained += removed.retained_dropped;
+                wiped.devices_removed += 1;
+            }
+            let _change = self.policy_changes.lock().await;
+            let versions = store.policy_versions()?;
+            for v in versions.list()? {
+                versions.remove(v.version)?;
+                wiped.policy_versions_removed += 1;
+            }
+            if let Some(live) = &self.live {
+                live.pipeline.swap_policy(Default::default());
+            }
+            store.remove_keys()?;
+            wiped.keys_removed = true;
+        }
+        self.flush().await?;
+        tracing::warn!(
+            factory,
+            records = wiped.history.records,
+            devices = wiped.devices_removed,
+            "wiped"
+        );
+        Ok(wiped)
+    }
+}
