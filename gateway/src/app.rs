@@ -173,6 +173,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ),
         )
     });
+    let retention_task = supervisor.spawn(
+        "retention",
+        crate::retention::run(
+            store.history(),
+            Arc::clone(&pipeline),
+            config.store.retention(),
+            shutdown_rx.clone(),
+        ),
+    );
     let ops = Arc::new(Operations::running(
         config.clone(),
         store.clone(),
@@ -268,6 +277,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         t.abort();
     }
     http_task.join().await;
+    retention_task.join().await;
     committer.join().await;
     store.flush().context("final flush of the store")?;
     drop(lock);

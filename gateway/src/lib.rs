@@ -11,7 +11,9 @@
 //!   HPKE sealing to it.
 //! - [`broker`]: the embedded MQTT broker (rmqtt, behind this one module).
 //! - [`pipeline`]: policy evaluation and durable storage per message.
-//! - [`store`]: sled behind small interfaces: history, outboxes, group commit.
+//! - [`store`]: sled behind small interfaces: encrypted history and its
+//!   crypto-shredding, outboxes, group commit.
+//! - [`retention`]: the hourly sweep that deletes history past its retention.
 //! - [`uplink`]: one MQTT client per destination, fed from its outbox.
 //! - [`commands`]: cloud → device commands, allowed only by a rule.
 //! - [`control`]: the operations layer: everything a user can ask for,
@@ -31,6 +33,7 @@ pub mod control;
 pub mod devices;
 pub mod keys;
 pub mod pipeline;
+pub mod retention;
 pub mod store;
 pub mod supervise;
 pub mod uplink;

@@ -157,16 +157,19 @@ impl Pipeline {
             },
             &self.names,
         );
+        let stored = active.policy.history_payload(device, payload);
         drop(active);
         let now = now_ms();
-        self.history.append(&NewRecord {
-            device,
-            received_ms: now,
-            qos: kept.qos,
-            retain: kept.retain,
-            topic,
-            payload,
-        })?;
+        if let Some(stored) = stored {
+            self.history.append(&NewRecord {
+                device,
+                received_ms: now,
+                qos: kept.qos,
+                retain: kept.retain,
+                topic,
+                payload: &stored,
+            })?;
+        }
         for (lane, out) in self.lanes.iter().zip(&eval.outputs) {
             if let Some(p) = &out.payload {
                 lane.outbox.push(device, topic, p, now)?;

@@ -12,10 +12,13 @@
 //! - [`evaluate`](Policy::evaluate): one message to one output per
 //!   destination, with the deciding rule for every field.
 //! - [`topic`]: MQTT topic filter matching, shared with the broker's ACL.
+//! - [`retention`]: how long history is kept, per device, and fields that
+//!   are never stored.
 
 mod evaluate;
 mod parse;
 pub mod path;
+pub mod retention;
 pub mod rule;
 pub mod topic;
 
@@ -34,6 +37,7 @@ pub struct Policy {
     rules: Vec<SharingRule>,
     commands: Vec<CommandRule>,
     groups: BTreeMap<String, BTreeSet<String>>,
+    retain: Vec<retention::RetainRule>,
 }
 
 impl Policy {

@@ -8,6 +8,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::path::FieldPattern;
+use crate::retention::{Keep, RetainRule};
 use crate::rule::{
     Action, CommandRule, DestinationSelector, DeviceSelector, Position, SharingRule,
 };
@@ -30,6 +31,17 @@ struct RawPolicy {
     rule: Vec<Spanned<RawRule>>,
     #[serde(default)]
     command: Vec<Spanned<RawCommand>>,
+    #[serde(default)]
+    retain: Vec<Spanned<RawRetain>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetain {
+    device: Spanned<String>,
+    #[serde(default)]
+    field: Option<Spanned<String>>,
+    keep: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -193,10 +205,59 @@ pub(crate) fn parse(src: &str) -> Result<Policy, PolicyError> {
         });
     }
 
+    let mut retain: Vec<RetainRule> = Vec::with_capacity(raw.retain.len());
+    for r in &raw.retain {
+        let body = r.get_ref();
+        let keep = Keep::parse(body.keep.get_ref()).ok_or_else(|| {
+            loc.error(
+                body.keep.span(),
+                format!(
+                    "keep {:?} is not \"none\", \"forever\" or a duration such as \"30d\"",
+                    body.keep.get_ref()
+                ),
+            )
+        })?;
+        let field = match &body.field {
+            Some(f) => {
+                if keep != Keep::Nothing {
+                    return Err(loc.error(
+                        body.keep.span(),
+                        "per field, only keep = \"none\" is supported (a stored record is one whole message)",
+                    ));
+                }
+                Some(
+                    FieldPattern::parse(f.get_ref())
+                        .map_err(|e| loc.error(f.span(), e.to_string()))?,
+                )
+            }
+            None => None,
+        };
+        let rule = RetainRule {
+            device: device(&body.device)?,
+            field,
+            keep,
+            position: loc.position(r.span().start),
+        };
+        if let Some(first) = retain
+            .iter()
+            .find(|o| o.device == rule.device && o.field == rule.field)
+        {
+            return Err(loc.error(
+                r.span(),
+                format!(
+                    "retention for device {} is given twice (first at {})",
+                    rule.device, first.position
+                ),
+            ));
+        }
+        retain.push(rule);
+    }
+
     let policy = Policy {
         rules,
         commands,
         groups,
+        retain,
     };
     check_ties(&policy)?;
     Ok(policy)

@@ -361,3 +361,34 @@ fn a_wrong_passphrase_changes_nothing_and_the_recovery_key_resets_it() -> Result
     assert!(String::from_utf8_lossy(&out.stderr).contains("--passphrase-file"));
     Ok(())
 }
+
+#[test]
+fn retain_rules_leave_fields_and_devices_out_of_the_history() -> Result<()> {
+    let (dir, data, cloud) = scratch()?;
+    let meter = add_device(&data, "meter", "generic")?;
+    let cam = add_device(&data, "cam", "generic")?;
+    init_keys(&data)?;
+    let policy = write_policy(
+        dir.path(),
+        "[[retain]]\ndevice = \"meter\"\nfield = \"ssid\"\nkeep = \"none\"\n\n[[retain]]\ndevice = \"cam\"\nkeep = \"none\"\n",
+    )?;
+    let gw = Gateway::start(dir.path(), &config_for(&data, &cloud, Some(&policy), ""))?;
+    publish(
+        &gw,
+        &meter,
+        &[r#"{"power":5,"ssid":"RETAIN-MARKER-1"}"#.to_string()],
+    )?;
+    publish(&gw, &cam, &[r#"{"motion":true}"#.to_string()])?;
+    assert!(gw.stop()?.success());
+    let out = export(&data, &[])?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout)?;
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains(r#""payload":{"power":5}"#), "{text}");
+    assert!(files_with(&data, "RETAIN-MARKER-1")?.is_empty());
+    Ok(())
+}

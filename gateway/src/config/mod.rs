@@ -129,6 +129,31 @@ pub struct StoreConfig {
     /// unreachable; above it, the oldest are dropped and logged.
     #[serde(default = "default_outbox_max")]
     pub outbox_max_entries: u64,
+    /// How long device history is kept unless the policy's `[[retain]]`
+    /// says otherwise: a duration ("90d"), "forever", or "none". A day is
+    /// deleted once all of it is older than this.
+    #[serde(default = "default_retention")]
+    pub history_retention: String,
+}
+
+impl StoreConfig {
+    /// The default retention, as validated at load.
+    pub fn retention(&self) -> policy::retention::Keep {
+        parse_keep(&self.history_retention).unwrap_or(policy::retention::Keep::For(90 * 86_400_000))
+    }
+}
+
+fn parse_keep(text: &str) -> Option<policy::retention::Keep> {
+    use policy::retention::{parse_duration_ms, Keep};
+    match text.trim() {
+        "none" => Some(Keep::Nothing),
+        "forever" => Some(Keep::Forever),
+        t => parse_duration_ms(t).filter(|ms| *ms > 0).map(Keep::For),
+    }
+}
+
+fn default_retention() -> String {
+    "90d".into()
 }
 
 fn default_data_dir() -> PathBuf {
@@ -203,6 +228,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             outbox_max_entries: default_outbox_max(),
+            history_retention: default_retention(),
         }
     }
 }
@@ -312,6 +338,17 @@ impl Config {
                     ));
                 }
             }
+        }
+        if parse_keep(&self.store.history_retention).is_none() {
+            let (line, column) = at("history_retention");
+            return Err((
+                line,
+                column,
+                format!(
+                    "history_retention {:?} is not \"none\", \"forever\" or a duration such as \"90d\"",
+                    self.store.history_retention
+                ),
+            ));
         }
         if self.mqtt.max_packet_bytes as usize > UPLINK_MAX_PACKET_BYTES {
             let (line, column) = at("max_packet_bytes");
@@ -440,6 +477,26 @@ mod tests {
         assert_eq!(c.http.listen.port(), 8080);
         assert_eq!(c.data_dir, PathBuf::from("./dataward-data"));
         assert!(c.destinations.is_empty());
+    }
+
+    #[test]
+    fn history_retention_is_a_duration_none_or_forever() {
+        use policy::retention::Keep;
+        let c = Config::parse("").expect("defaults");
+        assert_eq!(c.store.retention(), Keep::For(90 * 86_400_000));
+        for (text, keep) in [
+            ("30d", Keep::For(30 * 86_400_000)),
+            ("none", Keep::Nothing),
+            ("forever", Keep::Forever),
+        ] {
+            let c =
+                Config::parse(&format!("[store]\nhistory_retention = \"{text}\"\n")).expect(text);
+            assert_eq!(c.store.retention(), keep);
+        }
+        let (line, _, msg) =
+            Config::parse("[store]\nhistory_retention = \"soon\"\n").expect_err("invalid");
+        assert_eq!(line, 2);
+        assert!(msg.contains("soon"), "{msg}");
     }
 
     #[test]

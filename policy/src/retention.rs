@@ -1,0 +1,219 @@
+//! How long history is kept: `[[retain]]` rules (docs/policy.md).
+//!
+//! ```toml
+//! [[retain]]
+//! device = "tracker"      # a device, "@group" or "*"
+//! keep = "30d"            # a duration, "forever", or "none": do not store
+//!
+//! [[retain]]
+//! device = "phone"
+//! field = "gps"           # per field: only keep = "none" (the field is
+//! keep = "none"           # left out of the stored record)
+//! ```
+//!
+//! For a device, the most specific device-level rule decides (device, then
+//! group, then `*`); with none, the config's default applies. Pure: the
+//! caller brings the clock.
+
+use std::borrow::Cow;
+
+use serde_json::Value;
+
+use crate::path::FieldPattern;
+use crate::rule::{DeviceSelector, Position};
+use crate::Policy;
+
+/// How long a device's history is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// Not stored at all.
+    Nothing,
+    /// Kept this many milliseconds after the end of the day it was received.
+    For(u64),
+    Forever,
+}
+
+impl Keep {
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        match text.trim() {
+            "none" => Some(Keep::Nothing),
+            "forever" => Some(Keep::Forever),
+            t => parse_duration_ms(t).filter(|ms| *ms > 0).map(Keep::For),
+        }
+    }
+}
+
+/// `500ms`, `10s`, `5m`, `12h`, `30d`, `4w`.
+pub fn parse_duration_ms(text: &str) -> Option<u64> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = text.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let unit_ms: u64 = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        "w" => 604_800_000,
+        _ => return None,
+    };
+    n.checked_mul(unit_ms)
+}
+
+/// One `[[retain]]` rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetainRule {
+    pub device: DeviceSelector,
+    /// Per-field rules only ever say `none`.
+    pub field: Option<FieldPattern>,
+    pub keep: Keep,
+    pub position: Position,
+}
+
+impl Policy {
+    pub fn retain_rules(&self) -> &[RetainRule] {
+        &self.retain
+    }
+
+    /// How long `device`'s history is kept; `None`: the config's default.
+    pub fn retention(&self, device: &str) -> Option<Keep> {
+        self.retain
+            .iter()
+            .filter(|r| r.field.is_none() && r.device.selects(device, &self.groups))
+            .max_by_key(|r| r.device.rank())
+            .map(|r| r.keep)
+    }
+
+    /// What of `payload` goes into `device`'s history: `None` when nothing
+    /// is kept, the payload itself when no field rule applies, else a JSON
+    /// object without the fields whose `keep` is `none`.
+    pub fn history_payload<'a>(&self, device: &str, payload: &'a [u8]) -> Option<Cow<'a, [u8]>> {
+        if self.retention(device) == Some(Keep::Nothing) {
+            return None;
+        }
+        let unkept: Vec<&FieldPattern> = self
+            .retain
+            .iter()
+            .filter(|r| r.device.selects(device, &self.groups))
+            .filter_map(|r| r.field.as_ref())
+            .collect();
+        if unkept.is_empty() {
+            return Some(Cow::Borrowed(payload));
+        }
+        let Ok(Value::Object(_)) = serde_json::from_slice::<Value>(payload).as_ref() else {
+            // Field rules address JSON objects; anything else is one field,
+            // `$payload`, which a rule may name.
+            let whole = crate::path::FieldPath::whole_payload();
+            return if unkept.iter().any(|p| p.matches(&whole)) {
+                None
+            } else {
+                Some(Cow::Borrowed(payload))
+            };
+        };
+        let mut v: Value = serde_json::from_slice(payload).ok()?;
+        strip(&mut v, &mut Vec::new(), &unkept);
+        match &v {
+            Value::Object(m) if m.is_empty() => None,
+            _ => Some(Cow::Owned(serde_json::to_vec(&v).unwrap_or_default())),
+        }
+    }
+}
+
+/// Removes the leaves that match a pattern; containers left empty go too.
+fn strip(v: &mut Value, prefix: &mut Vec<crate::path::Segment>, unkept: &[&FieldPattern]) -> bool {
+    use crate::path::{FieldPath, Segment};
+    match v {
+        Value::Object(m) if !m.is_empty() => {
+            let keys: Vec<String> = m.keys().cloned().collect();
+            for k in keys {
+                prefix.push(Segment::Key(k.clone()));
+                let gone = m.get_mut(&k).is_some_and(|c| strip(c, prefix, unkept));
+                prefix.pop();
+                if gone {
+                    m.remove(&k);
+                }
+            }
+            m.is_empty()
+        }
+        Value::Array(a) if !a.is_empty() => {
+            let mut kept = Vec::with_capacity(a.len());
+            for (i, mut c) in a.drain(..).enumerate() {
+                prefix.push(Segment::Index(i));
+                if !strip(&mut c, prefix, unkept) {
+                    kept.push(c);
+                }
+                prefix.pop();
+            }
+            *a = kept;
+            a.is_empty()
+        }
+        _ => {
+            let path = FieldPath::from_segments(prefix.clone());
+            unkept.iter().any(|p| p.matches(&path))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Policy;
+
+    use super::Keep;
+
+    #[test]
+    fn the_most_specific_retention_wins_and_fields_can_be_left_out() {
+        let p = Policy::parse(
+            r#"
+[groups]
+cams = ["door"]
+
+[[retain]]
+device = "*"
+keep = "30d"
+
+[[retain]]
+device = "@cams"
+keep = "none"
+
+[[retain]]
+device = "tracker"
+keep = "forever"
+
+[[retain]]
+device = "tracker"
+field = "gps"
+keep = "none"
+"#,
+        )
+        .expect("parse");
+        assert_eq!(p.retention("plug"), Some(Keep::For(30 * 86_400_000)));
+        assert_eq!(p.retention("door"), Some(Keep::Nothing));
+        assert_eq!(p.retention("tracker"), Some(Keep::Forever));
+        assert_eq!(p.history_payload("door", b"{\"a\":1}"), None);
+        assert_eq!(
+            p.history_payload("plug", b"{\"a\":1e2}").as_deref(),
+            Some(&b"{\"a\":1e2}"[..]),
+            "untouched when no field rule applies"
+        );
+        assert_eq!(
+            p.history_payload("tracker", br#"{"gps":[1,2],"bat":90}"#)
+                .as_deref(),
+            Some(&br#"{"bat":90}"#[..])
+        );
+        assert_eq!(p.history_payload("tracker", br#"{"gps":[1,2]}"#), None);
+        assert_eq!(Policy::default().retention("plug"), None);
+    }
+
+    #[test]
+    fn bad_retain_rules_are_refused_with_a_position() {
+        for (text, needle) in [
+            ("[[retain]]\ndevice = \"*\"\nkeep = \"soon\"\n", "keep"),
+            ("[[retain]]\ndevice = \"*\"\nfield = \"gps\"\nkeep = \"30d\"\n", "per field"),
+            ("[[retain]]\ndevice = \"*\"\nkeep = \"1d\"\n[[retain]]\ndevice = \"*\"\nkeep = \"2d\"\n", "twice"),
+        ] {
+            let e = Policy::parse(text).expect_err(text);
+            assert!(e.message.contains(needle), "{text}: {e}");
+            assert!(e.position.line >= 1);
+        }
+    }
+}
