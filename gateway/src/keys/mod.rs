@@ -13,6 +13,8 @@
 
 mod recovery;
 pub mod seal;
+#[cfg(test)]
+mod vectors;
 pub mod wrap;
 
 use serde::{Deserialize, Serialize};
