@@ -355,6 +355,49 @@ fn a_wrong_passphrase_changes_nothing_and_the_recovery_key_resets_it() -> Result
         ],
     )?;
     assert!(export(&data, &[])?.status.success());
+    // decrypt: a value sealed to the user's public key (as the policy's
+    // seal action will send it) opens with the passphrase, alone or inside
+    // NDJSON read from standard input.
+    let public = {
+        let store = ::gateway::store::Store::open(&data)?;
+        let keys = store
+            .load_keys()?
+            .ok_or_else(|| anyhow::anyhow!("no keys stored"))?;
+        keys.public()?
+    };
+    let sealed = ::gateway::keys::seal::seal_value(&public, br#"[52.37,4.89]"#)?;
+    let opened = cli_ok(&data, &["decrypt", &sealed, "--passphrase-file", &pass])?;
+    assert_eq!(opened, "[52.37,4.89]\n");
+    let mut child = Command::new(dataward_bin()?)
+        .args(["decrypt", "--passphrase-file", &pass, "--data-dir", &d])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write;
+        writeln!(
+            stdin,
+            r#"{{"device":"meter","payload":{{"loc":"{sealed}","n":1}}}}"#
+        )?;
+        writeln!(stdin, "not json")?;
+    }
+    let out = child.wait_with_output()?;
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout)?,
+        "{\"device\":\"meter\",\"payload\":{\"loc\":[52.37,4.89],\"n\":1}}\nnot json\n"
+    );
+    let mut damaged = sealed.clone();
+    damaged.truncate(sealed.len() - 3);
+    let out = cli(&[
+        "decrypt",
+        &damaged,
+        "--passphrase-file",
+        &pass,
+        "--data-dir",
+        &d,
+    ])?;
+    assert_eq!(out.status.code(), Some(2));
     // No terminal and no file: told how, not hung.
     let out = cli(&["export", "--data-dir", &d])?;
     assert_eq!(out.status.code(), Some(2));

@@ -217,13 +217,21 @@ impl HistoryStore {
                 .ok_or_else(|| StoreError::Corrupt(format!("shredded note {row:02x?}")))?;
             // Finishes a destroy that a crash interrupted.
             self.keys.remove(&row)?;
+            // In batches: sled applies a batch atomically, at a cost that
+            // grows faster than its size.
             let mut batch = sled::Batch::default();
+            let mut in_batch = 0;
             for rec in self.records.scan_prefix(period_prefix(dev, period)) {
                 let (k, v) = rec?;
                 if record_keyno(&v) == Some(keyno) {
                     bytes += (k.len() + v.len()) as u64;
                     records += 1;
                     batch.remove(k);
+                    in_batch += 1;
+                    if in_batch == 4096 {
+                        self.records.apply_batch(std::mem::take(&mut batch))?;
+                        in_batch = 0;
+                    }
                 }
             }
             self.records.apply_batch(batch)?;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use dataward_tests::{add_device, connect, device_options, Cloud, DeviceCreds, Gateway};
+use dataward_tests::{add_device, connect, device_options, init_keys, Cloud, DeviceCreds, Gateway};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 #[derive(Parser, Clone)]
@@ -37,6 +37,11 @@ struct Args {
     /// Skip the mosquitto bridge baseline
     #[arg(long)]
     no_bridge: bool,
+    /// Only compare dataward's throughput with history kept (encrypted to
+    /// the user's key, the normal case) and with no keys set up (no
+    /// history kept), alternating, twice each
+    #[arg(long)]
+    compare_history: bool,
 }
 
 fn now_us() -> u64 {
@@ -321,11 +326,20 @@ struct Dataward {
 }
 
 async fn start_dataward(cloud: &Cloud, devices: usize) -> Result<Dataward> {
+    start_dataward_with(cloud, devices, true).await
+}
+
+/// A gateway with `devices` registered; with `history`, the user's keys are
+/// set up, so history is kept, encrypted.
+async fn start_dataward_with(cloud: &Cloud, devices: usize, history: bool) -> Result<Dataward> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let mut creds = Vec::new();
     for i in 0..devices {
         creds.push(add_device(&data, &format!("dev{i}"), "generic")?);
+    }
+    if history {
+        init_keys(&data)?;
     }
     std::fs::write(dir.path().join("policy.toml"), POLICY)?;
     let config = format!(
@@ -376,6 +390,43 @@ async fn main() -> Result<()> {
         args.rate,
         args.rate * args.devices as u64
     );
+
+    if args.compare_history {
+        let mut rates = [Vec::new(), Vec::new()];
+        for _round in 0..2 {
+            for (i, history) in [true, false].into_iter().enumerate() {
+                let cloud = Cloud::start()?;
+                let dw = start_dataward_with(&cloud, args.devices, history).await?;
+                let rec = Arc::new(Mutex::new(Received::default()));
+                let _sub = cloud_listener(&cloud, "home/#", Arc::clone(&rec)).await?;
+                let r = run_load(
+                    dataward_devices(&dw, args.devices),
+                    0,
+                    args.seconds,
+                    args.payload,
+                    rec,
+                    Some(dw.gw.pid()),
+                )
+                .await?;
+                let label = if history {
+                    "history kept, encrypted"
+                } else {
+                    "no history kept"
+                };
+                print(&format!("dataward   {label}"), &r);
+                rates[i].push(r.msgs_per_sec);
+                dw.gw.stop()?;
+            }
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+        println!(
+            "throughput with encrypted history / without history: {:.2} ({:.0} vs {:.0} msg/s)",
+            mean(&rates[0]) / mean(&rates[1]).max(1e-9),
+            mean(&rates[0]),
+            mean(&rates[1])
+        );
+        return Ok(());
+    }
 
     // Idle memory: many devices connected, nothing sent.
     {
