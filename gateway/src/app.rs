@@ -134,6 +134,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         history,
         lanes,
         Arc::clone(&durability),
+        config.store.retention(),
     ));
 
     let broker = Arc::new(
@@ -224,6 +225,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     });
 
+    match store.migrate_plaintext_history() {
+        Ok((moved, _)) if moved > 0 => {
+            tracing::info!(
+                moved,
+                "plaintext history from an earlier version is now encrypted"
+            )
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "encrypting plaintext history from an earlier version failed; it is tried again at the next start")
+        }
+    }
+    if !store.history().keeps_history() {
+        tracing::warn!(
+            "no history is kept: the keys are not set up; run `dataward init` to keep history, encrypted to your own key (forwarding works meanwhile)"
+        );
+    }
     // Tests and scripts read this line to find the ports.
     println!(
         "dataward running: mqtt={} http={} data_dir={} pid={}",
@@ -232,11 +250,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.data_dir.display(),
         std::process::id()
     );
-    if !store.history().keeps_history() {
-        tracing::warn!(
-            "no history is kept: the keys are not set up; run `dataward init` to keep history, encrypted to your own key (forwarding works meanwhile)"
-        );
-    }
     tracing::info!(mqtt = %mqtt_addr, http = %http_addr, destinations = config.destinations.len(), devices = registry.list().len(), "dataward running");
 
     let outcome = loop {

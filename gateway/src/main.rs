@@ -307,9 +307,20 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         PathBuf::from(name)
     });
     let mut sink: Box<dyn Write> = match &partial {
-        Some(p) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("cannot create {}", p.display()))?,
-        )),
+        Some(p) => {
+            // Only for the user (it may hold decrypted history), and never
+            // through a link someone planted: a leftover is removed, then the
+            // file is created exclusively.
+            use std::os::unix::fs::OpenOptionsExt;
+            let _ = std::fs::remove_file(p);
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(p)
+                .with_context(|| format!("cannot create {}", p.display()))?;
+            Box::new(std::io::BufWriter::new(file))
+        }
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -72,6 +72,8 @@ pub struct Pipeline {
     lanes: Vec<Lane>,
     names: Vec<String>,
     durability: Arc<Durability>,
+    /// The config's retention, for devices the policy says nothing about.
+    default_keep: policy::retention::Keep,
 }
 
 impl Pipeline {
@@ -80,6 +82,7 @@ impl Pipeline {
         history: Arc<HistoryStore>,
         lanes: Vec<Lane>,
         durability: Arc<Durability>,
+        default_keep: policy::retention::Keep,
     ) -> Self {
         let names = lanes.iter().map(|l| l.name.clone()).collect();
         Self {
@@ -88,6 +91,7 @@ impl Pipeline {
             lanes,
             names,
             durability,
+            default_keep,
         }
     }
 
@@ -157,7 +161,9 @@ impl Pipeline {
             },
             &self.names,
         );
-        let stored = active.policy.history_payload(device, payload);
+        let stored = active
+            .policy
+            .history_payload(device, payload, self.default_keep);
         drop(active);
         let now = now_ms();
         if let Some(stored) = stored {

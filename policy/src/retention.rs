@@ -85,10 +85,18 @@ impl Policy {
     }
 
     /// What of `payload` goes into `device`'s history: `None` when nothing
-    /// is kept, the payload itself when no field rule applies, else a JSON
-    /// object without the fields whose `keep` is `none`.
-    pub fn history_payload<'a>(&self, device: &str, payload: &'a [u8]) -> Option<Cow<'a, [u8]>> {
-        if self.retention(device) == Some(Keep::Nothing) {
+    /// is kept (by the policy, or by `default` when the policy says nothing
+    /// about the device), the payload itself when no field rule applies,
+    /// else a JSON object without the fields whose `keep` is `none`.
+    /// Fail-closed: a payload that looks like a JSON object but does not
+    /// parse is not kept when field rules apply.
+    pub fn history_payload<'a>(
+        &self,
+        device: &str,
+        payload: &'a [u8],
+        default: Keep,
+    ) -> Option<Cow<'a, [u8]>> {
+        if self.retention(device).unwrap_or(default) == Keep::Nothing {
             return None;
         }
         let unkept: Vec<&FieldPattern> = self
@@ -100,17 +108,24 @@ impl Policy {
         if unkept.is_empty() {
             return Some(Cow::Borrowed(payload));
         }
-        let Ok(Value::Object(_)) = serde_json::from_slice::<Value>(payload).as_ref() else {
-            // Field rules address JSON objects; anything else is one field,
-            // `$payload`, which a rule may name.
-            let whole = crate::path::FieldPath::whole_payload();
-            return if unkept.iter().any(|p| p.matches(&whole)) {
-                None
-            } else {
-                Some(Cow::Borrowed(payload))
-            };
+        let mut v = match serde_json::from_slice::<Value>(payload) {
+            Ok(v @ Value::Object(_)) => v,
+            _ if payload.trim_ascii_start().first() == Some(&b'{') => {
+                // Meant as an object (NaN, a lone surrogate, too deep...):
+                // its fields cannot be told apart, so none is kept.
+                return None;
+            }
+            _ => {
+                // Field rules address JSON objects; anything else is one
+                // field, `$payload`, which a rule may name.
+                let whole = crate::path::FieldPath::whole_payload();
+                return if unkept.iter().any(|p| p.matches(&whole)) {
+                    None
+                } else {
+                    Some(Cow::Borrowed(payload))
+                };
+            }
         };
-        let mut v: Value = serde_json::from_slice(payload).ok()?;
         strip(&mut v, &mut Vec::new(), &unkept);
         match &v {
             Value::Object(m) if m.is_empty() => None,
@@ -189,18 +204,36 @@ keep = "none"
         assert_eq!(p.retention("plug"), Some(Keep::For(30 * 86_400_000)));
         assert_eq!(p.retention("door"), Some(Keep::Nothing));
         assert_eq!(p.retention("tracker"), Some(Keep::Forever));
-        assert_eq!(p.history_payload("door", b"{\"a\":1}"), None);
+        let d = Keep::For(1);
+        assert_eq!(p.history_payload("door", b"{\"a\":1}", d), None);
         assert_eq!(
-            p.history_payload("plug", b"{\"a\":1e2}").as_deref(),
+            p.history_payload("plug", b"{\"a\":1e2}", d).as_deref(),
             Some(&b"{\"a\":1e2}"[..]),
             "untouched when no field rule applies"
         );
         assert_eq!(
-            p.history_payload("tracker", br#"{"gps":[1,2],"bat":90}"#)
+            p.history_payload("tracker", br#"{"gps":[1,2],"bat":90}"#, d)
                 .as_deref(),
             Some(&br#"{"bat":90}"#[..])
         );
-        assert_eq!(p.history_payload("tracker", br#"{"gps":[1,2]}"#), None);
+        assert_eq!(p.history_payload("tracker", br#"{"gps":[1,2]}"#, d), None);
+        // Not parseable, though meant as an object: not kept at all.
+        assert_eq!(
+            p.history_payload("tracker", br#"{"gps":NaN,"bat":90}"#, d),
+            None
+        );
+        assert_eq!(
+            p.history_payload("tracker", b"plain text", d).as_deref(),
+            Some(&b"plain text"[..])
+        );
+        // With no rule for the device, the default decides.
+        assert_eq!(
+            Policy::default().history_payload("plug", b"{}", Keep::Nothing),
+            None
+        );
+        assert!(Policy::default()
+            .history_payload("plug", b"{}", d)
+            .is_some());
         assert_eq!(Policy::default().retention("plug"), None);
     }
 

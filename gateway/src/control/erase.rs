@@ -61,6 +61,9 @@ impl Operations {
         until_ms: Option<u64>,
         passphrase: &Passphrase,
     ) -> Result<DeleteReport, OpError> {
+        if !policy::is_valid_name(device) {
+            return Err(OpError::input(format!("{device:?} is not a device id")));
+        }
         let store = self.store()?.clone();
         let history = store.history();
         let registered = self.registry()?.get(device);
@@ -131,6 +134,18 @@ impl Operations {
         let store = self.store()?.clone();
         let sk = self.unlock_off_runtime(passphrase).await?;
         let history = store.history();
+        if factory {
+            // Nothing more is written under the keys about to go: messages
+            // arriving during the wipe are not kept at all.
+            history.set_recipient(None);
+        }
+        let restore = || {
+            if factory {
+                if let Ok(Some(keys)) = store.load_keys() {
+                    store.history().set_recipient(keys.public().ok());
+                }
+            }
+        };
         let report = tokio::task::spawn_blocking(move || {
             history.shred(
                 &ShredRange {
@@ -142,21 +157,28 @@ impl Operations {
             )
         })
         .await
-        .map_err(|e| OpError::runtime(format!("the wipe task failed: {e}")))??;
+        .map_err(|e| OpError::runtime(format!("the wipe task failed: {e}")))
+        .and_then(|r| r.map_err(OpError::from))
+        .inspect_err(|_| restore())?;
         let outbox_entries = self.purge_outboxes(None)?;
+        let mut retained = 0;
+        if let Some(live) = &self.live {
+            for device in self.registry()?.list() {
+                retained += live.broker.drop_retained(&device.publish).await;
+            }
+        }
         let mut wiped = DeleteReport {
             device: None,
             history: report,
             outbox_entries,
-            retained: 0,
+            retained,
             devices_removed: 0,
             policy_versions_removed: 0,
             keys_removed: false,
         };
         if factory {
             for device in self.registry()?.list() {
-                let removed = self.device_remove(&device.id).await?;
-                wiped.retained += removed.retained_dropped;
+                self.device_remove(&device.id).await?;
                 wiped.devices_removed += 1;
             }
             let _change = self.policy_changes.lock().await;

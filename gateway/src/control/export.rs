@@ -111,10 +111,13 @@ impl Operations {
         out: &mut dyn Write,
     ) -> Result<ExportSummary, OpError> {
         let history = self.store()?.history();
+        // What was received up to now: messages arriving during the export
+        // are not half in it (and CSV's two passes see the same records).
+        let now = crate::pipeline::now_ms().saturating_add(1);
         let range = ReadRange {
             device: req.device.as_deref(),
             since_ms: req.since_ms.unwrap_or(0),
-            until_ms: req.until_ms.unwrap_or(u64::MAX),
+            until_ms: req.until_ms.unwrap_or(u64::MAX).min(now),
         };
         let mut buf = std::io::BufWriter::with_capacity(64 << 10, out);
         let mut unreadable = Unreadable::default();
@@ -138,12 +141,17 @@ impl Operations {
                 // First pass: the columns. Problems are counted in the
                 // second pass only, so each is reported once.
                 let mut csv = CsvWriter::default();
+                let mut last_seq = 0;
                 for rec in history.read(sk, &range).flatten() {
+                    last_seq = last_seq.max(rec.seq);
                     csv.learn(&rec);
                 }
                 csv.header(&mut buf).map_err(write_err)?;
                 for rec in history.read(sk, &range) {
                     match rec {
+                        // Written after the first pass: its fields may have
+                        // no column.
+                        Ok(rec) if rec.seq > last_seq => {}
                         Ok(rec) => {
                             csv.row(&rec, &mut buf).map_err(write_err)?;
                             records += 1;
@@ -181,20 +189,26 @@ pub fn ndjson_line(rec: &HistoryRecord, line: &mut Vec<u8>) {
         rec.retain
     );
     line.extend_from_slice(head.as_bytes());
-    let is_json = serde_json::from_slice::<serde::de::IgnoredAny>(&rec.payload).is_ok();
-    if is_json && !rec.payload.iter().any(|b| *b == b'\n' || *b == b'\r') {
+    // serde_json's skipping parser does not check UTF-8 inside strings:
+    // the bytes are checked first, so every line is UTF-8.
+    let utf8 = std::str::from_utf8(&rec.payload).ok();
+    let is_json =
+        utf8.is_some() && serde_json::from_slice::<serde::de::IgnoredAny>(&rec.payload).is_ok();
+    let breaks = rec.payload.iter().any(|b| *b == b'\n' || *b == b'\r');
+    // A line break inside (pretty-printed JSON) would split the line: the
+    // same value, written compactly, if it parses fully.
+    let compact = (is_json && breaks)
+        .then(|| serde_json::from_slice::<serde_json::Value>(&rec.payload).ok())
+        .flatten()
+        .map(|v| v.to_string());
+    if is_json && !breaks {
         // Embedded as sent: numbers keep their exact text.
         line.extend_from_slice(b"\"payload\":");
         line.extend_from_slice(trim_ascii(&rec.payload));
-    } else if is_json {
-        // A line break inside (pretty-printed JSON) would split the line:
-        // the same value, written compactly.
+    } else if let Some(compact) = compact {
         line.extend_from_slice(b"\"payload\":");
-        match serde_json::from_slice::<serde_json::Value>(&rec.payload) {
-            Ok(v) => line.extend_from_slice(v.to_string().as_bytes()),
-            Err(_) => line.extend_from_slice(b"null"),
-        }
-    } else if let Ok(text) = std::str::from_utf8(&rec.payload) {
+        line.extend_from_slice(compact.as_bytes());
+    } else if let Some(text) = utf8 {
         line.extend_from_slice(b"\"payload_text\":");
         line.extend_from_slice(json_string(text).as_bytes());
     } else {

@@ -1,7 +1,9 @@
 //! The CSV export: one row per message. Fixed columns first (`device`,
 //! `topic`, `received`, `qos`, `retain`, `payload_text`, `payload_b64`),
-//! then one column per field path seen in the exported range, sorted:
-//! `temp`, `env.hum`, `list[0]`. A message without a field leaves its cell
+//! then one column per field path seen in the exported range, sorted, each
+//! starting with `$` so that no device can name a field like a fixed
+//! column: `$.temp`, `$.env.hum`, `$.list[0]`, and `$["a.b"]` for a key
+//! that is not plain letters, digits, `_` and `-`. A message without a field leaves its cell
 //! empty, so fields that come and go over time share one header. A JSON
 //! object payload fills field columns; any other payload fills
 //! `payload_text` (valid UTF-8) or `payload_b64`. Past [`MAX_COLUMNS`]
@@ -33,10 +35,18 @@ fn leaves(
         serde_json::Value::Object(m) if !m.is_empty() => {
             for (k, child) in m {
                 let len = prefix.len();
-                if !prefix.is_empty() {
+                let plain = !k.is_empty()
+                    && k.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                if plain {
                     prefix.push('.');
+                    prefix.push_str(k);
+                } else {
+                    // Quoted, so the key `a.b` and the path a → b differ.
+                    prefix.push('[');
+                    prefix.push_str(&serde_json::Value::from(k.as_str()).to_string());
+                    prefix.push(']');
                 }
-                prefix.push_str(k);
                 leaves(prefix, child, out);
                 prefix.truncate(len);
             }
@@ -71,7 +81,7 @@ const FIXED: [&str; 7] = [
 ];
 
 fn cell(text: &str, out: &mut Vec<u8>) {
-    if text.contains([',', '"', '\n', '\r']) {
+    if text.contains(|c: char| c == ',' || c == '"' || c.is_control()) {
         out.push(b'"');
         out.extend_from_slice(text.replace('"', "\"\"").as_bytes());
         out.push(b'"');
@@ -93,7 +103,7 @@ impl CsvWriter {
     pub fn learn(&mut self, rec: &HistoryRecord) {
         if let Some(v) = object(rec) {
             let (paths, overflow) = (&mut self.paths, &mut self.overflow);
-            leaves(&mut String::new(), &v, &mut |p, _| {
+            leaves(&mut String::from("$"), &v, &mut |p, _| {
                 if paths.len() < MAX_COLUMNS {
                     paths.insert(p.to_string());
                 } else if !paths.contains(p) {
@@ -132,7 +142,7 @@ impl CsvWriter {
         let (mut text, mut b64) = (String::new(), String::new());
         match object(rec) {
             Some(v) => leaves(
-                &mut String::new(),
+                &mut String::from("$"),
                 &v,
                 &mut |p, leaf| match self.index.get(p) {
                     Some(i) => cells[*i] = scalar_text(leaf),
@@ -211,7 +221,7 @@ mod tests {
         let lines: Vec<&str> = text.split("\r\n").collect();
         assert_eq!(
             lines[0],
-            "device,topic,received,qos,retain,payload_text,payload_b64,env.hum,list[0],list[1],note,power"
+            "device,topic,received,qos,retain,payload_text,payload_b64,$.env.hum,$.list[0],$.list[1],$.note,$.power"
         );
         assert_eq!(
             lines[1],
@@ -220,5 +230,32 @@ mod tests {
         assert!(text.contains(",\"a,\"\"b\"\"\nc\",3\r\n"), "{text}");
         assert!(text.contains(",plain text,,,,,,\r\n"), "{text}");
         assert!(text.contains(",,/wA=,,,,,\r\n"), "{text}");
+    }
+
+    #[test]
+    fn a_device_cannot_forge_a_column_or_merge_two() {
+        let recs = [rec(
+            br#"{"device":"forged","a.b":1,"a":{"b":2},"":3,"nul":"x\u0000y"}"#,
+        )];
+        let mut w = CsvWriter::default();
+        recs.iter().for_each(|r| w.learn(r));
+        let mut out = Vec::new();
+        w.header(&mut out).expect("header");
+        w.row(&recs[0], &mut out).expect("row");
+        let text = String::from_utf8(out).expect("utf8");
+        let lines: Vec<&str> = text.split("\r\n").collect();
+        assert_eq!(
+            lines[0],
+            concat!(
+                "device,topic,received,qos,retain,payload_text,payload_b64,",
+                r#"$.a.b,$.device,$.nul,"$[""""]","$[""a.b""]""#
+            )
+        );
+        assert!(lines[1].starts_with("plug,"), "{}", lines[1]);
+        assert!(
+            lines[1].ends_with(",2,forged,\"x\0y\",3,1"),
+            "{:?}",
+            lines[1]
+        );
     }
 }

@@ -131,7 +131,7 @@ impl Operations {
             crate::pipeline::now_ms(),
         )?;
         store.save_keys(&keys)?;
-        let migrated = store.migrate_plaintext_history()?;
+        let (migrated, _) = store.migrate_plaintext_history()?;
         tracing::info!(
             migrated,
             "keys set up: history is kept, encrypted to the user's key"

@@ -9,7 +9,9 @@
 //! - [`seal`]: HPKE sealing to the public key, for data keys and values.
 //! - [`wrap`]: the symmetric AEAD box (ChaCha20-Poly1305, ring).
 //!
-//! Secrets are `Zeroizing` and wiped when dropped.
+//! Secret bytes we hold (passphrases, the private key, derived keys) are
+//! `Zeroizing` and wiped when dropped. ring's AEAD keys ([`wrap::BoxKey`])
+//! keep their own copy of the key schedule, which ring does not wipe.
 
 mod recovery;
 pub mod seal;
@@ -135,6 +137,13 @@ fn passphrase_kek(
 ) -> Result<Zeroizing<[u8; 32]>, KeyError> {
     if passphrase.is_empty() {
         return Err(KeyError::EmptyPassphrase);
+    }
+    // The parameters come from the stored record: a damaged or planted one
+    // must not make an unlock allocate gigabytes or run for hours.
+    if params.m_kib > 1 << 20 || params.t > 64 || params.p > 16 {
+        return Err(KeyError::Corrupt(format!(
+            "unreasonable key derivation parameters {params:?}"
+        )));
     }
     let p = argon2::Params::new(params.m_kib, params.t, params.p, Some(32))
         .map_err(|e| KeyError::Kdf(e.to_string()))?;

@@ -180,9 +180,12 @@ pub struct HistoryStore {
     pub(super) keys: sled::Tree,
     pub(super) shredded: sled::Tree,
     dirty: Arc<AtomicBool>,
-    /// Held by appends, and by deletes while they destroy keys, so that no
-    /// record is written under a key being destroyed.
+    /// Held by appends (a few microseconds), and by deletes while they
+    /// take keys out of use, so that no record is written under a key
+    /// being destroyed.
     pub(super) writer: Mutex<Writer>,
+    /// One reclaim at a time.
+    pub(super) reclaiming: Mutex<()>,
 }
 
 pub(super) fn lock_writer(m: &Mutex<Writer>) -> std::sync::MutexGuard<'_, Writer> {
@@ -200,6 +203,7 @@ impl HistoryStore {
             shredded: db.open_tree("shredded")?,
             dirty,
             writer: Mutex::default(),
+            reclaiming: Mutex::default(),
         })
     }
 
@@ -322,10 +326,13 @@ impl HistoryStore {
         for tree in [&self.keys, &self.shredded] {
             if let Some(kv) = tree.scan_prefix(&prefix).next_back() {
                 let (k, _) = kv?;
-                if let Some((_, _, rest)) = split_key(&k) {
-                    let n = u32::from_be_bytes(rest.try_into().unwrap_or([0; 4]));
-                    next = next.max(n.saturating_add(1));
-                }
+                let n = split_key(&k)
+                    .and_then(|(_, _, rest)| rest.try_into().ok())
+                    .map(u32::from_be_bytes)
+                    .ok_or_else(|| StoreError::Corrupt(format!("period key {k:02x?}")))?;
+                next = next.max(n.checked_add(1).ok_or_else(|| {
+                    StoreError::Corrupt("no key number left for this device-day".into())
+                })?);
             }
         }
         Ok(next)
@@ -460,15 +467,20 @@ impl HistoryReader<'_> {
         }
         let slot = (device.to_string(), period, keyno);
         if !self.keys.contains_key(&slot) {
-            let key = self.store.open_key(self.sk, device, period, keyno)?;
-            if key.is_none()
-                && !self
-                    .store
-                    .shredded
-                    .contains_key(key_row(device, period, keyno))?
+            // A destroyed key's records are deleted data, even if a crash
+            // left the key itself behind.
+            let key = if self
+                .store
+                .shredded
+                .contains_key(key_row(device, period, keyno))?
             {
-                return Err(unreadable("its data key is missing"));
-            }
+                None
+            } else {
+                match self.store.open_key(self.sk, device, period, keyno)? {
+                    Some(k) => Some(k),
+                    None => return Err(unreadable("its data key is missing")),
+                }
+            };
             self.keys.insert(slot.clone(), key);
         }
         let Some(Some(data_key)) = self.keys.get(&slot) else {
@@ -482,38 +494,45 @@ impl HistoryReader<'_> {
                     "record {seq} fails authentication (changed or moved)"
                 ))
             })?;
-        let received_ms = u64::from_be_bytes(
-            plain
-                .get(..8)
-                .ok_or_else(corrupt)?
-                .try_into()
-                .map_err(|_| corrupt())?,
-        );
-        if received_ms < self.since_ms || received_ms >= self.until_ms {
+        let rec = parse_plain(device, seq, plain).ok_or_else(corrupt)?;
+        if rec.received_ms < self.since_ms || rec.received_ms >= self.until_ms {
             return Ok(None);
         }
-        let qos = *plain.get(8).ok_or_else(corrupt)?;
-        let retain = *plain.get(9).ok_or_else(corrupt)? == 1;
-        let tlen = u16::from_be_bytes(
-            plain
-                .get(10..12)
-                .ok_or_else(corrupt)?
-                .try_into()
-                .map_err(|_| corrupt())?,
-        ) as usize;
-        let topic = std::str::from_utf8(plain.get(12..12 + tlen).ok_or_else(corrupt)?)
-            .map_err(|_| corrupt())?
-            .to_string();
-        let payload = plain.get(12 + tlen..).ok_or_else(corrupt)?.to_vec();
-        Ok(Some(HistoryRecord {
-            device: device.to_string(),
-            seq,
-            received_ms,
-            qos,
-            retain,
-            topic,
-            payload,
-        }))
+        Ok(Some(rec))
+    }
+}
+
+/// A record's plaintext (see the module's format) back into a record.
+fn parse_plain(device: &str, seq: u64, plain: &[u8]) -> Option<HistoryRecord> {
+    let received_ms = u64::from_be_bytes(plain.get(..8)?.try_into().ok()?);
+    let qos = *plain.get(8)?;
+    let retain = *plain.get(9)? == 1;
+    let tlen = u16::from_be_bytes(plain.get(10..12)?.try_into().ok()?) as usize;
+    let topic = std::str::from_utf8(plain.get(12..12 + tlen)?)
+        .ok()?
+        .to_string();
+    let payload = plain.get(12 + tlen..)?.to_vec();
+    Some(HistoryRecord {
+        device: device.to_string(),
+        seq,
+        received_ms,
+        qos,
+        retain,
+        topic,
+        payload,
+    })
+}
+
+impl HistoryStore {
+    /// One stored record opened with its data key; `None` if it does not
+    /// open or parse.
+    pub(super) fn open_record(&self, key: &BoxKey, k: &[u8], v: &[u8]) -> Option<HistoryRecord> {
+        let (device, period, rest) = split_key(k)?;
+        let seq = u64::from_be_bytes(rest.try_into().ok()?);
+        let keyno = record_keyno(v)?;
+        let mut buf = Zeroizing::new(v.get(5..)?.to_vec());
+        let plain = key.open(&record_aad(device, period, seq, keyno), &mut buf)?;
+        parse_plain(device, seq, plain)
     }
 }
 

@@ -131,38 +131,41 @@ impl Store {
 
     /// Encrypts history kept in plaintext by versions before the user's
     /// keys existed (tree `history`: key device, 0x00, seq; value received
-    /// ms u64 BE, topic length u16 BE, topic, payload), then drops it.
-    /// Their QoS and retain flag were not kept: they come out as 1 and
-    /// false. Returns how many records moved.
-    pub fn migrate_plaintext_history(&self) -> Result<u64, StoreError> {
+    /// ms u64 BE, topic length u16 BE, topic, payload), then drops it. Run
+    /// at `init` and at every start with keys, so an interrupted migration
+    /// finishes. Their QoS and retain flag were not kept: they come out as
+    /// 1 and false. A record that does not decode is dropped with the rest
+    /// (counted, and logged): it cannot be carried over, and plaintext must
+    /// not stay. Returns (moved, dropped).
+    pub fn migrate_plaintext_history(&self) -> Result<(u64, u64), StoreError> {
         if !self
             .db
             .tree_names()
             .iter()
             .any(|n| n.as_ref() == b"history")
         {
-            return Ok(0);
+            return Ok((0, 0));
+        }
+        if !self.history.keeps_history() {
+            return Ok((0, 0));
         }
         let old = self.db.open_tree("history")?;
-        let mut moved = 0;
+        let (mut moved, mut dropped) = (0, 0);
         for kv in old.iter() {
             let (k, v) = kv?;
-            let corrupt = || StoreError::Corrupt(format!("plaintext history record {k:02x?}"));
-            let zero = k.iter().position(|b| *b == 0).ok_or_else(corrupt)?;
-            let device = std::str::from_utf8(&k[..zero]).map_err(|_| corrupt())?;
-            let received_ms = u64::from_be_bytes(
-                v.get(..8)
-                    .and_then(|s| s.try_into().ok())
-                    .ok_or_else(corrupt)?,
-            );
-            let tlen = u16::from_be_bytes(
-                v.get(8..10)
-                    .and_then(|s| s.try_into().ok())
-                    .ok_or_else(corrupt)?,
-            ) as usize;
-            let topic = std::str::from_utf8(v.get(10..10 + tlen).ok_or_else(corrupt)?)
-                .map_err(|_| corrupt())?;
-            let payload = v.get(10 + tlen..).ok_or_else(corrupt)?;
+            let decoded = (|| {
+                let zero = k.iter().position(|b| *b == 0)?;
+                let device = std::str::from_utf8(&k[..zero]).ok()?;
+                let received_ms = u64::from_be_bytes(v.get(..8)?.try_into().ok()?);
+                let tlen = u16::from_be_bytes(v.get(8..10)?.try_into().ok()?) as usize;
+                let topic = std::str::from_utf8(v.get(10..10 + tlen)?).ok()?;
+                let payload = v.get(10 + tlen..)?;
+                Some((device, received_ms, topic, payload))
+            })();
+            let Some((device, received_ms, topic, payload)) = decoded else {
+                dropped += 1;
+                continue;
+            };
             self.history.append(&NewRecord {
                 device,
                 received_ms,
@@ -176,7 +179,13 @@ impl Store {
         self.db.flush()?;
         self.db.drop_tree("history")?;
         self.db.flush()?;
-        Ok(moved)
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "plaintext history records that did not decode were dropped, not migrated"
+            );
+        }
+        Ok((moved, dropped))
     }
 
     /// Forgets the user's keys (factory wipe): no history is kept after.

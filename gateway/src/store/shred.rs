@@ -12,13 +12,13 @@
 //!    start finishes the job; until then, readers skip those records as
 //!    deleted rather than report them as damaged.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
 use super::history::{
-    key_row, lock_writer, period_of, period_prefix, record_keyno, split_key, HistoryStore,
-    PERIOD_MS,
+    key_row, lock_writer, period_prefix, record_keyno, split_key, HistoryStore, PERIOD_MS,
 };
 use super::StoreError;
 use crate::keys::PrivateKey;
@@ -34,6 +34,10 @@ pub struct ShredReport {
     pub bytes: u64,
     /// Records of cut periods re-encrypted to survive the delete.
     pub kept: u64,
+    /// Records of cut periods that no longer opened (changed on disk), so
+    /// could not be kept: removed.
+    #[serde(default)]
+    pub damaged: u64,
     /// From the start of the delete until the deleted records were
     /// unreadable on disk (keys destroyed and flushed).
     pub unreadable_after_ms: f64,
@@ -68,9 +72,31 @@ fn keyno_of(rest: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(rest.try_into().ok()?))
 }
 
+/// A `shredded` note: the key is destroyed, its records are still to go.
+pub(super) const NOTE_PENDING: &[u8] = &[];
+/// The records are gone too. Kept: key numbers are never reused.
+const NOTE_DONE: &[u8] = &[1];
+
+/// (device, period, key number) of a `period_keys` or `shredded` key.
+fn parse_row(k: &[u8]) -> Result<(&str, u32, u32), StoreError> {
+    split_key(k)
+        .and_then(|(d, p, rest)| Some((d, p, keyno_of(rest)?)))
+        .ok_or_else(|| StoreError::Corrupt(format!("period key {:02x?}", &k[..k.len().min(64)])))
+}
+
+#[derive(Default)]
+struct Recut {
+    removed: u64,
+    bytes: u64,
+    kept: u64,
+    damaged: u64,
+}
+
 impl HistoryStore {
-    /// Deletes the history in `range`. Re-encrypting a cut period needs the
-    /// private key; a range of whole days does not.
+    /// Deletes the history in `range`, as it stands when the call starts:
+    /// records that arrive meanwhile are written under new keys and stay.
+    /// Re-encrypting a cut period needs the private key; a range of whole
+    /// days does not.
     pub fn shred(
         &self,
         range: &ShredRange<'_>,
@@ -78,58 +104,67 @@ impl HistoryStore {
     ) -> Result<ShredReport, StoreError> {
         let started = Instant::now();
         let mut report = ShredReport::default();
-        let mut writer = lock_writer(&self.writer);
-        let scan = match range.device {
-            Some(d) => self.keys.scan_prefix(super::history::device_prefix(d)),
-            None => self.keys.iter(),
-        };
+        // Under the writer's lock, briefly: the writer stops using the keys
+        // in question, and the keys to destroy are listed. No record is
+        // being written under them at that moment, and none will be after.
         let mut whole = Vec::new();
-        let mut cut = std::collections::BTreeMap::<(String, u32), Vec<u32>>::new();
-        for kv in scan {
-            let (k, _) = kv?;
-            let Some((device, period, rest)) = split_key(&k) else {
-                return Err(StoreError::Corrupt(format!("period key {k:02x?}")));
+        let mut cut = BTreeMap::<(String, u32), Vec<u32>>::new();
+        let recipient = {
+            let mut writer = lock_writer(&self.writer);
+            writer.forget(range.device);
+            let scan = match range.device {
+                Some(d) => self.keys.scan_prefix(super::history::device_prefix(d)),
+                None => self.keys.iter(),
             };
-            let Some(keyno) = keyno_of(rest) else {
-                return Err(StoreError::Corrupt(format!("period key {k:02x?}")));
-            };
-            if range.covers(period) {
-                whole.push((device.to_string(), period, keyno));
-            } else if range.touches(period) {
-                cut.entry((device.to_string(), period))
-                    .or_default()
-                    .push(keyno);
+            for kv in scan {
+                let (k, _) = kv?;
+                let (device, period, keyno) = parse_row(&k)?;
+                if range.covers(period) {
+                    whole.push((device.to_string(), period, keyno));
+                } else if range.touches(period) {
+                    cut.entry((device.to_string(), period))
+                        .or_default()
+                        .push(keyno);
+                }
             }
-        }
-        let mut periods = std::collections::BTreeSet::new();
+            writer.recipient()
+        };
+        let cut_key = match (&cut.is_empty(), sk, recipient) {
+            (true, _, _) => None,
+            (false, Some(sk), Some(pk)) => Some((sk, pk)),
+            (false, None, _) => {
+                return Err(StoreError::Crypto(
+                    "deleting part of a day needs the private key".into(),
+                ))
+            }
+            (false, _, None) => {
+                return Err(StoreError::Crypto(
+                    "no public key to re-encrypt the rest of the day to".into(),
+                ))
+            }
+        };
+        let mut periods = BTreeSet::new();
         for (device, period, keyno) in &whole {
             self.destroy_key(device, *period, *keyno)?;
             periods.insert((device.clone(), *period));
         }
-        writer.forget(range.device);
         self.db.flush()?;
         report.unreadable_after_ms = started.elapsed().as_secs_f64() * 1000.0;
 
-        if !cut.is_empty() {
-            let sk = sk.ok_or_else(|| {
-                StoreError::Crypto("deleting part of a day needs the private key".into())
-            })?;
-            let recipient = writer.recipient().ok_or_else(|| {
-                StoreError::Crypto("no public key to re-encrypt the rest of the day to".into())
-            })?;
+        if let Some((sk, pk)) = cut_key {
             for ((device, period), keynos) in &cut {
-                let (removed, bytes, kept) =
-                    self.recut(sk, &recipient, range, device, *period, keynos)?;
-                report.records += removed;
-                report.bytes += bytes;
-                report.kept += kept;
-                if removed > 0 {
+                let r = self.recut(sk, &pk, range, device, *period, keynos)?;
+                report.records += r.removed;
+                report.bytes += r.bytes;
+                report.kept += r.kept;
+                report.damaged += r.damaged;
+                if r.removed + r.damaged > 0 {
                     periods.insert((device.clone(), *period));
                 }
             }
             self.db.flush()?;
+            report.unreadable_after_ms = started.elapsed().as_secs_f64() * 1000.0;
         }
-        drop(writer);
         report.periods = periods.len() as u64;
         let (records, bytes) = self.reclaim(range.device)?;
         report.records += records;
@@ -137,20 +172,20 @@ impl HistoryStore {
         Ok(report)
     }
 
-    /// Deletes a key and notes it as destroyed (its records still to go).
+    /// Deletes a key and notes it as destroyed. The note comes first and
+    /// stays: readers skip a noted key's records even if a crash left the
+    /// key row behind, and its number is never drawn again.
     fn destroy_key(&self, device: &str, period: u32, keyno: u32) -> Result<(), StoreError> {
         let row = key_row(device, period, keyno);
-        // The note first: a crash between the two leaves a note whose key
-        // still exists, and reclaim destroys it then.
-        self.shredded.insert(&row, &[][..])?;
+        self.shredded.insert(&row, NOTE_PENDING)?;
         self.keys.remove(&row)?;
         self.mark_dirty();
         Ok(())
     }
 
     /// Re-encrypts the records of one cut period outside `range` under a
-    /// new key, removes those inside, and destroys the old keys. Returns
-    /// (removed, bytes removed, kept).
+    /// new key, removes those inside, and destroys the old keys. Records
+    /// that no longer open cannot be kept: they are removed and counted.
     fn recut(
         &self,
         sk: &PrivateKey,
@@ -159,62 +194,76 @@ impl HistoryStore {
         device: &str,
         period: u32,
         keynos: &[u32],
-    ) -> Result<(u64, u64, u64), StoreError> {
-        let new = self.draw_key(device, period, recipient)?;
-        let (mut removed, mut bytes, mut kept) = (0, 0, 0);
-        let read = super::ReadRange {
-            device: Some(device),
-            since_ms: u64::from(period) * PERIOD_MS,
-            until_ms: (u64::from(period) + 1) * PERIOD_MS,
-        };
-        // Collected first: the tree is rewritten below. One device-day.
-        let mut records = Vec::new();
-        for rec in self.read(sk, &read) {
-            let rec = rec?;
-            if period_of(rec.received_ms) == period {
-                records.push(rec);
-            }
-        }
-        for rec in records {
-            let mut key = period_prefix(device, period);
-            key.extend_from_slice(&rec.seq.to_be_bytes());
-            let Some(old) = self.records.get(&key)? else {
+    ) -> Result<Recut, StoreError> {
+        // Read first, change after: a failure here changes nothing. One
+        // device-day at most is held.
+        let mut keep = Vec::new();
+        let mut remove = Vec::new();
+        let mut damaged = Vec::new();
+        let mut keys = BTreeMap::new();
+        for kv in self.records.scan_prefix(period_prefix(device, period)) {
+            let (k, v) = kv?;
+            let Some(keyno) = record_keyno(&v).filter(|n| keynos.contains(n)) else {
                 continue;
             };
-            if record_keyno(&old).is_none_or(|n| !keynos.contains(&n)) {
-                continue;
+            if let std::collections::btree_map::Entry::Vacant(e) = keys.entry(keyno) {
+                e.insert(self.open_key(sk, device, period, keyno).ok().flatten());
             }
-            if rec.received_ms >= range.since_ms && rec.received_ms < range.until_ms {
-                self.records.remove(&key)?;
-                removed += 1;
-                bytes += (key.len() + old.len()) as u64;
-            } else {
-                let value = self.seal_record(&new, device, period, &rec)?;
-                self.records.insert(key, value)?;
-                kept += 1;
+            let rec = keys
+                .get(&keyno)
+                .and_then(|key| key.as_ref())
+                .and_then(|key| self.open_record(key, &k, &v));
+            match rec {
+                Some(rec)
+                    if rec.received_ms >= range.since_ms && rec.received_ms < range.until_ms =>
+                {
+                    remove.push((k, v.len()))
+                }
+                Some(rec) => keep.push((k, rec)),
+                None => damaged.push(k),
             }
+        }
+        let new = {
+            let _writer = lock_writer(&self.writer);
+            self.draw_key(device, period, recipient)?
+        };
+        let mut out = Recut::default();
+        for (k, rec) in &keep {
+            let value = self.seal_record(&new, device, period, rec)?;
+            self.records.insert(k, value)?;
+            out.kept += 1;
+        }
+        for (k, len) in &remove {
+            self.records.remove(k)?;
+            out.removed += 1;
+            out.bytes += (k.len() + len) as u64;
+        }
+        for k in &damaged {
+            self.records.remove(k)?;
+            out.damaged += 1;
         }
         for keyno in keynos {
             self.destroy_key(device, period, *keyno)?;
         }
-        Ok((removed, bytes, kept))
+        Ok(out)
     }
 
-    /// Removes the records of destroyed keys (of `device`, or all), then
-    /// the notes. Returns (records, bytes) removed.
+    /// Removes the records of destroyed keys (of `device`, or all) and
+    /// marks their notes done. One reclaim at a time. Returns (records,
+    /// bytes) removed.
     pub fn reclaim(&self, device: Option<&str>) -> Result<(u64, u64), StoreError> {
+        let _one = self.reclaiming.lock().unwrap_or_else(|e| e.into_inner());
         let notes = match device {
             Some(d) => self.shredded.scan_prefix(super::history::device_prefix(d)),
             None => self.shredded.iter(),
         };
         let (mut records, mut bytes) = (0, 0);
         for kv in notes {
-            let (row, _) = kv?;
-            let Some((dev, period, rest)) = split_key(&row) else {
-                return Err(StoreError::Corrupt(format!("shredded note {row:02x?}")));
-            };
-            let keyno = keyno_of(rest)
-                .ok_or_else(|| StoreError::Corrupt(format!("shredded note {row:02x?}")))?;
+            let (row, note) = kv?;
+            if note.as_ref() != NOTE_PENDING {
+                continue;
+            }
+            let (dev, period, keyno) = parse_row(&row)?;
             // Finishes a destroy that a crash interrupted.
             self.keys.remove(&row)?;
             // In batches: sled applies a batch atomically, at a cost that
@@ -235,7 +284,7 @@ impl HistoryStore {
                 }
             }
             self.records.apply_batch(batch)?;
-            self.shredded.remove(&row)?;
+            self.shredded.insert(&row, NOTE_DONE)?;
         }
         if records > 0 {
             self.mark_dirty();
@@ -274,7 +323,7 @@ impl HistoryStore {
             return Ok(report);
         }
         let mut writer = lock_writer(&self.writer);
-        let mut periods = std::collections::BTreeSet::new();
+        let mut periods = BTreeSet::new();
         for (device, period, keyno) in &expired {
             self.destroy_key(device, *period, *keyno)?;
             writer.forget_period(device, *period);
@@ -292,7 +341,9 @@ impl HistoryStore {
 
     /// Whether any destroyed key still has records to remove.
     pub fn has_unreclaimed(&self) -> bool {
-        !self.shredded.is_empty()
+        self.shredded
+            .iter()
+            .any(|kv| kv.is_ok_and(|(_, note)| note.as_ref() == NOTE_PENDING))
     }
 
     /// Keys currently stored for `device`: (period, key number).
@@ -378,24 +429,34 @@ mod tests {
         assert!(h.period_keys("a").expect("keys").is_empty());
         assert_eq!(h.count("a"), 0);
         assert!(!h.has_unreclaimed());
+        assert_eq!(
+            h.shredded.len(),
+            3,
+            "notes stay, so key numbers are not reused"
+        );
         assert_eq!(times(&store, &sk, "b"), vec![20, DAY + 20]);
         // The ciphertext, put back as a disk might still hold it, does not
         // open with the right private key: its data keys are gone.
         for (k, v) in &raw {
             h.records.insert(k, v.clone()).expect("insert");
+            let (_, period, _) = split_key(k).expect("key");
+            let keyno = record_keyno(v).expect("keyno");
+            assert!(h
+                .open_key(&sk, "a", period, keyno)
+                .expect("lookup")
+                .is_none());
         }
-        let err = h
-            .read(
+        assert_eq!(
+            h.read(
                 &sk,
                 &ReadRange {
                     device: Some("a"),
                     ..Default::default()
-                },
+                }
             )
-            .next()
-            .expect("a record")
-            .expect_err("unreadable");
-        assert!(err.to_string().contains("data key is missing"), "{err}");
+            .count(),
+            0
+        );
         for (k, _) in &raw {
             h.records.remove(k).expect("remove");
         }
@@ -455,6 +516,50 @@ mod tests {
         assert_eq!((r.periods, r.records), (1, 1));
         assert_eq!(times(&store, &sk, "a"), vec![DAY + 10, 3 * DAY + 10]);
         assert_eq!(times(&store, &sk, "forever"), vec![10]);
+    }
+
+    #[test]
+    fn deletes_racing_appends_leave_everything_readable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (sk, pk) = seal::generate();
+        let store = Store::open(dir.path()).expect("open");
+        store.history().set_recipient(Some(pk));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (store, stop) = (store.clone(), std::sync::Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut t = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    fill(&store, "a", &[t % (2 * DAY)]);
+                    t += 997;
+                }
+                t
+            })
+        };
+        let h = store.history();
+        for round in 0..20u64 {
+            let range = if round % 2 == 0 {
+                ShredRange {
+                    device: Some("a"),
+                    since_ms: 0,
+                    until_ms: u64::MAX,
+                }
+            } else {
+                ShredRange {
+                    device: Some("a"),
+                    since_ms: round * 1000,
+                    until_ms: DAY + round * 1000,
+                }
+            };
+            h.shred(&range, Some(&sk)).expect("shred");
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(writer.join().expect("writer") > 0);
+        // Whatever survived opens: no key was destroyed under a writer.
+        for r in h.read(&sk, &ReadRange::default()) {
+            r.expect("every surviving record is readable");
+        }
+        assert!(!h.has_unreclaimed());
     }
 
     #[test]
