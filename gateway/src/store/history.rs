@@ -25,14 +25,14 @@ use std::sync::{Arc, Mutex};
 
 use zeroize::Zeroizing;
 
+use super::period_keys::{OpenKey, Opened};
 use super::StoreError;
 use crate::keys::wrap::BoxKey;
-use crate::keys::{seal, PrivateKey, PublicKey};
+use crate::keys::{PrivateKey, PublicKey};
 
 /// A period is one UTC day.
 pub const PERIOD_MS: u64 = 86_400_000;
 const RECORD_FORMAT: u8 = 1;
-const KEY_FORMAT: u8 = 1;
 
 /// One stored message, as read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -96,23 +96,12 @@ fn record_aad(device: &str, period: u32, seq: u64, keyno: u32) -> Vec<u8> {
     aad
 }
 
-fn key_aad(device: &str, period: u32, keyno: u32) -> Vec<u8> {
-    let mut aad = b"dwkey1".to_vec();
-    aad.extend_from_slice(&key_row(device, period, keyno));
-    aad
-}
-
 /// The key number a record value names.
 pub(super) fn record_keyno(value: &[u8]) -> Option<u32> {
     if value.first() != Some(&RECORD_FORMAT) {
         return None;
     }
     Some(u32::from_be_bytes(value.get(1..5)?.try_into().ok()?))
-}
-
-pub(super) struct OpenKey {
-    keyno: u32,
-    key: BoxKey,
 }
 
 #[derive(Default)]
@@ -186,6 +175,7 @@ pub struct HistoryStore {
     pub(super) writer: Mutex<Writer>,
     /// One reclaim at a time.
     pub(super) reclaiming: Mutex<()>,
+    pub(super) pads: Arc<super::pads::KeyPads>,
 }
 
 pub(super) fn lock_writer(m: &Mutex<Writer>) -> std::sync::MutexGuard<'_, Writer> {
@@ -195,8 +185,13 @@ pub(super) fn lock_writer(m: &Mutex<Writer>) -> std::sync::MutexGuard<'_, Writer
 }
 
 impl HistoryStore {
-    pub(super) fn open(db: &sled::Db, dirty: Arc<AtomicBool>) -> Result<Self, StoreError> {
+    pub(super) fn open(
+        db: &sled::Db,
+        dirty: Arc<AtomicBool>,
+        pads: Arc<super::pads::KeyPads>,
+    ) -> Result<Self, StoreError> {
         Ok(Self {
+            pads,
             db: db.clone(),
             records: db.open_tree("records")?,
             keys: db.open_tree("period_keys")?,
@@ -289,92 +284,6 @@ impl HistoryStore {
             payload: &rec.payload,
         })?;
         sealed_value(key, device, period, rec.seq, &plain)
-    }
-
-    /// A new data key for (device, period), sealed and stored under the
-    /// next free key number.
-    pub(super) fn draw_key(
-        &self,
-        device: &str,
-        period: u32,
-        recipient: &PublicKey,
-    ) -> Result<OpenKey, StoreError> {
-        let keyno = self.next_keyno(device, period)?;
-        let key = crate::keys::wrap::random_key().map_err(|e| StoreError::Crypto(e.to_string()))?;
-        let sealed = seal::seal(
-            recipient,
-            seal::PERIOD_KEY_INFO,
-            &key_aad(device, period, keyno),
-            key.as_ref(),
-        )
-        .map_err(|e| StoreError::Crypto(e.to_string()))?;
-        let mut value = vec![KEY_FORMAT];
-        value.extend_from_slice(&sealed);
-        self.keys.insert(key_row(device, period, keyno), value)?;
-        self.mark_dirty();
-        Ok(OpenKey {
-            keyno,
-            key: BoxKey::new(&key).map_err(|e| StoreError::Crypto(e.to_string()))?,
-        })
-    }
-
-    fn next_keyno(&self, device: &str, period: u32) -> Result<u32, StoreError> {
-        let prefix = period_prefix(device, period);
-        let mut next = 0u32;
-        // Numbers of destroyed keys whose records are still being removed
-        // are not reused either: those records must stay unreadable.
-        for tree in [&self.keys, &self.shredded] {
-            if let Some(kv) = tree.scan_prefix(&prefix).next_back() {
-                let (k, _) = kv?;
-                let n = split_key(&k)
-                    .and_then(|(_, _, rest)| rest.try_into().ok())
-                    .map(u32::from_be_bytes)
-                    .ok_or_else(|| StoreError::Corrupt(format!("period key {k:02x?}")))?;
-                next = next.max(n.checked_add(1).ok_or_else(|| {
-                    StoreError::Corrupt("no key number left for this device-day".into())
-                })?);
-            }
-        }
-        Ok(next)
-    }
-
-    /// Opens one stored data key with the private key.
-    pub(super) fn open_key(
-        &self,
-        sk: &PrivateKey,
-        device: &str,
-        period: u32,
-        keyno: u32,
-    ) -> Result<Option<BoxKey>, StoreError> {
-        let Some(value) = self.keys.get(key_row(device, period, keyno))? else {
-            return Ok(None);
-        };
-        let unreadable = |reason: &str| StoreError::Unreadable {
-            device: device.to_string(),
-            period: period_name(period),
-            reason: reason.to_string(),
-        };
-        if value.first() != Some(&KEY_FORMAT) {
-            return Err(unreadable("its data key has an unknown format"));
-        }
-        let key = seal::open(
-            sk,
-            seal::PERIOD_KEY_INFO,
-            &key_aad(device, period, keyno),
-            &value[1..],
-        )
-        .ok_or_else(|| {
-            unreadable(
-                "its data key does not open with this key pair (changed, or sealed to another key)",
-            )
-        })?;
-        let key: &[u8; 32] = key
-            .as_slice()
-            .try_into()
-            .map_err(|_| unreadable("its data key has the wrong length"))?;
-        Ok(Some(
-            BoxKey::new(key).map_err(|e| StoreError::Crypto(e.to_string()))?,
-        ))
     }
 
     /// Reads history with the private key: records of `device` (or all),
@@ -477,8 +386,9 @@ impl HistoryReader<'_> {
                 None
             } else {
                 match self.store.open_key(self.sk, device, period, keyno)? {
-                    Some(k) => Some(k),
-                    None => return Err(unreadable("its data key is missing")),
+                    Opened::Key(k) => Some(*k),
+                    Opened::Destroyed => None,
+                    Opened::Missing => return Err(unreadable("its data key is missing")),
                 }
             };
             self.keys.insert(slot.clone(), key);
@@ -557,6 +467,7 @@ impl Iterator for HistoryReader<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keys::seal;
     use crate::store::Store;
 
     fn rec<'a>(device: &'a str, ms: u64, payload: &'a [u8]) -> NewRecord<'a> {

@@ -12,6 +12,11 @@
 mod durability;
 mod history;
 mod outbox;
+mod pads;
+mod period_keys;
+
+#[cfg(test)]
+pub(crate) use period_keys::derive_data_key;
 mod policies;
 mod shred;
 
@@ -99,7 +104,9 @@ impl Store {
                 },
             })?;
         let durability = Arc::new(Durability::new(db.clone()));
-        let history = Arc::new(HistoryStore::open(&db, durability.dirty())?);
+        let pads = Arc::new(pads::KeyPads::open(&dir.join("keypads"))?);
+        let history = Arc::new(HistoryStore::open(&db, durability.dirty(), pads)?);
+        history.settle_destroyed()?;
         let store = Self {
             db,
             durability,

@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::history::{
     key_row, lock_writer, period_prefix, record_keyno, split_key, HistoryStore, PERIOD_MS,
 };
+use super::period_keys::{row_slot, Opened};
 use super::StoreError;
 use crate::keys::PrivateKey;
 
@@ -144,12 +145,12 @@ impl HistoryStore {
             }
         };
         let mut periods = BTreeSet::new();
-        for (device, period, keyno) in &whole {
-            self.destroy_key(device, *period, *keyno)?;
+        self.destroy_keys(&whole)?;
+        report.unreadable_after_ms = started.elapsed().as_secs_f64() * 1000.0;
+        for (device, period, _) in &whole {
             periods.insert((device.clone(), *period));
         }
         self.db.flush()?;
-        report.unreadable_after_ms = started.elapsed().as_secs_f64() * 1000.0;
 
         if let Some((sk, pk)) = cut_key {
             for ((device, period), keynos) in &cut {
@@ -162,8 +163,8 @@ impl HistoryStore {
                     periods.insert((device.clone(), *period));
                 }
             }
-            self.db.flush()?;
             report.unreadable_after_ms = started.elapsed().as_secs_f64() * 1000.0;
+            self.db.flush()?;
         }
         report.periods = periods.len() as u64;
         let (records, bytes) = self.reclaim(range.device)?;
@@ -172,14 +173,57 @@ impl HistoryStore {
         Ok(report)
     }
 
-    /// Deletes a key and notes it as destroyed. The note comes first and
-    /// stays: readers skip a noted key's records even if a crash left the
-    /// key row behind, and its number is never drawn again.
-    fn destroy_key(&self, device: &str, period: u32, keyno: u32) -> Result<(), StoreError> {
-        let row = key_row(device, period, keyno);
-        self.shredded.insert(&row, NOTE_PENDING)?;
-        self.keys.remove(&row)?;
+    /// Destroys keys: each is noted first (the note stays: readers skip a
+    /// noted key's records even if a crash left the key row behind, and its
+    /// number is never drawn again), then their pads are zeroed in place
+    /// and synced (from then on the keys cannot be derived, whatever sled
+    /// keeps), then their rows go.
+    fn destroy_keys(&self, keys: &[(String, u32, u32)]) -> Result<(), StoreError> {
+        let mut slots = Vec::with_capacity(keys.len());
+        for (device, period, keyno) in keys {
+            let row = key_row(device, *period, *keyno);
+            self.shredded.insert(&row, NOTE_PENDING)?;
+            if let Some(slot) = self.keys.get(&row)?.as_deref().and_then(row_slot) {
+                slots.push(slot);
+            }
+        }
+        if !keys.is_empty() {
+            // The notes before the pads: a crash between leaves keys that
+            // readers already skip, never pads gone with nothing noted.
+            self.db.flush()?;
+        }
+        self.pads.destroy(&slots)?;
+        for (device, period, keyno) in keys {
+            self.keys.remove(key_row(device, *period, *keyno))?;
+        }
         self.mark_dirty();
+        Ok(())
+    }
+
+    /// At open: a key whose pad is gone but whose row and note are not (a
+    /// crash before the notes reached the disk) is noted now, before a
+    /// freed pad slot can be handed to a new key.
+    pub(super) fn settle_destroyed(&self) -> Result<(), StoreError> {
+        let mut settle = Vec::new();
+        for kv in self.keys.iter() {
+            let (k, v) = kv?;
+            let gone = match row_slot(&v) {
+                Some(slot) => self.pads.read(slot)?.is_none(),
+                None => false,
+            };
+            if gone && !self.shredded.contains_key(&k)? {
+                let (device, period, keyno) = parse_row(&k)?;
+                settle.push((device.to_string(), period, keyno));
+            }
+        }
+        if !settle.is_empty() {
+            tracing::warn!(
+                keys = settle.len(),
+                "finishing the deletion of keys a crash interrupted"
+            );
+            self.destroy_keys(&settle)?;
+            self.db.flush()?;
+        }
         Ok(())
     }
 
@@ -207,7 +251,10 @@ impl HistoryStore {
                 continue;
             };
             if let std::collections::btree_map::Entry::Vacant(e) = keys.entry(keyno) {
-                e.insert(self.open_key(sk, device, period, keyno).ok().flatten());
+                e.insert(match self.open_key(sk, device, period, keyno) {
+                    Ok(Opened::Key(k)) => Some(k),
+                    _ => None,
+                });
             }
             let rec = keys
                 .get(&keyno)
@@ -242,9 +289,11 @@ impl HistoryStore {
             self.records.remove(k)?;
             out.damaged += 1;
         }
-        for keyno in keynos {
-            self.destroy_key(device, period, *keyno)?;
-        }
+        let old: Vec<_> = keynos
+            .iter()
+            .map(|n| (device.to_string(), period, *n))
+            .collect();
+        self.destroy_keys(&old)?;
         Ok(out)
     }
 
@@ -265,7 +314,10 @@ impl HistoryStore {
             }
             let (dev, period, keyno) = parse_row(&row)?;
             // Finishes a destroy that a crash interrupted.
-            self.keys.remove(&row)?;
+            if let Some(slot) = self.keys.get(&row)?.as_deref().and_then(row_slot) {
+                self.pads.destroy(&[slot])?;
+                self.keys.remove(&row)?;
+            }
             // In batches: sled applies a batch atomically, at a cost that
             // grows faster than its size.
             let mut batch = sled::Batch::default();
@@ -324,14 +376,14 @@ impl HistoryStore {
         }
         let mut writer = lock_writer(&self.writer);
         let mut periods = BTreeSet::new();
-        for (device, period, keyno) in &expired {
-            self.destroy_key(device, *period, *keyno)?;
+        for (device, period, _) in &expired {
             writer.forget_period(device, *period);
             periods.insert((device.clone(), *period));
         }
         drop(writer);
-        self.db.flush()?;
+        self.destroy_keys(&expired)?;
         report.unreadable_after_ms = started.elapsed().as_secs_f64() * 1000.0;
+        self.db.flush()?;
         report.periods = periods.len() as u64;
         let (records, bytes) = self.reclaim(None)?;
         report.records = records;
@@ -362,224 +414,5 @@ impl HistoryStore {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::keys::seal;
-    use crate::store::{NewRecord, ReadRange, Store};
-
-    const DAY: u64 = PERIOD_MS;
-
-    fn fill(store: &Store, device: &str, times: &[u64]) {
-        for t in times {
-            let payload = format!("{{\"t\":{t}}}");
-            store
-                .history()
-                .append(&NewRecord {
-                    device,
-                    received_ms: *t,
-                    qos: 1,
-                    retain: false,
-                    topic: "devices/x/state",
-                    payload: payload.as_bytes(),
-                })
-                .expect("append");
-        }
-    }
-
-    fn times(store: &Store, sk: &PrivateKey, device: &str) -> Vec<u64> {
-        store
-            .history()
-            .read(
-                sk,
-                &ReadRange {
-                    device: Some(device),
-                    ..Default::default()
-                },
-            )
-            .map(|r| r.expect("readable").received_ms)
-            .collect()
-    }
-
-    #[test]
-    fn deleting_a_device_destroys_its_keys_and_leaves_the_others() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (sk, pk) = seal::generate();
-        let store = Store::open(dir.path()).expect("open");
-        store.history().set_recipient(Some(pk));
-        fill(&store, "a", &[10, DAY + 10, 2 * DAY + 10]);
-        fill(&store, "b", &[20, DAY + 20]);
-        let h = store.history();
-        let raw: Vec<_> = h
-            .records
-            .scan_prefix(b"a\0")
-            .map(|kv| kv.expect("kv"))
-            .collect();
-        let r = h
-            .shred(
-                &ShredRange {
-                    device: Some("a"),
-                    since_ms: 0,
-                    until_ms: u64::MAX,
-                },
-                None,
-            )
-            .expect("shred");
-        assert_eq!((r.periods, r.records, r.kept), (3, 3, 0));
-        assert!(r.bytes > 3 * 30);
-        assert!(h.period_keys("a").expect("keys").is_empty());
-        assert_eq!(h.count("a"), 0);
-        assert!(!h.has_unreclaimed());
-        assert_eq!(
-            h.shredded.len(),
-            3,
-            "notes stay, so key numbers are not reused"
-        );
-        assert_eq!(times(&store, &sk, "b"), vec![20, DAY + 20]);
-        // The ciphertext, put back as a disk might still hold it, does not
-        // open with the right private key: its data keys are gone.
-        for (k, v) in &raw {
-            h.records.insert(k, v.clone()).expect("insert");
-            let (_, period, _) = split_key(k).expect("key");
-            let keyno = record_keyno(v).expect("keyno");
-            assert!(h
-                .open_key(&sk, "a", period, keyno)
-                .expect("lookup")
-                .is_none());
-        }
-        assert_eq!(
-            h.read(
-                &sk,
-                &ReadRange {
-                    device: Some("a"),
-                    ..Default::default()
-                }
-            )
-            .count(),
-            0
-        );
-        for (k, _) in &raw {
-            h.records.remove(k).expect("remove");
-        }
-        // Writing again after a delete uses a fresh key.
-        fill(&store, "a", &[2 * DAY + 50]);
-        assert_eq!(times(&store, &sk, "a"), vec![2 * DAY + 50]);
-    }
-
-    #[test]
-    fn a_cut_day_keeps_what_is_outside_the_range() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (sk, pk) = seal::generate();
-        let store = Store::open(dir.path()).expect("open");
-        store.history().set_recipient(Some(pk));
-        fill(
-            &store,
-            "a",
-            &[100, 200, 300, DAY + 100, DAY + 200, 2 * DAY + 5],
-        );
-        let h = store.history();
-        let before = h.period_keys("a").expect("keys");
-        // From the middle of day 0 to the middle of day 1.
-        let range = ShredRange {
-            device: Some("a"),
-            since_ms: 150,
-            until_ms: DAY + 150,
-        };
-        assert!(
-            h.shred(&range, None).is_err(),
-            "a cut day needs the private key"
-        );
-        assert_eq!(h.period_keys("a").expect("keys"), before, "nothing changed");
-        let r = h.shred(&range, Some(&sk)).expect("shred");
-        assert_eq!((r.records, r.kept, r.periods), (3, 2, 2));
-        assert_eq!(times(&store, &sk, "a"), vec![100, DAY + 200, 2 * DAY + 5]);
-        // The old keys of the cut days are gone: new ones took their place.
-        let after = h.period_keys("a").expect("keys");
-        assert!(
-            before.iter().all(|k| k.0 == 2 || !after.contains(k)),
-            "{before:?} {after:?}"
-        );
-    }
-
-    #[test]
-    fn retention_expires_whole_days_by_the_clock_it_is_given() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (sk, pk) = seal::generate();
-        let store = Store::open(dir.path()).expect("open");
-        store.history().set_recipient(Some(pk));
-        fill(&store, "a", &[10, DAY + 10, 3 * DAY + 10]);
-        fill(&store, "forever", &[10]);
-        let h = store.history();
-        let keep = |d: &str| (d != "forever").then_some(2 * DAY);
-        // Day 0 ends at DAY; kept 2 days: expires at 3 DAY, not before.
-        assert_eq!(h.expire(3 * DAY - 1, &keep).expect("expire").periods, 0);
-        let r = h.expire(3 * DAY, &keep).expect("expire");
-        assert_eq!((r.periods, r.records), (1, 1));
-        assert_eq!(times(&store, &sk, "a"), vec![DAY + 10, 3 * DAY + 10]);
-        assert_eq!(times(&store, &sk, "forever"), vec![10]);
-    }
-
-    #[test]
-    fn deletes_racing_appends_leave_everything_readable() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (sk, pk) = seal::generate();
-        let store = Store::open(dir.path()).expect("open");
-        store.history().set_recipient(Some(pk));
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let writer = {
-            let (store, stop) = (store.clone(), std::sync::Arc::clone(&stop));
-            std::thread::spawn(move || {
-                let mut t = 0;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    fill(&store, "a", &[t % (2 * DAY)]);
-                    t += 997;
-                }
-                t
-            })
-        };
-        let h = store.history();
-        for round in 0..20u64 {
-            let range = if round % 2 == 0 {
-                ShredRange {
-                    device: Some("a"),
-                    since_ms: 0,
-                    until_ms: u64::MAX,
-                }
-            } else {
-                ShredRange {
-                    device: Some("a"),
-                    since_ms: round * 1000,
-                    until_ms: DAY + round * 1000,
-                }
-            };
-            h.shred(&range, Some(&sk)).expect("shred");
-        }
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        assert!(writer.join().expect("writer") > 0);
-        // Whatever survived opens: no key was destroyed under a writer.
-        for r in h.read(&sk, &ReadRange::default()) {
-            r.expect("every surviving record is readable");
-        }
-        assert!(!h.has_unreclaimed());
-    }
-
-    #[test]
-    fn an_interrupted_delete_is_finished_by_reclaim() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (sk, pk) = seal::generate();
-        let store = Store::open(dir.path()).expect("open");
-        store.history().set_recipient(Some(pk));
-        fill(&store, "a", &[10, 20]);
-        let h = store.history();
-        let (period, keyno) = h.period_keys("a").expect("keys")[0];
-        // As if the process died right after noting the key destroyed.
-        h.shredded
-            .insert(key_row("a", period, keyno), &[][..])
-            .expect("note");
-        // Readers already treat it as deleted...
-        h.keys.remove(key_row("a", period, keyno)).expect("remove");
-        assert!(times(&store, &sk, "a").is_empty());
-        // ...and reclaim removes the records.
-        assert_eq!(h.reclaim(None).expect("reclaim").0, 2);
-        assert_eq!(h.count("a"), 0);
-    }
-}
+#[path = "shred_tests.rs"]
+mod tests;
