@@ -78,8 +78,14 @@ fn main() {
     let base = 20_000 * PERIOD_MS;
     {
         let store = Store::open(&data).expect("open");
-        let (keys, _) =
-            StoredKeys::create(PASSPHRASE.as_bytes(), KdfParams::default(), 0).expect("keys");
+        let (keys, _) = StoredKeys::create(
+            PASSPHRASE.as_bytes(),
+            KdfParams::default(),
+            0,
+            &store.new_wrap_pad().expect("pad"),
+            &store.new_wrap_pad().expect("pad"),
+        )
+        .expect("keys");
         store.save_keys(&keys).expect("save");
         let h = store.history();
         let start = Instant::now();

@@ -388,9 +388,20 @@ fn decrypt(
         Request::KeyRecord,
         &mut std::io::sink(),
     ))?;
-    let keys = gateway::keys::StoredKeys::from_json(record.to_string().as_bytes())
+    let keys = gateway::keys::StoredKeys::from_json(record["record"].to_string().as_bytes())
         .context("the key record")?;
-    let sk = keys.unlock(passphrase.as_bytes()).map_err(OpError::from)?;
+    let pad: [u8; 32] = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD
+            .decode(record["passphrase_pad"].as_str().unwrap_or_default())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| anyhow::anyhow!("the gateway sent no usable key pad"))?
+    };
+    let pad = zeroize::Zeroizing::new(pad);
+    let sk = keys
+        .unlock(passphrase.as_bytes(), &pad)
+        .map_err(OpError::from)?;
     let pk = keys.public()?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if let Some(v) = value {

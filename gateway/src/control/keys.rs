@@ -89,7 +89,9 @@ impl Operations {
 
     /// The private key, for one request. Argon2id: blocking and slow.
     pub(super) fn unlock(&self, passphrase: &Passphrase) -> Result<PrivateKey, OpError> {
-        Ok(self.stored_keys()?.unlock(passphrase.as_bytes())?)
+        let keys = self.stored_keys()?;
+        let pad = self.store()?.wrap_pad(keys.passphrase_slot())?;
+        Ok(keys.unlock(passphrase.as_bytes(), &pad)?)
     }
 
     /// [`Self::unlock`] on a blocking thread, for async requests: Argon2id
@@ -99,19 +101,27 @@ impl Operations {
         passphrase: &Passphrase,
     ) -> Result<PrivateKey, OpError> {
         let keys = self.stored_keys()?;
+        let pad = self.store()?.wrap_pad(keys.passphrase_slot())?;
         let passphrase = passphrase.clone();
-        tokio::task::spawn_blocking(move || keys.unlock(passphrase.as_bytes()))
+        tokio::task::spawn_blocking(move || keys.unlock(passphrase.as_bytes(), &pad))
             .await
             .map_err(|e| OpError::runtime(format!("the unlock task failed: {e}")))?
             .map_err(OpError::from)
     }
 
-    /// The stored key record (public, and the private key wrapped): what
-    /// `decrypt` unlocks on the user's side.
+    /// The stored key record (public, and the private key wrapped) and the
+    /// pad its passphrase wrap is bound to: what `decrypt` unlocks on the
+    /// user's side. Useless without the passphrase.
     pub fn key_record(&self) -> Result<serde_json::Value, OpError> {
+        use base64::Engine;
         let keys = self.stored_keys()?;
-        serde_json::from_slice(&keys.to_json())
-            .map_err(|e| OpError::runtime(format!("encoding the key record: {e}")))
+        let pad = self.store()?.wrap_pad(keys.passphrase_slot())?;
+        let record: serde_json::Value = serde_json::from_slice(&keys.to_json())
+            .map_err(|e| OpError::runtime(format!("encoding the key record: {e}")))?;
+        Ok(serde_json::json!({
+            "record": record,
+            "passphrase_pad": base64::engine::general_purpose::STANDARD.encode(pad.as_ref()),
+        }))
     }
 
     /// First run: the user's key pair, wrapped under `passphrase` and a new
@@ -125,10 +135,13 @@ impl Operations {
             ));
         }
         check_new_passphrase(passphrase)?;
+        let (ppad, rpad) = (store.new_wrap_pad()?, store.new_wrap_pad()?);
         let (keys, recovery) = StoredKeys::create(
             passphrase.as_bytes(),
             KdfParams::default(),
             crate::pipeline::now_ms(),
+            &ppad,
+            &rpad,
         )?;
         store.save_keys(&keys)?;
         let (migrated, _) = store.migrate_plaintext_history()?;
@@ -148,11 +161,10 @@ impl Operations {
         old: &Passphrase,
         new: &Passphrase,
     ) -> Result<PassphraseChanged, OpError> {
-        let keys = self.stored_keys()?;
-        let sk = keys.unlock(old.as_bytes())?;
+        let sk = self.unlock(old)?;
         check_new_passphrase(new)?;
-        let next = keys.with_passphrase(&sk, new.as_bytes(), KdfParams::default())?;
-        self.store()?.save_keys(&next)?;
+        self.rewrap(&sk, new)?;
+        let next = self.stored_keys()?;
         Ok(PassphraseChanged {
             key_id: key_id(&next)?,
         })
@@ -165,13 +177,29 @@ impl Operations {
     ) -> Result<PassphraseChanged, OpError> {
         let keys = self.stored_keys()?;
         let recovery = RecoveryKey::parse(&recovery_key.0)?;
-        let sk = keys.unlock_with_recovery(&recovery)?;
+        let pad = self.store()?.wrap_pad(keys.recovery_slot())?;
+        let sk = keys.unlock_with_recovery(&recovery, &pad)?;
         check_new_passphrase(new)?;
-        let next = keys.with_passphrase(&sk, new.as_bytes(), KdfParams::default())?;
-        self.store()?.save_keys(&next)?;
+        self.rewrap(&sk, new)?;
+        let next = self.stored_keys()?;
         Ok(PassphraseChanged {
             key_id: key_id(&next)?,
         })
+    }
+}
+
+impl Operations {
+    /// Wraps the private key under `new` with a fresh pad, stores that, and
+    /// only then zeroes the old wrap's pad: the old passphrase stops working
+    /// even on a copy of the disk taken later.
+    fn rewrap(&self, sk: &PrivateKey, new: &Passphrase) -> Result<(), OpError> {
+        let store = self.store()?;
+        let keys = self.stored_keys()?;
+        let pad = store.new_wrap_pad()?;
+        let next = keys.with_passphrase(sk, new.as_bytes(), KdfParams::default(), &pad)?;
+        store.save_keys(&next)?;
+        store.destroy_wrap_pad(keys.passphrase_slot())?;
+        Ok(())
     }
 }
 

@@ -89,8 +89,18 @@ mod b64_bytes {
     }
 }
 
+/// A pad from the store's pad file that a key-encryption key is bound
+/// to: zeroing it revokes that wrap (an old passphrase after a change, or
+/// every wrap at a factory wipe), whatever copy of the record the store's
+/// log still holds.
+pub struct WrapPad {
+    pub slot: u64,
+    pub pad: Zeroizing<[u8; 32]>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct PassphraseWrap {
+    pad_slot: u64,
     kdf: String,
     params: KdfParams,
     #[serde(with = "b64_bytes")]
@@ -101,6 +111,7 @@ struct PassphraseWrap {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct RecoveryWrap {
+    pad_slot: u64,
     #[serde(with = "b64_bytes")]
     salt: Vec<u8>,
     #[serde(with = "b64_bytes")]
@@ -120,7 +131,7 @@ pub struct StoredKeys {
     recovery: RecoveryWrap,
 }
 
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 /// The private key is wrapped with the public key as associated data, so a
 /// wrapped key cannot be paired with another public key unnoticed.
@@ -155,13 +166,35 @@ fn passphrase_kek(
     Ok(kek)
 }
 
-fn wrap_with(kek: &[u8; 32], public: &[u8], sk: &PrivateKey) -> Result<Vec<u8>, KeyError> {
-    wrap::BoxKey::new(kek)?.seal(&wrap_aad(public), sk.0.as_ref())
+/// The key that wraps: HKDF-SHA256 of the derived key, salted with the pad.
+fn bind(kek: &[u8; 32], pad: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>, KeyError> {
+    let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, pad).extract(kek);
+    let info = [&b"dataward kek v1"[..]];
+    let okm = prk
+        .expand(&info, ring::hkdf::HKDF_SHA256)
+        .map_err(|_| KeyError::Crypto)?;
+    let mut out = Zeroizing::new([0u8; 32]);
+    okm.fill(out.as_mut()).map_err(|_| KeyError::Crypto)?;
+    Ok(out)
 }
 
-fn unwrap_with(kek: &[u8; 32], public: &[u8], wrapped: &[u8]) -> Option<PrivateKey> {
+fn wrap_with(
+    kek: &[u8; 32],
+    pad: &[u8; 32],
+    public: &[u8],
+    sk: &PrivateKey,
+) -> Result<Vec<u8>, KeyError> {
+    wrap::BoxKey::new(&*bind(kek, pad)?)?.seal(&wrap_aad(public), sk.0.as_ref())
+}
+
+fn unwrap_with(
+    kek: &[u8; 32],
+    pad: &[u8; 32],
+    public: &[u8],
+    wrapped: &[u8],
+) -> Option<PrivateKey> {
     let mut buf = Zeroizing::new(wrapped.to_vec());
-    let key = wrap::BoxKey::new(kek).ok()?;
+    let key = wrap::BoxKey::new(&*bind(kek, pad).ok()?).ok()?;
     let plain = key.open(&wrap_aad(public), &mut buf)?;
     let mut secret = Zeroizing::new([0u8; 32]);
     if plain.len() != 32 {
@@ -177,6 +210,8 @@ impl StoredKeys {
         passphrase: &[u8],
         params: KdfParams,
         now_ms: u64,
+        passphrase_pad: &WrapPad,
+        recovery_pad: &WrapPad,
     ) -> Result<(Self, RecoveryKey), KeyError> {
         let (sk, pk) = seal::generate();
         let recovery = RecoveryKey::generate()?;
@@ -184,8 +219,8 @@ impl StoredKeys {
             format: FORMAT,
             public: pk.0.to_vec(),
             created_ms: now_ms,
-            passphrase: Self::passphrase_wrap(&sk, &pk, passphrase, params)?,
-            recovery: Self::recovery_wrap(&sk, &pk, &recovery)?,
+            passphrase: Self::passphrase_wrap(&sk, &pk, passphrase, params, passphrase_pad)?,
+            recovery: Self::recovery_wrap(&sk, &pk, &recovery, recovery_pad)?,
         };
         Ok((keys, recovery))
     }
@@ -195,13 +230,15 @@ impl StoredKeys {
         pk: &PublicKey,
         passphrase: &[u8],
         params: KdfParams,
+        pad: &WrapPad,
     ) -> Result<PassphraseWrap, KeyError> {
         let salt = wrap::random_bytes::<16>()?.to_vec();
         let kek = passphrase_kek(passphrase, &salt, params)?;
         Ok(PassphraseWrap {
+            pad_slot: pad.slot,
             kdf: "argon2id".into(),
             params,
-            wrapped: wrap_with(&kek, &pk.0, sk)?,
+            wrapped: wrap_with(&kek, &pad.pad, &pk.0, sk)?,
             salt,
         })
     }
@@ -210,13 +247,25 @@ impl StoredKeys {
         sk: &PrivateKey,
         pk: &PublicKey,
         recovery: &RecoveryKey,
+        pad: &WrapPad,
     ) -> Result<RecoveryWrap, KeyError> {
         let salt = wrap::random_bytes::<16>()?.to_vec();
         let kek = recovery.kek(&salt)?;
         Ok(RecoveryWrap {
-            wrapped: wrap_with(&kek, &pk.0, sk)?,
+            pad_slot: pad.slot,
+            wrapped: wrap_with(&kek, &pad.pad, &pk.0, sk)?,
             salt,
         })
+    }
+
+    /// The pad slot the passphrase wrap is bound to.
+    pub fn passphrase_slot(&self) -> u64 {
+        self.passphrase.pad_slot
+    }
+
+    /// The pad slot the recovery wrap is bound to.
+    pub fn recovery_slot(&self) -> u64 {
+        self.recovery.pad_slot
     }
 
     pub fn public(&self) -> Result<PublicKey, KeyError> {
@@ -232,8 +281,9 @@ impl StoredKeys {
         self.created_ms
     }
 
-    /// The private key, given the passphrase. Slow by design (Argon2id).
-    pub fn unlock(&self, passphrase: &[u8]) -> Result<PrivateKey, KeyError> {
+    /// The private key, given the passphrase and the pad of
+    /// [`Self::passphrase_slot`]. Slow by design (Argon2id).
+    pub fn unlock(&self, passphrase: &[u8], pad: &[u8; 32]) -> Result<PrivateKey, KeyError> {
         let w = &self.passphrase;
         if w.kdf != "argon2id" {
             return Err(KeyError::Corrupt(format!(
@@ -242,14 +292,21 @@ impl StoredKeys {
             )));
         }
         let kek = passphrase_kek(passphrase, &w.salt, w.params)?;
-        let sk = unwrap_with(&kek, &self.public, &w.wrapped).ok_or(KeyError::WrongPassphrase)?;
+        let sk =
+            unwrap_with(&kek, pad, &self.public, &w.wrapped).ok_or(KeyError::WrongPassphrase)?;
         self.check_pair(&sk)?;
         Ok(sk)
     }
 
-    pub fn unlock_with_recovery(&self, recovery: &RecoveryKey) -> Result<PrivateKey, KeyError> {
+    /// The private key, given the recovery key and the pad of
+    /// [`Self::recovery_slot`].
+    pub fn unlock_with_recovery(
+        &self,
+        recovery: &RecoveryKey,
+        pad: &[u8; 32],
+    ) -> Result<PrivateKey, KeyError> {
         let kek = recovery.kek(&self.recovery.salt)?;
-        let sk = unwrap_with(&kek, &self.public, &self.recovery.wrapped)
+        let sk = unwrap_with(&kek, pad, &self.public, &self.recovery.wrapped)
             .ok_or(KeyError::WrongRecoveryKey)?;
         self.check_pair(&sk)?;
         Ok(sk)
@@ -271,10 +328,11 @@ impl StoredKeys {
         sk: &PrivateKey,
         new_passphrase: &[u8],
         params: KdfParams,
+        pad: &WrapPad,
     ) -> Result<Self, KeyError> {
         let pk = self.public()?;
         let mut next = self.clone();
-        next.passphrase = Self::passphrase_wrap(sk, &pk, new_passphrase, params)?;
+        next.passphrase = Self::passphrase_wrap(sk, &pk, new_passphrase, params, pad)?;
         Ok(next)
     }
 
@@ -360,34 +418,55 @@ mod tests {
         p: 1,
     };
 
+    fn pad(slot: u64) -> WrapPad {
+        WrapPad {
+            slot,
+            pad: wrap::random_key().expect("pad"),
+        }
+    }
+
     #[test]
     fn unlock_change_and_recover() {
-        let (keys, recovery) = StoredKeys::create(b"correct horse", FAST, 1).expect("create");
+        let (p1, r1) = (pad(0), pad(1));
+        let (keys, recovery) =
+            StoredKeys::create(b"correct horse", FAST, 1, &p1, &r1).expect("create");
         let keys = StoredKeys::from_json(&keys.to_json()).expect("reload");
+        assert_eq!((keys.passphrase_slot(), keys.recovery_slot()), (0, 1));
         let pk = keys.public().expect("public");
-        let sk = keys.unlock(b"correct horse").expect("unlock");
+        let sk = keys.unlock(b"correct horse", &p1.pad).expect("unlock");
         assert!(matches!(
-            keys.unlock(b"wrong horse"),
+            keys.unlock(b"wrong horse", &p1.pad),
             Err(KeyError::WrongPassphrase)
         ));
-        assert!(matches!(keys.unlock(b""), Err(KeyError::EmptyPassphrase)));
+        assert!(matches!(
+            keys.unlock(b"", &p1.pad),
+            Err(KeyError::EmptyPassphrase)
+        ));
+        // Without its pad, the right passphrase opens nothing.
+        assert!(matches!(
+            keys.unlock(b"correct horse", &[0; 32]),
+            Err(KeyError::WrongPassphrase)
+        ));
 
+        let p2 = pad(2);
         let changed = keys
-            .with_passphrase(&sk, b"battery staple", FAST)
+            .with_passphrase(&sk, b"battery staple", FAST, &p2)
             .expect("change");
-        assert!(changed.unlock(b"correct horse").is_err());
-        let sk2 = changed.unlock(b"battery staple").expect("new passphrase");
+        assert!(changed.unlock(b"correct horse", &p2.pad).is_err());
+        let sk2 = changed
+            .unlock(b"battery staple", &p2.pad)
+            .expect("new passphrase");
         assert_eq!(sk2.0.as_ref(), sk.0.as_ref());
         assert_eq!(changed.public().expect("public"), pk);
 
         let text = recovery.to_text();
         let sk3 = changed
-            .unlock_with_recovery(&RecoveryKey::parse(&text).expect("parse"))
+            .unlock_with_recovery(&RecoveryKey::parse(&text).expect("parse"), &r1.pad)
             .expect("recover");
         assert_eq!(sk3.0.as_ref(), sk.0.as_ref());
         let other = RecoveryKey::generate().expect("other");
         assert!(matches!(
-            changed.unlock_with_recovery(&other),
+            changed.unlock_with_recovery(&other, &r1.pad),
             Err(KeyError::WrongRecoveryKey)
         ));
         // Nothing secret is in the stored form.
@@ -399,7 +478,7 @@ mod tests {
     #[test]
     fn damaged_records_are_errors() {
         assert!(StoredKeys::from_json(b"{").is_err());
-        let (keys, _) = StoredKeys::create(b"pw", FAST, 1).expect("create");
+        let (keys, _) = StoredKeys::create(b"pw", FAST, 1, &pad(0), &pad(1)).expect("create");
         let mut v: serde_json::Value = serde_json::from_slice(&keys.to_json()).expect("json");
         v["public"] = "AAAA".into();
         assert!(StoredKeys::from_json(v.to_string().as_bytes()).is_err());

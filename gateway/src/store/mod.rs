@@ -23,7 +23,8 @@ mod shred;
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::keys::StoredKeys;
+use crate::keys::{StoredKeys, WrapPad};
+pub use pads::Pad;
 
 const USER_KEYS: &[u8] = b"user";
 
@@ -195,12 +196,38 @@ impl Store {
         Ok((moved, dropped))
     }
 
-    /// Forgets the user's keys (factory wipe): no history is kept after.
+    /// Forgets the user's keys (factory wipe): no history is kept after,
+    /// and their pads are zeroed, so no copy of the record in sled's log
+    /// opens again.
     pub fn remove_keys(&self) -> Result<(), StoreError> {
         self.history.set_recipient(None);
+        let keys = self.load_keys()?;
         self.db.open_tree("keys")?.remove(USER_KEYS)?;
         self.db.flush()?;
+        if let Some(keys) = keys {
+            self.history
+                .pads
+                .destroy(&[keys.passphrase_slot(), keys.recovery_slot()])?;
+        }
         Ok(())
+    }
+
+    /// A new pad for a key wrap.
+    pub fn new_wrap_pad(&self) -> Result<WrapPad, StoreError> {
+        let (slot, pad) = self.history.pads.allocate()?;
+        Ok(WrapPad { slot, pad })
+    }
+
+    /// The pad in `slot`, which a key wrap is bound to.
+    pub fn wrap_pad(&self, slot: u64) -> Result<Pad, StoreError> {
+        self.history.pads.read(slot)?.ok_or_else(|| {
+            StoreError::Corrupt(format!("the key pad in slot {slot} of keypads is gone"))
+        })
+    }
+
+    /// Zeroes the pad of a wrap no longer in use (an old passphrase's).
+    pub fn destroy_wrap_pad(&self, slot: u64) -> Result<(), StoreError> {
+        self.history.pads.destroy(&[slot])
     }
 
     pub fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
@@ -241,5 +268,52 @@ impl Store {
     pub fn flush(&self) -> Result<(), StoreError> {
         self.db.flush()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::KdfParams;
+
+    const FAST: KdfParams = KdfParams {
+        m_kib: 256,
+        t: 1,
+        p: 1,
+    };
+
+    #[test]
+    fn a_replaced_wrap_stays_revoked_on_a_copy_of_the_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let (p, r) = (
+            store.new_wrap_pad().expect("pad"),
+            store.new_wrap_pad().expect("pad"),
+        );
+        let (keys, _) = StoredKeys::create(b"old passphrase", FAST, 0, &p, &r).expect("create");
+        store.save_keys(&keys).expect("save");
+        // What a copy of the disk taken later may still hold of the record.
+        let old = store.load_keys().expect("load").expect("keys");
+        let pad = store.wrap_pad(old.passphrase_slot()).expect("pad");
+        let sk = old.unlock(b"old passphrase", &pad).expect("unlock");
+        let fresh = store.new_wrap_pad().expect("pad");
+        let next = old
+            .with_passphrase(&sk, b"new passphrase", FAST, &fresh)
+            .expect("rewrap");
+        store.save_keys(&next).expect("save");
+        store
+            .destroy_wrap_pad(old.passphrase_slot())
+            .expect("destroy");
+        assert!(
+            store.wrap_pad(old.passphrase_slot()).is_err(),
+            "the old pad is zeroed"
+        );
+        // Even if the slot is handed out again, the old wrap does not open.
+        let reused = store.new_wrap_pad().expect("pad");
+        assert_eq!(reused.slot, old.passphrase_slot());
+        assert!(old.unlock(b"old passphrase", &reused.pad).is_err());
+        let now = store.load_keys().expect("load").expect("keys");
+        let pad = store.wrap_pad(now.passphrase_slot()).expect("pad");
+        assert!(now.unlock(b"new passphrase", &pad).is_ok());
     }
 }
