@@ -167,9 +167,9 @@ pub enum PassphraseCommand {
     Reset {
         #[command(flatten)]
         common: Common,
-        /// A file holding the recovery key
+        /// Read the recovery key from this file instead of the terminal
         #[arg(long)]
-        recovery_key_file: PathBuf,
+        recovery_key_file: Option<PathBuf>,
         /// Read the new passphrase from this file
         #[arg(long)]
         new_passphrase_file: Option<PathBuf>,

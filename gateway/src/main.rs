@@ -219,7 +219,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 recovery_key_file,
                 new_passphrase_file,
             } => {
-                let recovery_key = prompt::secret(Some(&recovery_key_file), "", false)?;
+                let recovery_key = prompt::secret(
+                    recovery_key_file.as_deref(),
+                    "Recovery key (8 groups of 5 characters): ",
+                    false,
+                )?;
                 let new = prompt::secret(new_passphrase_file.as_deref(), "New passphrase: ", true)?;
                 (common, Request::PassphraseReset { recovery_key, new }, None)
             }

@@ -35,7 +35,7 @@ pub fn secret(file: Option<&Path>, prompt: &str, confirm: bool) -> anyhow::Resul
     }
     if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
         return Err(BadInput(
-            "there is no terminal to type the passphrase on: give it in a file with --passphrase-file (and --new-passphrase-file where a new one is set)".into(),
+            "there is no terminal to type the passphrase on: give it in a file with --passphrase-file (--new-passphrase-file for a new one, --recovery-key-file for the recovery key)".into(),
         )
         .into());
     }
