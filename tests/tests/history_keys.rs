@@ -433,5 +433,19 @@ fn retain_rules_leave_fields_and_devices_out_of_the_history() -> Result<()> {
     assert_eq!(text.lines().count(), 1, "{text}");
     assert!(text.contains(r#""payload":{"power":5}"#), "{text}");
     assert!(files_with(&data, "RETAIN-MARKER-1")?.is_empty());
+
+    // A store restored without its key pads is refused, and nothing in it
+    // is touched; with the file back, everything reads again.
+    let pads = data.join("keypads");
+    let aside = dir.path().join("keypads.aside");
+    std::fs::rename(&pads, &aside)?;
+    let out = export(&data, &[])?;
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("keypads") && err.contains("missing"), "{err}");
+    assert!(!pads.exists(), "no empty pad file was made in its place");
+    std::fs::rename(&aside, &pads)?;
+    let again = export(&data, &[])?;
+    assert_eq!(String::from_utf8(again.stdout)?, text);
     Ok(())
 }

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use super::{OpError, Operations};
-use crate::keys::{KdfParams, KeyError, PrivateKey, RecoveryKey, StoredKeys};
+use crate::keys::{seal, KdfParams, KeyError, PrivateKey, RecoveryKey, StoredKeys};
 
 /// A passphrase or recovery key as it travels in a request: wiped when
 /// dropped, never shown by `Debug`.
@@ -129,6 +129,7 @@ impl Operations {
     /// by earlier versions is encrypted and its plaintext removed.
     pub fn init(&self, passphrase: &Passphrase) -> Result<InitReport, OpError> {
         let store = self.store()?;
+        let _change = store.key_change();
         if store.load_keys()?.is_some() {
             return Err(OpError::input(
                 "the keys are already set up; `dataward passphrase change` changes the passphrase",
@@ -194,7 +195,15 @@ impl Operations {
     /// even on a copy of the disk taken later.
     fn rewrap(&self, sk: &PrivateKey, new: &Passphrase) -> Result<(), OpError> {
         let store = self.store()?;
+        let _change = store.key_change();
         let keys = self.stored_keys()?;
+        if seal::public_of(sk)? != keys.public()? {
+            // The keys changed while this request unlocked (a factory wipe
+            // and a new init): nothing to re-wrap.
+            return Err(OpError::input(
+                "the keys changed meanwhile; nothing was changed",
+            ));
+        }
         let pad = store.new_wrap_pad()?;
         let next = keys.with_passphrase(sk, new.as_bytes(), KdfParams::default(), &pad)?;
         store.save_keys(&next)?;

@@ -1,11 +1,12 @@
 //! Device history, encrypted to the user's public key (DESIGN §6, the
 //! format in docs/formats.md).
 //!
-//! - Each device and UTC day (a *period*) gets a random 32-byte data key,
-//!   sealed to the user's public key (HPKE) and stored in `period_keys`.
-//!   The writer keeps the open key in memory while it writes that period;
-//!   after a restart it draws a new one (the next *key number*), since it
-//!   cannot open what it sealed. Reading needs the private key.
+//! - Each device and UTC day (a *period*) gets a data key (see
+//!   `period_keys`: half sealed to the user's public key, half a pad the
+//!   store can destroy). The writer keeps the open key in memory while it
+//!   writes that period; after a restart it draws a new one (the next *key
+//!   number*), since it cannot open what it sealed. Reading needs the
+//!   private key.
 //! - Each record is sealed under its period's data key (ChaCha20-Poly1305,
 //!   a fresh random nonce) with device, period, sequence number and key
 //!   number as associated data: a record moved or swapped does not open.
@@ -15,9 +16,10 @@
 //!
 //! Trees: `records` (key: device, 0x00, period u32 BE, seq u64 BE; value:
 //! 0x01, key number u32 BE, nonce ‖ ciphertext ‖ tag), `period_keys` (key:
-//! device, 0x00, period u32 BE, key number u32 BE; value: 0x01, HPKE box of
-//! the data key) and `shredded` (same keys as `period_keys`: keys destroyed
-//! whose records are still being removed).
+//! device, 0x00, period u32 BE, key number u32 BE; value: 0x02, pad slot
+//! u64 BE, HPKE box of the secret) and `shredded` (same keys as
+//! `period_keys`: destroyed keys; empty while their records are still being
+//! removed, 0x01 after).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -173,8 +175,8 @@ pub struct HistoryStore {
     /// take keys out of use, so that no record is written under a key
     /// being destroyed.
     pub(super) writer: Mutex<Writer>,
-    /// One reclaim at a time.
-    pub(super) reclaiming: Mutex<()>,
+    /// One delete, expiry or reclaim at a time.
+    pub(super) shredding: Mutex<()>,
     pub(super) pads: Arc<super::pads::KeyPads>,
 }
 
@@ -198,7 +200,7 @@ impl HistoryStore {
             shredded: db.open_tree("shredded")?,
             dirty,
             writer: Mutex::default(),
-            reclaiming: Mutex::default(),
+            shredding: Mutex::default(),
         })
     }
 

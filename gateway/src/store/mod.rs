@@ -16,7 +16,7 @@ mod pads;
 mod period_keys;
 
 #[cfg(test)]
-pub(crate) use period_keys::derive_data_key;
+pub(crate) use period_keys::{derive_data_key, derive_key_bytes};
 mod policies;
 mod shred;
 
@@ -71,12 +71,29 @@ pub struct Store {
     /// One per store, shared by the pipeline and the operations: deletes
     /// and appends coordinate through it.
     history: Arc<HistoryStore>,
+    key_changes: Arc<std::sync::Mutex<()>>,
 }
 
 impl Store {
     /// Opens (or creates) the store in `dir`. A second process on the same
     /// directory, or a corrupt file, gives an error, never a panic.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        // Another handle of this process may be letting go of the files
+        // (sled's threads finish after the last handle drops): a locked
+        // store is tried again for a moment. Other processes are kept out
+        // by the data directory's lock before this is reached.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            match Self::open_once(dir) {
+                Err(StoreError::Locked(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn open_once(dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
             path: dir.display().to_string(),
             source: sled::Error::Io(e),
@@ -105,18 +122,45 @@ impl Store {
                 },
             })?;
         let durability = Arc::new(Durability::new(db.clone()));
-        let pads = Arc::new(pads::KeyPads::open(&dir.join("keypads"))?);
-        let history = Arc::new(HistoryStore::open(&db, durability.dirty(), pads)?);
-        history.settle_destroyed()?;
+        // The pad file is created with the first keys, never for a store
+        // that already has some: that would read as "all destroyed".
+        let keyed = db.open_tree("keys")?.get(USER_KEYS)?.is_some()
+            || !db.open_tree("period_keys")?.is_empty();
+        let pads = Arc::new(pads::KeyPads::open(&dir.join("keypads"), !keyed)?);
+        let history = Arc::new(HistoryStore::open(
+            &db,
+            durability.dirty(),
+            Arc::clone(&pads),
+        )?);
         let store = Self {
             db,
             durability,
             history,
+            key_changes: Arc::default(),
         };
-        if let Some(keys) = store.load_keys()? {
+        let keys = store.load_keys()?;
+        store.history.settle_destroyed()?;
+        // Pads nothing names any more: drawn for a key a crash kept from
+        // being stored, or an old wrap a crash kept from being revoked.
+        let mut used = store.history.pad_slots()?;
+        if let Some(k) = &keys {
+            used.insert(k.passphrase_slot());
+            used.insert(k.recovery_slot());
+        }
+        let orphans = pads.destroy_unused(&used)?;
+        if orphans > 0 {
+            tracing::info!(orphans, "key pads no key used any more were destroyed");
+        }
+        if let Some(keys) = keys {
             store.history.set_recipient(Some(keys.public()?));
         }
         Ok(store)
+    }
+
+    /// Held across a change of the user's keys (init, passphrase change or
+    /// reset, factory wipe): two at once could revoke each other's pads.
+    pub fn key_change(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.key_changes.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The user's stored keys, if `init` has run.
@@ -200,6 +244,7 @@ impl Store {
     /// and their pads are zeroed, so no copy of the record in sled's log
     /// opens again.
     pub fn remove_keys(&self) -> Result<(), StoreError> {
+        let _change = self.key_change();
         self.history.set_recipient(None);
         let keys = self.load_keys()?;
         self.db.open_tree("keys")?.remove(USER_KEYS)?;
@@ -308,10 +353,14 @@ mod tests {
             store.wrap_pad(old.passphrase_slot()).is_err(),
             "the old pad is zeroed"
         );
-        // Even if the slot is handed out again, the old wrap does not open.
-        let reused = store.new_wrap_pad().expect("pad");
-        assert_eq!(reused.slot, old.passphrase_slot());
-        assert!(old.unlock(b"old passphrase", &reused.pad).is_err());
+        // Its slot is never handed out again.
+        let next_pad = store.new_wrap_pad().expect("pad");
+        assert_ne!(next_pad.slot, old.passphrase_slot());
+        // A pad drawn but never stored (a crash before the record) is
+        // destroyed at the next open; the ones in use stay.
+        drop(store);
+        let store = Store::open(dir.path()).expect("reopen");
+        assert!(store.wrap_pad(next_pad.slot).is_err(), "orphan destroyed");
         let now = store.load_keys().expect("load").expect("keys");
         let pad = store.wrap_pad(now.passphrase_slot()).expect("pad");
         assert!(now.unlock(b"new passphrase", &pad).is_ok());

@@ -2,15 +2,16 @@
 //! for good.
 //!
 //! sled is log-structured: a removed value stays in older log segments
-//! until its garbage collection happens to rewrite them. A data key kept
-//! only in sled would therefore outlive its deletion on disk. So every data
-//! key is split: a secret sealed to the user's key, kept in sled, and a
-//! 32-byte random *pad*, kept here, in a file of fixed slots that is
-//! overwritten in place. The data key is derived from both; zeroing the
-//! pad (and syncing the file) destroys the key, whatever sled still holds.
+//! until its garbage collection happens to rewrite them. A key kept only in
+//! sled would therefore outlive its deletion on disk. So every data key,
+//! and every wrap of the user's private key, is bound to a 32-byte random
+//! *pad* kept here, in a file of fixed slots overwritten in place: zeroing
+//! the pad (and syncing the file) destroys the key, whatever sled holds.
 //!
 //! File `<data_dir>/keypads`: the 8 bytes `dwpads1\n`, then 32-byte slots.
-//! An all-zero slot is free (a destroyed pad); freed slots are reused.
+//! An all-zero slot is a destroyed pad. Slots are never handed out twice
+//! (32 bytes per key drawn: about a megabyte a year for 100 devices), so a
+//! key row left behind by a crash can never name someone else's pad.
 //! What a flash device's wear levelling keeps of overwritten blocks is
 //! beyond any program's reach (docs/formats.md says so).
 
@@ -30,10 +31,8 @@ pub type Pad = Zeroizing<[u8; 32]>;
 
 struct Slots {
     file: File,
-    /// Slots in the file.
+    /// Slots in the file; the next one is handed out next.
     count: u64,
-    /// Zeroed slots, to reuse first.
-    free: Vec<u64>,
 }
 
 pub struct KeyPads {
@@ -49,8 +48,18 @@ fn offset(slot: u64) -> u64 {
 }
 
 impl KeyPads {
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    /// Opens the pad file, creating it only when `create` (a store with no
+    /// keys yet): a store whose pad file went missing must be refused, not
+    /// given an empty one that would read as "every key destroyed".
+    pub fn open(path: &Path, create: bool) -> Result<Self, StoreError> {
         use std::os::unix::fs::OpenOptionsExt;
+        let exists = path.exists();
+        if !exists && !create {
+            return Err(StoreError::Corrupt(format!(
+                "{} is missing: without it no stored history or key can be opened (restore it from the same backup as the store)",
+                path.display()
+            )));
+        }
         let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -63,6 +72,12 @@ impl KeyPads {
         if len == 0 {
             file.write_all_at(MAGIC, 0).map_err(|e| io("write", e))?;
             file.sync_all().map_err(|e| io("sync", e))?;
+            // The file's name must survive a crash too.
+            if let Some(dir) = path.parent() {
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| io("sync the directory", e))?;
+            }
         } else {
             let mut magic = [0u8; 8];
             file.read_exact_at(&mut magic, 0)
@@ -74,27 +89,11 @@ impl KeyPads {
                 )));
             }
         }
-        // A slot cut short by a crash while the file grew was never
-        // handed out: the count stops before it.
+        // A slot cut short by a crash while the file grew was never named
+        // by anything durable: the count stops before it.
         let count = len.saturating_sub(MAGIC.len() as u64) / SLOT;
-        let mut free = Vec::new();
-        let mut buf = Zeroizing::new(vec![0u8; (SLOT * 1024) as usize]);
-        let mut slot = 0;
-        while slot < count {
-            let n = (count - slot).min(1024);
-            let bytes = &mut buf[..(n * SLOT) as usize];
-            file.read_exact_at(bytes, offset(slot))
-                .map_err(|e| io("read", e))?;
-            for (i, pad) in bytes.chunks(SLOT as usize).enumerate() {
-                if pad.iter().all(|b| *b == 0) {
-                    free.push(slot + i as u64);
-                }
-            }
-            slot += n;
-        }
-        free.reverse();
         Ok(Self {
-            slots: Mutex::new(Slots { file, count, free }),
+            slots: Mutex::new(Slots { file, count }),
         })
     }
 
@@ -102,33 +101,33 @@ impl KeyPads {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A new random pad, durably in a slot, and the slot's number.
+    /// Slots in the file.
+    pub fn count(&self) -> u64 {
+        self.lock().count
+    }
+
+    /// A new random pad, durably in a new slot, and the slot's number.
     pub fn allocate(&self) -> Result<(u64, Pad), StoreError> {
         let pad = crate::keys::wrap::random_key().map_err(|e| StoreError::Crypto(e.to_string()))?;
         let mut s = self.lock();
-        let slot = match s.free.pop() {
-            Some(slot) => slot,
-            None => {
-                s.count += 1;
-                s.count - 1
-            }
-        };
-        let written = s
-            .file
+        let slot = s.count;
+        s.file
             .write_all_at(pad.as_ref(), offset(slot))
-            .and_then(|()| s.file.sync_data());
-        if let Err(e) = written {
-            s.free.push(slot);
-            return Err(io("write", e));
-        }
+            .and_then(|()| s.file.sync_data())
+            .map_err(|e| io("write", e))?;
+        s.count += 1;
         Ok((slot, pad))
     }
 
-    /// The pad in `slot`; `None` once destroyed (or never written).
+    /// The pad in `slot`; `None` once destroyed. A slot the file does not
+    /// have is an error: the file is older than the store that names it.
     pub fn read(&self, slot: u64) -> Result<Option<Pad>, StoreError> {
         let s = self.lock();
         if slot >= s.count {
-            return Ok(None);
+            return Err(StoreError::Corrupt(format!(
+                "key pad {slot} is beyond the end of the keypads file ({} pads): the file does not match the store",
+                s.count
+            )));
         }
         let mut pad = Zeroizing::new([0u8; 32]);
         s.file
@@ -138,9 +137,12 @@ impl KeyPads {
     }
 
     /// Overwrites the pads in `slots` with zeros, then syncs: from the
-    /// return on, the keys they were part of cannot be derived.
+    /// return on, the keys bound to them cannot be derived.
     pub fn destroy(&self, slots: &[u64]) -> Result<(), StoreError> {
-        let mut s = self.lock();
+        if slots.is_empty() {
+            return Ok(());
+        }
+        let s = self.lock();
         for slot in slots {
             if *slot < s.count {
                 s.file
@@ -148,13 +150,23 @@ impl KeyPads {
                     .map_err(|e| io("write", e))?;
             }
         }
-        s.file.sync_data().map_err(|e| io("sync", e))?;
-        for slot in slots {
-            if *slot < s.count && !s.free.contains(slot) {
-                s.free.push(*slot);
+        s.file.sync_data().map_err(|e| io("sync", e))
+    }
+
+    /// Zeroes every live pad not in `used`: pads drawn for a key or a wrap
+    /// that a crash kept from being stored, or an old wrap a crash kept
+    /// from being revoked. Only while nothing else uses the store (at
+    /// open). Returns how many.
+    pub fn destroy_unused(&self, used: &std::collections::HashSet<u64>) -> Result<u64, StoreError> {
+        let count = self.count();
+        let mut orphans = Vec::new();
+        for slot in 0..count {
+            if !used.contains(&slot) && self.read(slot)?.is_some() {
+                orphans.push(slot);
             }
         }
-        Ok(())
+        self.destroy(&orphans)?;
+        Ok(orphans.len() as u64)
     }
 }
 
@@ -163,11 +175,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pads_are_stored_destroyed_in_place_and_their_slots_reused() {
+    fn pads_are_stored_destroyed_in_place_and_never_handed_out_twice() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("keypads");
+        assert!(
+            KeyPads::open(&path, false).is_err(),
+            "missing, and not to be created"
+        );
         let (a, b, pad_a) = {
-            let pads = KeyPads::open(&path).expect("open");
+            let pads = KeyPads::open(&path, true).expect("open");
             let (a, pad_a) = pads.allocate().expect("a");
             let (b, _) = pads.allocate().expect("b");
             assert_ne!(a, b);
@@ -175,20 +191,25 @@ mod tests {
             assert!(pads.read(b).expect("read").is_none());
             (a, b, pad_a)
         };
-        let len = std::fs::metadata(&path).expect("stat").len();
         let bytes = std::fs::read(&path).expect("read");
         assert!(
             bytes.windows(32).any(|w| w == pad_a.as_slice()),
             "the pad is in the file"
         );
-        let pads = KeyPads::open(&path).expect("reopen");
+        let pads = KeyPads::open(&path, false).expect("reopen");
         assert_eq!(pads.read(a).expect("read").as_deref(), Some(&*pad_a));
-        // The destroyed slot is found free again and reused: the file does
-        // not grow.
         let (c, _) = pads.allocate().expect("c");
-        assert_eq!(c, b);
-        assert_eq!(std::fs::metadata(&path).expect("stat").len(), len);
+        assert!(c > b, "a destroyed slot is not reused");
+        assert!(
+            pads.read(c + 1).is_err(),
+            "beyond the end is an error, not 'destroyed'"
+        );
+        // Unused live pads are zeroed; used ones stay.
+        let used = [a].into_iter().collect();
+        assert_eq!(pads.destroy_unused(&used).expect("sweep"), 1);
+        assert!(pads.read(c).expect("read").is_none());
+        assert!(pads.read(a).expect("read").is_some());
         std::fs::write(&path, b"garbage!").expect("write");
-        assert!(KeyPads::open(&path).is_err());
+        assert!(KeyPads::open(&path, false).is_err());
     }
 }

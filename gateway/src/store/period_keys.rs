@@ -44,6 +44,19 @@ pub(crate) fn derive_data_key(
     period: u32,
     keyno: u32,
 ) -> Result<BoxKey, StoreError> {
+    let key = derive_key_bytes(pad, secret, device, period, keyno)?;
+    BoxKey::new(&key).map_err(|e| StoreError::Crypto(e.to_string()))
+}
+
+/// HKDF-SHA256(salt = pad, IKM = secret, info = "dataward data key v1" ‖
+/// device ‖ 0x00 ‖ period ‖ key number).
+pub(crate) fn derive_key_bytes(
+    pad: &[u8; 32],
+    secret: &[u8],
+    device: &str,
+    period: u32,
+    keyno: u32,
+) -> Result<zeroize::Zeroizing<[u8; 32]>, StoreError> {
     let prk = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, pad).extract(secret);
     let mut info = b"dataward data key v1".to_vec();
     info.extend_from_slice(&key_row(device, period, keyno));
@@ -54,7 +67,7 @@ pub(crate) fn derive_data_key(
     let mut key = zeroize::Zeroizing::new([0u8; 32]);
     okm.fill(key.as_mut())
         .map_err(|_| StoreError::Crypto("deriving a data key".into()))?;
-    BoxKey::new(&key).map_err(|e| StoreError::Crypto(e.to_string()))
+    Ok(key)
 }
 
 /// The pad slot a key row names.

@@ -1,19 +1,25 @@
-//! Deleting history by crypto-shredding.
+//! Deleting history by crypto-shredding. One delete, expiry or reclaim
+//! runs at a time.
 //!
-//! 1. Under the writer's lock, the data keys of every period wholly inside
-//!    the range are destroyed, and each is noted in `shredded`; one flush
-//!    later the records are unreadable, whatever the engine still keeps on
-//!    disk.
-//! 2. A period cut by an edge of the range is re-encrypted: its records
-//!    outside the range are sealed again under a new data key, those inside
-//!    are removed, then its old keys are destroyed like the others.
-//! 3. The records of destroyed keys are removed ([`HistoryStore::reclaim`]),
-//!    and each note with them. A crash in between leaves notes, and the next
-//!    start finishes the job; until then, readers skip those records as
-//!    deleted rather than report them as damaged.
+//! 1. Under the writer's lock, briefly, the writer stops using the keys in
+//!    question and they are listed: nothing is written under them after.
+//! 2. Each key to destroy is noted in `shredded` (flushed), then its pad is
+//!    zeroed in place and synced: from then on its records are unreadable,
+//!    whatever sled still keeps on disk. Then its row goes.
+//! 3. A period cut by an edge of the range is read first; then its records
+//!    outside the range are sealed again under a new key, those inside
+//!    removed, and its old keys destroyed like the others.
+//! 4. The records of destroyed keys are removed ([`HistoryStore::reclaim`])
+//!    and the notes marked done. Notes stay: key numbers are never drawn
+//!    again, and readers skip a noted key's records. A crash in between
+//!    leaves pending notes, finished at the next start.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
+
+fn lock_unit(m: &std::sync::Mutex<()>) -> std::sync::MutexGuard<'_, ()> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 use serde::{Deserialize, Serialize};
 
@@ -103,6 +109,7 @@ impl HistoryStore {
         range: &ShredRange<'_>,
         sk: Option<&PrivateKey>,
     ) -> Result<ShredReport, StoreError> {
+        let _one = lock_unit(&self.shredding);
         let started = Instant::now();
         let mut report = ShredReport::default();
         // Under the writer's lock, briefly: the writer stops using the keys
@@ -167,7 +174,7 @@ impl HistoryStore {
             self.db.flush()?;
         }
         report.periods = periods.len() as u64;
-        let (records, bytes) = self.reclaim(range.device)?;
+        let (records, bytes) = self.reclaim_locked(range.device)?;
         report.records += records;
         report.bytes += bytes;
         Ok(report)
@@ -298,10 +305,16 @@ impl HistoryStore {
     }
 
     /// Removes the records of destroyed keys (of `device`, or all) and
-    /// marks their notes done. One reclaim at a time. Returns (records,
-    /// bytes) removed.
+    /// marks their notes done. Returns (records, bytes) removed.
     pub fn reclaim(&self, device: Option<&str>) -> Result<(u64, u64), StoreError> {
-        let _one = self.reclaiming.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = lock_unit(&self.shredding);
+        self.reclaim_locked(device)
+    }
+
+    /// [`Self::reclaim`], by a caller that holds `shredding`: no re-seal of
+    /// a cut day runs meanwhile, so a record's key number read here is
+    /// still its key number when it is removed.
+    fn reclaim_locked(&self, device: Option<&str>) -> Result<(u64, u64), StoreError> {
         let notes = match device {
             Some(d) => self.shredded.scan_prefix(super::history::device_prefix(d)),
             None => self.shredded.iter(),
@@ -353,42 +366,53 @@ impl HistoryStore {
         now_ms: u64,
         keep_for: &dyn Fn(&str) -> Option<u64>,
     ) -> Result<ShredReport, StoreError> {
+        let _one = lock_unit(&self.shredding);
         let started = Instant::now();
         let mut expired = Vec::new();
-        for kv in self.keys.iter() {
-            let (k, _) = kv?;
-            let Some((device, period, rest)) = split_key(&k) else {
-                continue;
-            };
-            let Some(keep) = keep_for(device) else {
-                continue;
-            };
-            let (_, end) = bounds(period);
-            if end.saturating_add(keep) <= now_ms {
-                if let Some(keyno) = keyno_of(rest) {
+        let mut periods = BTreeSet::new();
+        {
+            // Listed and taken out of use at once: no key is drawn between.
+            let mut writer = lock_writer(&self.writer);
+            for kv in self.keys.iter() {
+                let (k, _) = kv?;
+                let (device, period, keyno) = parse_row(&k)?;
+                let Some(keep) = keep_for(device) else {
+                    continue;
+                };
+                let (_, end) = bounds(period);
+                if end.saturating_add(keep) <= now_ms {
                     expired.push((device.to_string(), period, keyno));
+                    periods.insert((device.to_string(), period));
                 }
+            }
+            for (device, period) in &periods {
+                writer.forget_period(device, *period);
             }
         }
         let mut report = ShredReport::default();
         if expired.is_empty() {
             return Ok(report);
         }
-        let mut writer = lock_writer(&self.writer);
-        let mut periods = BTreeSet::new();
-        for (device, period, _) in &expired {
-            writer.forget_period(device, *period);
-            periods.insert((device.clone(), *period));
-        }
-        drop(writer);
         self.destroy_keys(&expired)?;
         report.unreadable_after_ms = started.elapsed().as_secs_f64() * 1000.0;
         self.db.flush()?;
         report.periods = periods.len() as u64;
-        let (records, bytes) = self.reclaim(None)?;
+        let (records, bytes) = self.reclaim_locked(None)?;
         report.records = records;
         report.bytes = bytes;
         Ok(report)
+    }
+
+    /// The pad slots the stored data keys name.
+    pub(super) fn pad_slots(&self) -> Result<std::collections::HashSet<u64>, StoreError> {
+        let mut used = std::collections::HashSet::new();
+        for kv in self.keys.iter() {
+            let (_, v) = kv?;
+            if let Some(slot) = row_slot(&v) {
+                used.insert(slot);
+            }
+        }
+        Ok(used)
     }
 
     /// Whether any destroyed key still has records to remove.
