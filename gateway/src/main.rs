@@ -238,12 +238,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             output,
             passphrase_file,
         } => {
-            let now = gateway::pipeline::now_ms();
-            let time = |t: Option<String>| {
-                t.map(|t| gateway::when::parse_time_ms(&t, now).map_err(BadInput))
-                    .transpose()
-            };
-            let (since_ms, until_ms) = (time(since)?, time(until)?);
+            let (since_ms, until_ms) = time_range(since, until)?;
             let passphrase = prompt::secret(passphrase_file.as_deref(), "Passphrase: ", false)?;
             let request = Request::Export(ExportRequest {
                 device,
@@ -265,12 +260,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             until,
             passphrase_file,
         } => {
-            let now = gateway::pipeline::now_ms();
-            let time = |t: Option<String>| {
-                t.map(|t| gateway::when::parse_time_ms(&t, now).map_err(BadInput))
-                    .transpose()
-            };
-            let (since_ms, until_ms) = (time(since)?, time(until)?);
+            let (since_ms, until_ms) = time_range(since, until)?;
             let passphrase = prompt::secret(passphrase_file.as_deref(), "Passphrase: ", false)?;
             let request = Request::Delete {
                 device,
@@ -371,6 +361,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         out.flush()?;
     }
     Ok(())
+}
+
+/// `--since` and `--until` as milliseconds (see `gateway::when`).
+fn time_range(
+    since: Option<String>,
+    until: Option<String>,
+) -> Result<(Option<u64>, Option<u64>), BadInput> {
+    let now = gateway::pipeline::now_ms();
+    let time = |t: Option<String>| {
+        t.map(|t| gateway::when::parse_time_ms(&t, now).map_err(BadInput))
+            .transpose()
+    };
+    Ok((time(since)?, time(until)?))
 }
 
 /// `decrypt`: unlocks the private key here, from the stored key record

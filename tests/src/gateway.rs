@@ -356,3 +356,21 @@ pub fn cli_json(data_dir: &Path, args: &[&str]) -> Result<serde_json::Value> {
     all.push("--json");
     Ok(serde_json::from_str(&cli_ok(data_dir, &all)?)?)
 }
+
+/// Publishes each payload as the generic device `dev`, on
+/// `devices/<id>/state` at QoS 1, with `mosquitto_pub` (one connection per
+/// message).
+pub fn publish_each(gw: &Gateway, dev: &DeviceCreds, payloads: &[String]) -> Result<()> {
+    for payload in payloads {
+        let out = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &gw.mqtt.port().to_string()])
+            .args(["-u", &dev.id, "-P", &dev.password, "-i", &dev.id])
+            .args(["-t", &format!("devices/{}/state", dev.id), "-q", "1"])
+            .args(["-m", payload])
+            .output()?;
+        if !out.status.success() {
+            bail!("mosquitto_pub: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    Ok(())
+}

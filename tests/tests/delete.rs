@@ -3,25 +3,9 @@
 //! to leave goes too, and a wrong passphrase changes nothing.
 
 use std::path::Path;
-use std::process::Command;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use dataward_tests::*;
-
-fn publish(gw: &Gateway, dev: &DeviceCreds, payloads: &[String]) -> Result<()> {
-    for payload in payloads {
-        let out = Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &gw.mqtt.port().to_string()])
-            .args(["-u", &dev.id, "-P", &dev.password, "-i", &dev.id])
-            .args(["-t", &format!("devices/{}/state", dev.id), "-q", "1"])
-            .args(["-m", payload])
-            .output()?;
-        if !out.status.success() {
-            bail!("mosquitto_pub: {}", String::from_utf8_lossy(&out.stderr));
-        }
-    }
-    Ok(())
-}
 
 fn export(data: &Path, device: &str) -> Result<Vec<String>> {
     let pass = passphrase_file(data)?;
@@ -53,10 +37,10 @@ fn delete_shreds_one_device_and_keeps_the_rest_byte_for_byte() -> Result<()> {
             .map(|i| format!(r#"{{"n":{i},"tag":"{tag}"}}"#))
             .collect()
     };
-    publish(&gw, &a, &msgs("a"))?;
-    publish(&gw, &b, &msgs("b1"))?;
+    publish_each(&gw, &a, &msgs("a"))?;
+    publish_each(&gw, &b, &msgs("b1"))?;
     std::thread::sleep(std::time::Duration::from_millis(50));
-    publish(&gw, &b, &msgs("b2"))?;
+    publish_each(&gw, &b, &msgs("b2"))?;
     let status = cli_json(&data, &["status"])?;
     assert_eq!(status["destinations"][0]["backlog"], 30, "{status}");
     let b_before = export(&data, "beta")?;

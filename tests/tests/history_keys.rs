@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use base64::Engine;
 use dataward_tests::*;
 
@@ -63,21 +63,6 @@ fn files_with(dir: &Path, marker: &str) -> Result<Vec<String>> {
     Ok(found)
 }
 
-fn publish(gw: &Gateway, dev: &DeviceCreds, payloads: &[String]) -> Result<()> {
-    for payload in payloads {
-        let out = Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &gw.mqtt.port().to_string()])
-            .args(["-u", &dev.id, "-P", &dev.password, "-i", &dev.id])
-            .args(["-t", &format!("devices/{}/state", dev.id), "-q", "1"])
-            .args(["-m", payload])
-            .output()?;
-        if !out.status.success() {
-            bail!("mosquitto_pub: {}", String::from_utf8_lossy(&out.stderr));
-        }
-    }
-    Ok(())
-}
-
 fn export(data: &Path, extra: &[&str]) -> Result<std::process::Output> {
     let pass = passphrase_file(data)?;
     let d = data.to_string_lossy();
@@ -104,7 +89,7 @@ fn history_is_kept_only_after_init_and_never_in_the_clear() -> Result<()> {
             .contains("dataward init"),
         "{status}"
     );
-    publish(&gw, &dev, &[r#"{"early":"before-init-7731"}"#.to_string()])?;
+    publish_each(&gw, &dev, &[r#"{"early":"before-init-7731"}"#.to_string()])?;
     let out = export(&data, &[])?;
     assert_eq!(out.status.code(), Some(2), "export before init");
     assert!(String::from_utf8_lossy(&out.stderr).contains("dataward init"));
@@ -123,7 +108,7 @@ fn history_is_kept_only_after_init_and_never_in_the_clear() -> Result<()> {
     let sent: Vec<String> = (0..20)
         .map(|i| format!(r#"{{"seq":{i},"ssid":"MARKER-alpha-{i:03}-home","power":1e2,"big":12345678901234567890}}"#))
         .collect();
-    publish(&gw, &dev, &sent)?;
+    publish_each(&gw, &dev, &sent)?;
     std::thread::sleep(std::time::Duration::from_millis(700));
     for i in [0, 7, 19] {
         let found = files_with(&data, &format!("MARKER-alpha-{i:03}-home"))?;
@@ -142,7 +127,7 @@ fn history_is_kept_only_after_init_and_never_in_the_clear() -> Result<()> {
     let more: Vec<String> = (20..25)
         .map(|i| format!(r#"{{"seq":{i},"ssid":"MARKER-beta-{i:03}-home"}}"#))
         .collect();
-    publish(&gw, &dev, &more)?;
+    publish_each(&gw, &dev, &more)?;
     gw.crash()?;
     let found = files_with(&data, "MARKER-beta-022-home")?;
     assert!(found.is_empty(), "after kill -9: in the clear in {found:?}");
@@ -260,7 +245,7 @@ fn a_wrong_passphrase_changes_nothing_and_the_recovery_key_resets_it() -> Result
     let recovery = init_keys(&data)?;
     assert_eq!(recovery.len(), 47, "{recovery}");
     let gw = Gateway::start(dir.path(), &config_for(&data, &cloud, None, ""))?;
-    publish(&gw, &dev, &[r#"{"v":1}"#.to_string()])?;
+    publish_each(&gw, &dev, &[r#"{"v":1}"#.to_string()])?;
     let d = data.to_string_lossy().into_owned();
     let wrong = dir.path().join("wrong.txt");
     std::fs::write(&wrong, "not the passphrase\n")?;
@@ -416,12 +401,12 @@ fn retain_rules_leave_fields_and_devices_out_of_the_history() -> Result<()> {
         "[[retain]]\ndevice = \"meter\"\nfield = \"ssid\"\nkeep = \"none\"\n\n[[retain]]\ndevice = \"cam\"\nkeep = \"none\"\n",
     )?;
     let gw = Gateway::start(dir.path(), &config_for(&data, &cloud, Some(&policy), ""))?;
-    publish(
+    publish_each(
         &gw,
         &meter,
         &[r#"{"power":5,"ssid":"RETAIN-MARKER-1"}"#.to_string()],
     )?;
-    publish(&gw, &cam, &[r#"{"motion":true}"#.to_string()])?;
+    publish_each(&gw, &cam, &[r#"{"motion":true}"#.to_string()])?;
     assert!(gw.stop()?.success());
     let out = export(&data, &[])?;
     assert!(

@@ -223,17 +223,8 @@ impl HistoryStore {
     /// Stores `rec`, sealed; returns its sequence number, or `None` when no
     /// history is kept. Not durable until the store's `Durability::sync`.
     pub fn append(&self, rec: &NewRecord<'_>) -> Result<Option<u64>, StoreError> {
-        let tlen = u16::try_from(rec.topic.len())
-            .map_err(|_| StoreError::Corrupt("topic longer than 65535 bytes".into()))?;
         let period = period_of(rec.received_ms);
-        let mut plain =
-            Zeroizing::new(Vec::with_capacity(12 + rec.topic.len() + rec.payload.len()));
-        plain.extend_from_slice(&rec.received_ms.to_be_bytes());
-        plain.push(rec.qos);
-        plain.push(u8::from(rec.retain));
-        plain.extend_from_slice(&tlen.to_be_bytes());
-        plain.extend_from_slice(rec.topic.as_bytes());
-        plain.extend_from_slice(rec.payload);
+        let plain = plaintext(rec)?;
 
         let mut w = lock_writer(&self.writer);
         let Some(recipient) = w.recipient else {
