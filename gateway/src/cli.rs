@@ -215,6 +215,12 @@ fn status(s: &StatusReport) -> String {
         out.push_str(&format!("policy: version {} in force\n", s.policy_version));
     }
     out.push_str(&format!("history: {}\n", s.history));
+    if s.malformed_messages > 0 {
+        out.push_str(&format!(
+            "malformed messages: {} since start (they look like JSON but do not parse: kept in history, forwarded nowhere)\n",
+            s.malformed_messages
+        ));
+    }
     out.push_str(&format!("store: {} on disk\n", bytes(s.store_bytes)));
     for d in &s.destinations {
         out.push_str(&format!(

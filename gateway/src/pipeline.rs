@@ -74,6 +74,8 @@ pub struct Pipeline {
     durability: Arc<Durability>,
     /// The config's retention, for devices the policy says nothing about.
     default_keep: policy::retention::Keep,
+    /// Messages that looked like JSON but did not parse, since start.
+    malformed: std::sync::atomic::AtomicU64,
 }
 
 impl Pipeline {
@@ -92,7 +94,13 @@ impl Pipeline {
             names,
             durability,
             default_keep,
+            malformed: Default::default(),
         }
+    }
+
+    /// Messages since start that looked like JSON but did not parse.
+    pub fn malformed_count(&self) -> u64 {
+        self.malformed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The policy in force.
@@ -161,6 +169,12 @@ impl Pipeline {
             },
             &self.names,
         );
+        if eval.malformed {
+            // Forwarded nowhere (every output is empty); kept, and counted.
+            self.malformed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(device = %crate::short(device), "malformed JSON payload: forwarded nowhere");
+        }
         let stored = active
             .policy
             .history_payload(device, payload, self.default_keep);

@@ -48,11 +48,23 @@ pub struct Evaluation {
     /// Every leaf field of the message, in payload order.
     pub fields: Vec<FieldPath>,
     pub outputs: Vec<DestinationOutput>,
+    /// The payload starts like JSON (`{` or `[`) but does not parse: its
+    /// fields cannot be told apart, so it goes to no destination, whatever
+    /// the rules say.
+    pub malformed: bool,
 }
 
 enum Body {
-    Object(Value),
+    /// A JSON object, or a JSON array (its elements addressed `[i]`).
+    Structured(Value),
     Opaque,
+    Malformed,
+}
+
+/// Whether a payload is meant as a JSON object or array: its first
+/// non-blank byte is `{` or `[`.
+pub fn looks_like_json(payload: &[u8]) -> bool {
+    matches!(payload.trim_ascii_start().first(), Some(b'{' | b'['))
 }
 
 pub(crate) fn evaluate<S: AsRef<str>>(
@@ -61,16 +73,19 @@ pub(crate) fn evaluate<S: AsRef<str>>(
     destinations: &[S],
 ) -> Evaluation {
     let body = match serde_json::from_slice::<Value>(msg.payload) {
-        Ok(v @ Value::Object(_)) => Body::Object(v),
-        _ => Body::Opaque,
+        Ok(v @ (Value::Object(_) | Value::Array(_))) => Body::Structured(v),
+        Ok(_) => Body::Opaque,
+        Err(_) if looks_like_json(msg.payload) => Body::Malformed,
+        Err(_) => Body::Opaque,
     };
     let fields = match &body {
-        Body::Object(v) => {
+        Body::Structured(v) => {
             let mut out = Vec::new();
             collect_leaves(v, &mut Vec::new(), &mut out);
             out
         }
         Body::Opaque => vec![FieldPath::whole_payload()],
+        Body::Malformed => Vec::new(),
     };
 
     // Only the rules about this device can decide anything.
@@ -93,12 +108,13 @@ pub(crate) fn evaluate<S: AsRef<str>>(
             let decisions: Vec<Decision> = fields.iter().map(|f| decide(&candidates, f)).collect();
             let payload = if decisions.iter().any(Decision::is_shared) {
                 match &body {
-                    Body::Object(v) => {
+                    Body::Structured(v) => {
                         let mut idx = 0;
                         filter_value(v, &decisions, &mut idx)
                             .map(|kept| serde_json::to_vec(&kept).unwrap_or_default())
                     }
                     Body::Opaque => Some(msg.payload.to_vec()),
+                    Body::Malformed => None,
                 }
             } else {
                 None
@@ -111,7 +127,11 @@ pub(crate) fn evaluate<S: AsRef<str>>(
         })
         .collect();
 
-    Evaluation { fields, outputs }
+    Evaluation {
+        fields,
+        outputs,
+        malformed: matches!(body, Body::Malformed),
+    }
 }
 
 fn decide(candidates: &[&(RuleId, &SharingRule)], field: &FieldPath) -> Decision {

@@ -24,7 +24,7 @@ pub mod topic;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-pub use evaluate::{Decision, DestinationOutput, Evaluation, Message};
+pub use evaluate::{looks_like_json, Decision, DestinationOutput, Evaluation, Message};
 pub use parse::{is_valid_name, PolicyError};
 pub use path::{FieldPath, FieldPattern};
 pub use rule::{

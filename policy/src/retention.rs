@@ -109,8 +109,8 @@ impl Policy {
             return Some(Cow::Borrowed(payload));
         }
         let mut v = match serde_json::from_slice::<Value>(payload) {
-            Ok(v @ Value::Object(_)) => v,
-            _ if payload.trim_ascii_start().first() == Some(&b'{') => {
+            Ok(v @ (Value::Object(_) | Value::Array(_))) => v,
+            _ if crate::looks_like_json(payload) => {
                 // Meant as an object (NaN, a lone surrogate, too deep...):
                 // its fields cannot be told apart, so none is kept.
                 return None;
@@ -129,6 +129,7 @@ impl Policy {
         strip(&mut v, &mut Vec::new(), &unkept);
         match &v {
             Value::Object(m) if m.is_empty() => None,
+            Value::Array(a) if a.is_empty() => None,
             _ => Some(Cow::Owned(serde_json::to_vec(&v).unwrap_or_default())),
         }
     }

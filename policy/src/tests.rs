@@ -152,6 +152,51 @@ action = "share"
 }
 
 #[test]
+fn malformed_json_goes_nowhere_whatever_the_rules_say() {
+    let share_all =
+        "[[rule]]\ndevice = \"*\"\nfield = \"*\"\ndestination = \"*\"\naction = \"share\"\n";
+    for bad in [
+        r#"{"ssid":"home","loc":[52.1,"#,
+        r#"  [1, 2"#,
+        r#"{"a":NaN}"#,
+        "{",
+    ] {
+        let e = eval(share_all, "tracker", bad);
+        assert!(e.malformed, "{bad}");
+        assert!(e.outputs.iter().all(|o| o.payload.is_none()), "{bad}");
+        assert!(e.fields.is_empty());
+    }
+    // Text that does not start like JSON is still the one field $payload,
+    // and so are JSON scalars.
+    for fine in ["ON", "21.5", "\"text\"", "} not json"] {
+        let e = eval(share_all, "plug", fine);
+        assert!(!e.malformed, "{fine}");
+        assert_eq!(out(&e, "utility"), Some(fine));
+    }
+}
+
+#[test]
+fn a_top_level_array_is_split_into_its_elements() {
+    let policy = r#"
+[[rule]]
+device = "sensor"
+field = "[*].t"
+destination = "utility"
+action = "share"
+
+[[rule]]
+device = "sensor"
+field = "[0]"
+destination = "vendor_cloud"
+action = "share"
+"#;
+    let e = eval(policy, "sensor", r#"[{"t":1,"id":"a"},{"t":2,"id":"b"}]"#);
+    assert_eq!(out(&e, "utility"), Some(r#"[{"t":1},{"t":2}]"#));
+    assert_eq!(out(&e, "vendor_cloud"), Some(r#"[{"t":1,"id":"a"}]"#));
+    assert_eq!(e.fields[0].to_string(), "[0].t");
+}
+
+#[test]
 fn arrays_are_addressed_with_index_patterns() {
     let policy = r#"
 [[rule]]

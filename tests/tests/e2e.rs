@@ -453,3 +453,56 @@ async fn commands_reach_a_device_only_when_allowed() -> Result<()> {
     gw.stop()?;
     Ok(())
 }
+
+/// A payload that starts like JSON but does not parse goes to no
+/// destination, even under a share-everything rule; it is counted, and
+/// kept in the history. The message after it flows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_json_payload_reaches_no_destination() -> Result<()> {
+    let (dir, data, cloud) = scratch()?;
+    let tracker = add_device(&data, "tracker", "generic")?;
+    init_keys(&data)?;
+    let policy = write_policy(dir.path(), SHARE_ALL)?;
+    let gw = Gateway::start(dir.path(), &config_for(&data, &cloud, Some(&policy), ""))?;
+    let (sub, mut sub_events) = cloud_subscriber(&cloud, "home/#", "sub-malformed").await?;
+    let (client, events) = connect(device_options(gw.mqtt, &tracker, "tracker")).await?;
+    let driven = drive(events);
+    // Cut short: the whole object would otherwise have left as `$payload`.
+    let malformed = r#"{"ssid":"home","loc":[52.1,"#;
+    client
+        .publish("devices/tracker/state", QoS::AtLeastOnce, false, malformed)
+        .await?;
+    client
+        .publish(
+            "devices/tracker/state",
+            QoS::AtLeastOnce,
+            false,
+            r#"{"bat":90}"#,
+        )
+        .await?;
+    let got = collect(Some(&sub), &mut sub_events, Duration::from_secs(10), |g| {
+        !g.is_empty()
+    })
+    .await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(std::str::from_utf8(&got[0].1)?, r#"{"bat":90}"#);
+    let more = stragglers(Some(&sub), &mut sub_events, Duration::from_millis(700)).await;
+    assert!(more.is_empty(), "unexpected extra messages: {more:?}");
+    let status = cli_json(&data, &["status"])?;
+    assert_eq!(status["malformed_messages"], 1, "{status}");
+    drop(client);
+    let _ = driven.await;
+    assert!(gw.stop()?.success());
+    // Kept locally, as received.
+    let pass = passphrase_file(&data)?;
+    let export = cli_ok(
+        &data,
+        &["export", "--passphrase-file", &pass.to_string_lossy()],
+    )?;
+    assert_eq!(export.lines().count(), 2, "{export}");
+    assert!(
+        export.contains(r#""payload_text":"{\"ssid\":\"home\",\"loc\":[52.1,""#),
+        "{export}"
+    );
+    Ok(())
+}

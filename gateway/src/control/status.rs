@@ -40,6 +40,10 @@ pub struct StatusReport {
     /// at all before.
     pub history: String,
     pub store_bytes: u64,
+    /// Messages since start that looked like JSON but did not parse: kept
+    /// in history, forwarded nowhere.
+    #[serde(default)]
+    pub malformed_messages: u64,
 }
 
 pub const NOT_KEPT: &str =
@@ -101,6 +105,10 @@ impl Operations {
             },
             destinations,
             policy_version: self.version_in_force()?,
+            malformed_messages: self
+                .live
+                .as_ref()
+                .map_or(0, |l| l.pipeline.malformed_count()),
             history: match &self.store {
                 Some(store) if store.history().keeps_history() => {
                     "kept, encrypted to your key (reading it needs your passphrase)".into()
