@@ -3,7 +3,7 @@
 //! The payload is parsed once. Every leaf field is decided per destination by
 //! the most specific matching rule; a field no rule matches is not shared.
 
-use serde_json::{Map, Value};
+use crate::json::Json;
 
 use crate::path::{FieldPath, Segment};
 use crate::rule::{Action, RuleId, SharingRule};
@@ -56,7 +56,7 @@ pub struct Evaluation {
 
 enum Body {
     /// A JSON object, or a JSON array (its elements addressed `[i]`).
-    Structured(Value),
+    Structured(Json),
     Opaque,
     Malformed,
 }
@@ -72,8 +72,8 @@ pub(crate) fn evaluate<S: AsRef<str>>(
     msg: &Message<'_>,
     destinations: &[S],
 ) -> Evaluation {
-    let body = match serde_json::from_slice::<Value>(msg.payload) {
-        Ok(v @ (Value::Object(_) | Value::Array(_))) => Body::Structured(v),
+    let body = match Json::parse(msg.payload) {
+        Ok(v) if v.is_structured() => Body::Structured(v),
         Ok(_) => Body::Opaque,
         Err(_) if looks_like_json(msg.payload) => Body::Malformed,
         Err(_) => Body::Opaque,
@@ -110,8 +110,8 @@ pub(crate) fn evaluate<S: AsRef<str>>(
                 match &body {
                     Body::Structured(v) => {
                         let mut idx = 0;
-                        filter_value(v, &decisions, &mut idx)
-                            .map(|kept| serde_json::to_vec(&kept).unwrap_or_default())
+                        // Scalars leave exactly as the device wrote them.
+                        filter_value(v, &decisions, &mut idx).map(|kept| kept.to_vec())
                     }
                     Body::Opaque => Some(msg.payload.to_vec()),
                     Body::Malformed => None,
@@ -161,16 +161,16 @@ fn decide(candidates: &[&(RuleId, &SharingRule)], field: &FieldPath) -> Decision
 
 /// Leaves are scalars and empty containers; traversal order here and in
 /// [`filter_value`] must be the same.
-fn collect_leaves(v: &Value, prefix: &mut Vec<Segment>, out: &mut Vec<FieldPath>) {
+fn collect_leaves(v: &Json, prefix: &mut Vec<Segment>, out: &mut Vec<FieldPath>) {
     match v {
-        Value::Object(m) if !m.is_empty() => {
+        Json::Object(m) if !m.is_empty() => {
             for (k, child) in m {
                 prefix.push(Segment::Key(k.clone()));
                 collect_leaves(child, prefix, out);
                 prefix.pop();
             }
         }
-        Value::Array(a) if !a.is_empty() => {
+        Json::Array(a) if !a.is_empty() => {
             for (i, child) in a.iter().enumerate() {
                 prefix.push(Segment::Index(i));
                 collect_leaves(child, prefix, out);
@@ -183,23 +183,23 @@ fn collect_leaves(v: &Value, prefix: &mut Vec<Segment>, out: &mut Vec<FieldPath>
 
 /// Rebuilds `v` with only the shared leaves. Containers left empty vanish;
 /// array elements keep their relative order.
-fn filter_value(v: &Value, decisions: &[Decision], idx: &mut usize) -> Option<Value> {
+fn filter_value(v: &Json, decisions: &[Decision], idx: &mut usize) -> Option<Json> {
     match v {
-        Value::Object(m) if !m.is_empty() => {
-            let mut kept = Map::new();
-            for (k, child) in m {
-                if let Some(c) = filter_value(child, decisions, idx) {
-                    kept.insert(k.clone(), c);
-                }
-            }
-            (!kept.is_empty()).then_some(Value::Object(kept))
+        Json::Object(m) if !m.is_empty() => {
+            let kept: Vec<(String, Json)> = m
+                .iter()
+                .filter_map(|(k, child)| {
+                    filter_value(child, decisions, idx).map(|c| (k.clone(), c))
+                })
+                .collect();
+            (!kept.is_empty()).then_some(Json::Object(kept))
         }
-        Value::Array(a) if !a.is_empty() => {
-            let kept: Vec<Value> = a
+        Json::Array(a) if !a.is_empty() => {
+            let kept: Vec<Json> = a
                 .iter()
                 .filter_map(|c| filter_value(c, decisions, idx))
                 .collect();
-            (!kept.is_empty()).then_some(Value::Array(kept))
+            (!kept.is_empty()).then_some(Json::Array(kept))
         }
         leaf => {
             let shared = decisions.get(*idx).is_some_and(Decision::is_shared);

@@ -11,11 +11,14 @@
 //! - [`path`]: field paths inside a payload and the patterns rules use.
 //! - [`evaluate`](Policy::evaluate): one message to one output per
 //!   destination, with the deciding rule for every field.
+//! - [`json`]: payloads parsed with every scalar kept as written, so what
+//!   is shared leaves exactly as the device sent it.
 //! - [`topic`]: MQTT topic filter matching, shared with the broker's ACL.
 //! - [`retention`]: how long history is kept, per device, and fields that
 //!   are never stored.
 
 mod evaluate;
+pub mod json;
 mod parse;
 pub mod path;
 pub mod retention;

@@ -17,7 +17,7 @@
 
 use std::borrow::Cow;
 
-use serde_json::Value;
+use crate::json::Json;
 
 use crate::path::FieldPattern;
 use crate::rule::{DeviceSelector, Position};
@@ -108,16 +108,16 @@ impl Policy {
         if unkept.is_empty() {
             return Some(Cow::Borrowed(payload));
         }
-        let mut v = match serde_json::from_slice::<Value>(payload) {
-            Ok(v @ (Value::Object(_) | Value::Array(_))) => v,
+        let mut v = match crate::json::Json::parse(payload) {
+            Ok(v) if v.is_structured() => v,
             _ if crate::looks_like_json(payload) => {
-                // Meant as an object (NaN, a lone surrogate, too deep...):
-                // its fields cannot be told apart, so none is kept.
+                // Meant as an object or array (NaN, a lone surrogate, too
+                // deep...): its fields cannot be told apart, so none is kept.
                 return None;
             }
             _ => {
-                // Field rules address JSON objects; anything else is one
-                // field, `$payload`, which a rule may name.
+                // Field rules address JSON objects and arrays; anything else
+                // is one field, `$payload`, which a rule may name.
                 let whole = crate::path::FieldPath::whole_payload();
                 return if unkept.iter().any(|p| p.matches(&whole)) {
                     None
@@ -126,41 +126,38 @@ impl Policy {
                 };
             }
         };
-        strip(&mut v, &mut Vec::new(), &unkept);
-        match &v {
-            Value::Object(m) if m.is_empty() => None,
-            Value::Array(a) if a.is_empty() => None,
-            _ => Some(Cow::Owned(serde_json::to_vec(&v).unwrap_or_default())),
+        // What is kept stays exactly as the device wrote it.
+        if strip(&mut v, &mut Vec::new(), &unkept) {
+            None
+        } else {
+            Some(Cow::Owned(v.to_vec()))
         }
     }
 }
 
 /// Removes the leaves that match a pattern; containers left empty go too.
-fn strip(v: &mut Value, prefix: &mut Vec<crate::path::Segment>, unkept: &[&FieldPattern]) -> bool {
+/// Returns whether `v` itself is now empty (or was a removed leaf).
+fn strip(v: &mut Json, prefix: &mut Vec<crate::path::Segment>, unkept: &[&FieldPattern]) -> bool {
     use crate::path::{FieldPath, Segment};
     match v {
-        Value::Object(m) if !m.is_empty() => {
-            let keys: Vec<String> = m.keys().cloned().collect();
-            for k in keys {
+        Json::Object(m) if !m.is_empty() => {
+            m.retain_mut(|(k, child)| {
                 prefix.push(Segment::Key(k.clone()));
-                let gone = m.get_mut(&k).is_some_and(|c| strip(c, prefix, unkept));
+                let gone = strip(child, prefix, unkept);
                 prefix.pop();
-                if gone {
-                    m.remove(&k);
-                }
-            }
+                !gone
+            });
             m.is_empty()
         }
-        Value::Array(a) if !a.is_empty() => {
-            let mut kept = Vec::with_capacity(a.len());
-            for (i, mut c) in a.drain(..).enumerate() {
+        Json::Array(a) if !a.is_empty() => {
+            let mut i = 0;
+            a.retain_mut(|child| {
                 prefix.push(Segment::Index(i));
-                if !strip(&mut c, prefix, unkept) {
-                    kept.push(c);
-                }
+                i += 1;
+                let gone = strip(child, prefix, unkept);
                 prefix.pop();
-            }
-            *a = kept;
+                !gone
+            });
             a.is_empty()
         }
         _ => {
@@ -216,6 +213,12 @@ keep = "none"
             p.history_payload("tracker", br#"{"gps":[1,2],"bat":90}"#, d)
                 .as_deref(),
             Some(&br#"{"bat":90}"#[..])
+        );
+        // What is kept stays as written.
+        assert_eq!(
+            p.history_payload("tracker", br#"{"gps":[1,2],"bat":9e1}"#, d)
+                .as_deref(),
+            Some(&br#"{"bat":9e1}"#[..])
         );
         assert_eq!(p.history_payload("tracker", br#"{"gps":[1,2]}"#, d), None);
         // Not parseable, though meant as an object: not kept at all.

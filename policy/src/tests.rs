@@ -176,6 +176,32 @@ fn malformed_json_goes_nowhere_whatever_the_rules_say() {
 }
 
 #[test]
+fn share_forwards_numbers_exactly_as_written() {
+    let policy = r#"
+[[rule]]
+device = "meter"
+field = "*"
+destination = "utility"
+action = "share"
+
+[[rule]]
+device = "meter"
+field = "x"
+destination = "utility"
+action = "drop"
+"#;
+    let e = eval(
+        policy,
+        "meter",
+        r#"{"t":1e2,"big":12345678901234567890123,"x":1,"f":0.10}"#,
+    );
+    assert_eq!(
+        out(&e, "utility"),
+        Some(r#"{"t":1e2,"big":12345678901234567890123,"f":0.10}"#)
+    );
+}
+
+#[test]
 fn a_top_level_array_is_split_into_its_elements() {
     let policy = r#"
 [[rule]]
