@@ -47,6 +47,8 @@ struct RawRetain {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRule {
+    #[serde(default)]
+    name: Option<Spanned<String>>,
     device: Spanned<String>,
     field: Spanned<String>,
     destination: Spanned<String>,
@@ -175,10 +177,40 @@ pub(crate) fn parse(src: &str) -> Result<Policy, PolicyError> {
                 ),
             )
         })?;
+        let (device, destination) = (device(&body.device)?, destination(&body.destination)?);
+        let id = match &body.name {
+            Some(n) if !is_valid_name(n.get_ref()) => {
+                return Err(loc.error(
+                    n.span(),
+                    format!(
+                        "rule name {:?} may use only letters, digits, '_' and '-'",
+                        n.get_ref()
+                    ),
+                ))
+            }
+            Some(n) => n.get_ref().clone(),
+            None => SharingRule::content_id(&device, &field, &destination, action),
+        };
+        if let Some(other) = rules.iter().find(|o: &&SharingRule| o.id == id) {
+            let span = body.name.as_ref().map_or(r.span(), |n| n.span());
+            return Err(loc.error(
+                span,
+                format!(
+                    "rule id {id:?} is already used by the rule at {}{}",
+                    other.position,
+                    if body.name.is_none() {
+                        " (the same rule twice)"
+                    } else {
+                        ""
+                    }
+                ),
+            ));
+        }
         rules.push(SharingRule {
-            device: device(&body.device)?,
+            id,
+            device,
             field,
-            destination: destination(&body.destination)?,
+            destination,
             action,
             position: loc.position(r.span().start),
         });

@@ -139,6 +139,10 @@ impl Action {
 /// One `[[rule]]`: for these devices, this field, this destination, do this.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SharingRule {
+    /// The rule's stable id: its `name` in the file, or `r-` and a hash of
+    /// what it says (see [`SharingRule::content_id`]). It survives edits
+    /// elsewhere in the file and reordering.
+    pub id: String,
     pub device: DeviceSelector,
     pub field: FieldPattern,
     pub destination: DestinationSelector,
@@ -156,6 +160,28 @@ pub(crate) struct Rank {
 }
 
 impl SharingRule {
+    /// `r-` and 12 hex digits of a 64-bit FNV-1a hash over device, field,
+    /// destination and action: the same rule gets the same id in every
+    /// version of the file, wherever it stands.
+    pub fn content_id(
+        device: &DeviceSelector,
+        field: &FieldPattern,
+        destination: &DestinationSelector,
+        action: Action,
+    ) -> String {
+        let text = format!(
+            "{device}\u{1f}{}\u{1f}{destination}\u{1f}{}",
+            field.as_str(),
+            action.as_str()
+        );
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in text.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        format!("r-{:012x}", h >> 16)
+    }
+
     pub(crate) fn rank(&self) -> Rank {
         Rank {
             device: self.device.rank(),

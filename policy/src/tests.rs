@@ -430,3 +430,48 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn rules_have_stable_ids_by_name_or_content() {
+    let one = r#"
+[[rule]]
+name = "temp-to-vendor"
+device = "thermo"
+field = "temp"
+destination = "vendor_cloud"
+action = "share"
+
+[[rule]]
+device = "thermo"
+field = "hum"
+destination = "vendor_cloud"
+action = "share"
+"#;
+    let p = Policy::parse(one).expect("parse");
+    assert_eq!(p.rules()[0].id, "temp-to-vendor");
+    let hashed = p.rules()[1].id.clone();
+    assert!(hashed.starts_with("r-") && hashed.len() == 14, "{hashed}");
+    // The same rule, elsewhere in another file, has the same id.
+    let other = r#"
+[[rule]]
+device = "plug"
+field = "*"
+destination = "utility"
+action = "drop"
+
+[[rule]]
+device = "thermo"
+field = "hum"
+destination = "vendor_cloud"
+action = "share"
+"#;
+    let q = Policy::parse(other).expect("parse");
+    assert_eq!(q.rules()[1].id, hashed);
+    assert_ne!(q.rules()[0].id, hashed);
+    // Names are unique, and of the safe alphabet.
+    let twice = one.replace("field = \"hum\"", "name = \"temp-to-vendor\"\nfield = \"hum\"");
+    let e = Policy::parse(&twice).expect_err("duplicate name");
+    assert!(e.message.contains("already used"), "{e}");
+    let bad = one.replace("temp-to-vendor", "temp to vendor");
+    assert!(Policy::parse(&bad).is_err());
+}

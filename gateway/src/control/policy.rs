@@ -48,7 +48,8 @@ pub struct PolicyVersionInfo {
 pub struct FieldPreview {
     pub field: String,
     pub action: String,
-    /// The deciding rule ("rule #2, line 7, column 1"), or none: default deny.
+    /// The deciding rule ("rule temp-to-vendor (line 7, column 1)"), or
+    /// none: default deny.
     pub rule: Option<String>,
 }
 
@@ -310,7 +311,9 @@ impl Operations {
                         }
                         .to_string(),
                         rule: d.rule.and_then(|id| {
-                            policy.rule(id).map(|r| format!("{id}, {}", r.position))
+                            policy
+                                .rule(id)
+                                .map(|r| format!("rule {} ({})", r.id, r.position))
                         }),
                     })
                     .collect(),
