@@ -53,14 +53,18 @@ pub fn render(request: &Request, reply: &Value) -> Result<String, OpError> {
         }
         Request::PolicyCheck { .. } => {
             let c: CheckedPolicy = typed(reply)?;
-            format!(
+            let mut text = format!(
                 "{}: valid ({} sharing rules, {} command rules)\n",
                 c.name, c.sharing_rules, c.command_rules
-            )
+            );
+            for w in &c.warnings {
+                text.push_str(&format!("warning: {w}\n"));
+            }
+            text
         }
         Request::PolicyApply { .. } => {
             let a: AppliedPolicy = typed(reply)?;
-            if a.changed {
+            let mut text = if a.changed {
                 format!(
                     "policy version {} applied ({} sharing rules, {} command rules); it is the policy in force from now on\n",
                     a.version, a.sharing_rules, a.command_rules
@@ -70,7 +74,11 @@ pub fn render(request: &Request, reply: &Value) -> Result<String, OpError> {
                     "unchanged: this text is already policy version {}, in force\n",
                     a.version
                 )
+            };
+            for w in &a.warnings {
+                text.push_str(&format!("warning: {w}\n"));
             }
+            text
         }
         Request::PolicyShow { .. } => {
             let v: PolicyVersionInfo = typed(reply)?;

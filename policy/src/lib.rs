@@ -90,6 +90,33 @@ impl Policy {
         Ok(())
     }
 
+    /// Every device id the policy names, with where: (id, "the rule at
+    /// line 3, column 1" or "group @heating"). The caller checks them
+    /// against the devices it knows; the policy itself has no registry.
+    pub fn named_devices(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut add = |d: &DeviceSelector, what: &str, at: Position| {
+            if let DeviceSelector::Device(id) = d {
+                out.push((id.clone(), format!("the {what} at {at}")));
+            }
+        };
+        for r in &self.rules {
+            add(&r.device, "rule", r.position);
+        }
+        for c in &self.commands {
+            add(&c.device, "command rule", c.position);
+        }
+        for r in &self.retain {
+            add(&r.device, "retain rule", r.position);
+        }
+        for (group, members) in &self.groups {
+            for m in members {
+                out.push((m.clone(), format!("group @{group}")));
+            }
+        }
+        out
+    }
+
     /// Decides, for each destination, what of `msg` it receives.
     pub fn evaluate<S: AsRef<str>>(&self, msg: &Message<'_>, destinations: &[S]) -> Evaluation {
         evaluate::evaluate(self, msg, destinations)

@@ -469,7 +469,10 @@ action = "share"
     assert_eq!(q.rules()[1].id, hashed);
     assert_ne!(q.rules()[0].id, hashed);
     // Names are unique, and of the safe alphabet.
-    let twice = one.replace("field = \"hum\"", "name = \"temp-to-vendor\"\nfield = \"hum\"");
+    let twice = one.replace(
+        "field = \"hum\"",
+        "name = \"temp-to-vendor\"\nfield = \"hum\"",
+    );
     let e = Policy::parse(&twice).expect_err("duplicate name");
     assert!(e.message.contains("already used"), "{e}");
     let bad = one.replace("temp-to-vendor", "temp to vendor");

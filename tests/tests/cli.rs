@@ -199,3 +199,42 @@ fn the_embedded_defaults_keep_running() -> Result<()> {
     assert!(gw.stop()?.success());
     Ok(())
 }
+
+/// A policy may name a device that is not registered yet: it is applied,
+/// with a warning naming the device and the rule; a group or destination
+/// that does not exist stays an error.
+#[test]
+fn unregistered_devices_in_a_policy_are_warned_about() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    add_device(&data, "thermo", "generic")?;
+    let policy = write_policy(
+        dir.path(),
+        "[[rule]]\ndevice = \"thermo\"\nfield = \"temp\"\ndestination = \"*\"\naction = \"share\"\n\n\
+         [[rule]]\ndevice = \"ghost\"\nfield = \"temp\"\ndestination = \"*\"\naction = \"share\"\n",
+    )?;
+    let p = policy.to_string_lossy().into_owned();
+    let checked = cli_json(&data, &["policy", "check", &p])?;
+    let warnings = checked["warnings"].as_array().cloned().unwrap_or_default();
+    assert_eq!(warnings.len(), 1, "{checked}");
+    let w = warnings[0].as_str().unwrap_or_default();
+    assert!(w.contains("\"ghost\"") && w.contains("line 7"), "{w}");
+    let text = cli_ok(&data, &["policy", "apply", &p])?;
+    assert!(
+        text.contains("applied") && text.contains("warning: device \"ghost\""),
+        "{text}"
+    );
+    let bad = write_policy(
+        dir.path(),
+        "[[rule]]\ndevice = \"@nogroup\"\nfield = \"temp\"\ndestination = \"*\"\naction = \"share\"\n",
+    )?;
+    let out = cli(&[
+        "policy",
+        "check",
+        &bad.to_string_lossy(),
+        "--data-dir",
+        &data.to_string_lossy(),
+    ])?;
+    assert_eq!(out.status.code(), Some(2));
+    Ok(())
+}

@@ -21,6 +21,9 @@ pub struct CheckedPolicy {
     pub name: String,
     pub sharing_rules: usize,
     pub command_rules: usize,
+    /// Devices the policy names that are not registered.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +33,9 @@ pub struct AppliedPolicy {
     pub changed: bool,
     pub sharing_rules: usize,
     pub command_rules: usize,
+    /// Devices the policy names that are not registered.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,12 +134,30 @@ fn read_policy_file(path: &std::path::Path) -> Result<String, OpError> {
 }
 
 impl Operations {
+    /// Devices `p` names that are not registered. A warning, not an error:
+    /// a policy is often written before its device is added (and a device
+    /// removed may come back); its rules apply from the moment it exists.
+    /// Groups and destinations, which the policy and the config define,
+    /// must exist: those are errors.
+    fn unknown_devices(&self, p: &Policy) -> Vec<String> {
+        let known = |id: &str| self.registry.as_ref().is_some_and(|r| r.get(id).is_some());
+        let mut seen = std::collections::BTreeSet::new();
+        p.named_devices()
+            .into_iter()
+            .filter(|(id, _)| !known(id) && seen.insert(id.clone()))
+            .map(|(id, at)| {
+                format!("device {id:?} (named by {at}) is not registered: its rules apply once it is added")
+            })
+            .collect()
+    }
+
     pub fn policy_check(&self, text: &str, name: &str) -> Result<CheckedPolicy, OpError> {
         let p = validate(&self.config, text, name)?;
         Ok(CheckedPolicy {
             name: name.to_string(),
             sharing_rules: p.rules().len(),
             command_rules: p.command_rules().len(),
+            warnings: self.unknown_devices(&p),
         })
     }
 
@@ -165,6 +189,10 @@ impl Operations {
     ) -> Result<AppliedPolicy, OpError> {
         let policy = validate(&self.config, text, name)?;
         let (sharing_rules, command_rules) = (policy.rules().len(), policy.command_rules().len());
+        let warnings = self.unknown_devices(&policy);
+        for w in &warnings {
+            tracing::warn!("{name}: {w}");
+        }
         let _one_at_a_time = self.policy_changes.lock().await;
         let versions = self.store()?.policy_versions()?;
         let current = versions.get(self.version_in_force()?)?;
@@ -174,6 +202,7 @@ impl Operations {
                 changed: false,
                 sharing_rules,
                 command_rules,
+                warnings,
             });
         }
         let stored = versions.append(source, text, now_ms())?;
@@ -195,6 +224,7 @@ impl Operations {
             changed: true,
             sharing_rules,
             command_rules,
+            warnings,
         })
     }
 
