@@ -93,7 +93,7 @@ pub(crate) fn evaluate<S: AsRef<str>>(
         .rules
         .iter()
         .enumerate()
-        .filter(|(_, r)| r.device.selects(msg.device, &policy.groups))
+        .filter(|(_, r)| r.device.selects(msg.device, &policy.groups) && r.covers_topic(msg.topic))
         .map(|(i, r)| (RuleId(i), r))
         .collect();
 

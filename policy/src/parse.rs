@@ -50,6 +50,8 @@ struct RawRule {
     #[serde(default)]
     name: Option<Spanned<String>>,
     device: Spanned<String>,
+    #[serde(default)]
+    topic: Option<Spanned<String>>,
     field: Spanned<String>,
     destination: Spanned<String>,
     action: Spanned<String>,
@@ -178,6 +180,16 @@ pub(crate) fn parse(src: &str) -> Result<Policy, PolicyError> {
             )
         })?;
         let (device, destination) = (device(&body.device)?, destination(&body.destination)?);
+        let topic = match &body.topic {
+            Some(t) if !topic::is_valid_filter(t.get_ref()) => {
+                return Err(loc.error(
+                    t.span(),
+                    format!("{:?} is not a valid MQTT topic filter", t.get_ref()),
+                ))
+            }
+            Some(t) => Some(t.get_ref().clone()),
+            None => None,
+        };
         let id = match &body.name {
             Some(n) if !is_valid_name(n.get_ref()) => {
                 return Err(loc.error(
@@ -189,7 +201,9 @@ pub(crate) fn parse(src: &str) -> Result<Policy, PolicyError> {
                 ))
             }
             Some(n) => n.get_ref().clone(),
-            None => SharingRule::content_id(&device, &field, &destination, action),
+            None => {
+                SharingRule::content_id(&device, topic.as_deref(), &field, &destination, action)
+            }
         };
         if let Some(other) = rules.iter().find(|o: &&SharingRule| o.id == id) {
             let span = body.name.as_ref().map_or(r.span(), |n| n.span());
@@ -209,6 +223,7 @@ pub(crate) fn parse(src: &str) -> Result<Policy, PolicyError> {
         rules.push(SharingRule {
             id,
             device,
+            topic,
             field,
             destination,
             action,
@@ -316,7 +331,13 @@ fn check_ties(policy: &Policy) -> Result<(), PolicyError> {
                 }
                 (x, y) => x == y,
             };
-            if same_devices && a.field.ties_with(&b.field) {
+            // Rules for topics that no message can match both of do not
+            // meet.
+            let same_topics = match (&a.topic, &b.topic) {
+                (Some(x), Some(y)) => topic::filters_overlap(x, y),
+                _ => true,
+            };
+            if same_devices && same_topics && a.field.ties_with(&b.field) {
                 return Err(PolicyError {
                     position: b.position,
                     message: format!(

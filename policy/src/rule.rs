@@ -144,6 +144,9 @@ pub struct SharingRule {
     /// elsewhere in the file and reordering.
     pub id: String,
     pub device: DeviceSelector,
+    /// An MQTT topic filter: the rule applies only to messages on a
+    /// matching topic. None: any topic.
+    pub topic: Option<String>,
     pub field: FieldPattern,
     pub destination: DestinationSelector,
     pub action: Action,
@@ -155,6 +158,8 @@ pub struct SharingRule {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) struct Rank {
     device: u8,
+    /// A rule for a topic beats one for any topic.
+    topic: u8,
     field: FieldSpecificity,
     destination: u8,
 }
@@ -165,15 +170,21 @@ impl SharingRule {
     /// version of the file, wherever it stands.
     pub fn content_id(
         device: &DeviceSelector,
+        topic: Option<&str>,
         field: &FieldPattern,
         destination: &DestinationSelector,
         action: Action,
     ) -> String {
-        let text = format!(
+        let mut text = format!(
             "{device}\u{1f}{}\u{1f}{destination}\u{1f}{}",
             field.as_str(),
             action.as_str()
         );
+        // Rules without a topic keep the ids they had before topics existed.
+        if let Some(t) = topic {
+            text.push('\u{1f}');
+            text.push_str(t);
+        }
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for b in text.bytes() {
             h ^= u64::from(b);
@@ -182,9 +193,17 @@ impl SharingRule {
         format!("r-{:012x}", h >> 16)
     }
 
+    /// Whether the rule applies to a message on `topic`.
+    pub fn covers_topic(&self, topic: &str) -> bool {
+        self.topic
+            .as_deref()
+            .is_none_or(|f| crate::topic::matches(f, topic))
+    }
+
     pub(crate) fn rank(&self) -> Rank {
         Rank {
             device: self.device.rank(),
+            topic: u8::from(self.topic.is_some()),
             field: self.field.specificity(),
             destination: self.destination.rank(),
         }

@@ -478,3 +478,94 @@ action = "share"
     let bad = one.replace("temp-to-vendor", "temp to vendor");
     assert!(Policy::parse(&bad).is_err());
 }
+
+fn eval_on(policy: &str, device: &str, topic: &str, payload: &str) -> Evaluation {
+    Policy::parse(policy).expect("test policy parses").evaluate(
+        &Message {
+            device,
+            topic,
+            payload: payload.as_bytes(),
+        },
+        DESTS,
+    )
+}
+
+#[test]
+fn rules_can_look_at_the_topic() {
+    // Tasmota: SENSOR carries energy, STATE carries Wi-Fi details.
+    let policy = r#"
+[[rule]]
+device = "plug"
+field = "*"
+destination = "utility"
+action = "share"
+
+[[rule]]
+device = "plug"
+topic = "tele/plug/STATE"
+field = "*"
+destination = "utility"
+action = "drop"
+
+[[rule]]
+device = "plug"
+topic = "tele/+/STATE"
+field = "POWER"
+destination = "utility"
+action = "share"
+"#;
+    let sensor = eval_on(
+        policy,
+        "plug",
+        "tele/plug/SENSOR",
+        r#"{"ENERGY":{"Power":12}}"#,
+    );
+    assert_eq!(out(&sensor, "utility"), Some(r#"{"ENERGY":{"Power":12}}"#));
+    let state = eval_on(
+        policy,
+        "plug",
+        "tele/plug/STATE",
+        r#"{"POWER":"ON","Wifi":{"SSId":"home"}}"#,
+    );
+    assert_eq!(out(&state, "utility"), Some(r#"{"POWER":"ON"}"#));
+    // The deciding rule for Wifi is the topic rule, not the general one.
+    let p = Policy::parse(policy).expect("parse");
+    let wifi = state
+        .fields
+        .iter()
+        .position(|f| f.to_string() == "Wifi.SSId")
+        .expect("field");
+    let decided = state.outputs[1].decisions[wifi]
+        .rule
+        .expect("a rule decided");
+    assert_eq!(
+        p.rule(decided).and_then(|r| r.topic.as_deref()),
+        Some("tele/plug/STATE")
+    );
+}
+
+#[test]
+fn topic_rules_tie_only_when_their_filters_can_meet() {
+    let rule = |topic: &str, action: &str| {
+        format!("[[rule]]\ndevice = \"plug\"\ntopic = \"{topic}\"\nfield = \"a\"\ndestination = \"utility\"\naction = \"{action}\"\n")
+    };
+    // Disjoint topics: no tie.
+    let ok = format!(
+        "{}{}",
+        rule("tele/plug/SENSOR", "share"),
+        rule("tele/plug/STATE", "drop")
+    );
+    assert!(Policy::parse(&ok).is_ok());
+    // Both could match tele/plug/STATE: a tie, rejected.
+    let tie = format!(
+        "{}{}",
+        rule("tele/+/STATE", "share"),
+        rule("tele/plug/#", "drop")
+    );
+    let e = Policy::parse(&tie).expect_err("tie");
+    assert!(e.message.contains("ties"), "{e}");
+    // A filter that is not one is refused with its position.
+    let bad = rule("tele/#/x", "share");
+    let e = Policy::parse(&bad).expect_err("bad filter");
+    assert_eq!(e.position.line, 3);
+}
