@@ -26,8 +26,9 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// Whether the field leaves, as it is or transformed.
     pub fn is_shared(&self) -> bool {
-        self.action == Action::Share
+        self.action.sends()
     }
 }
 
@@ -110,10 +111,12 @@ pub(crate) fn evaluate<S: AsRef<str>>(
                 match &body {
                     Body::Structured(v) => {
                         let mut idx = 0;
-                        // Scalars leave exactly as the device wrote them.
-                        filter_value(v, &decisions, &mut idx).map(|kept| kept.to_vec())
+                        // Shared scalars leave exactly as the device wrote
+                        // them; transformed ones as their action makes them.
+                        filter_value(v, &decisions, &mut idx, &policy.rules)
+                            .map(|kept| kept.to_vec())
                     }
-                    Body::Opaque => Some(msg.payload.to_vec()),
+                    Body::Opaque => opaque(msg.payload, &decisions, &policy.rules),
                     Body::Malformed => None,
                 }
             } else {
@@ -181,15 +184,39 @@ fn collect_leaves(v: &Json, prefix: &mut Vec<Segment>, out: &mut Vec<FieldPath>)
     }
 }
 
-/// Rebuilds `v` with only the shared leaves. Containers left empty vanish;
-/// array elements keep their relative order.
-fn filter_value(v: &Json, decisions: &[Decision], idx: &mut usize) -> Option<Json> {
+/// `$payload` under its deciding action: as it is for `share`, else
+/// transformed as a JSON scalar (a number, say), or withheld.
+fn opaque(payload: &[u8], decisions: &[Decision], rules: &[SharingRule]) -> Option<Vec<u8>> {
+    let d = decisions.first()?;
+    match d.action {
+        Action::Drop => None,
+        Action::Share => Some(payload.to_vec()),
+        Action::Redact => Some(crate::transform::REDACTED.as_bytes().to_vec()),
+        action => {
+            let leaf = Json::parse(payload).ok()?;
+            let t = d
+                .rule
+                .and_then(|id| rules.get(id.0))
+                .and_then(|r| r.transform.as_ref());
+            crate::transform::apply(action, t, &leaf).map(|j| j.to_vec())
+        }
+    }
+}
+
+/// Rebuilds `v` with only the shared leaves, each as its action makes it.
+/// Containers left empty vanish; array elements keep their relative order.
+fn filter_value(
+    v: &Json,
+    decisions: &[Decision],
+    idx: &mut usize,
+    rules: &[SharingRule],
+) -> Option<Json> {
     match v {
         Json::Object(m) if !m.is_empty() => {
             let kept: Vec<(String, Json)> = m
                 .iter()
                 .filter_map(|(k, child)| {
-                    filter_value(child, decisions, idx).map(|c| (k.clone(), c))
+                    filter_value(child, decisions, idx, rules).map(|c| (k.clone(), c))
                 })
                 .collect();
             (!kept.is_empty()).then_some(Json::Object(kept))
@@ -197,14 +224,19 @@ fn filter_value(v: &Json, decisions: &[Decision], idx: &mut usize) -> Option<Jso
         Json::Array(a) if !a.is_empty() => {
             let kept: Vec<Json> = a
                 .iter()
-                .filter_map(|c| filter_value(c, decisions, idx))
+                .filter_map(|c| filter_value(c, decisions, idx, rules))
                 .collect();
             (!kept.is_empty()).then_some(Json::Array(kept))
         }
         leaf => {
-            let shared = decisions.get(*idx).is_some_and(Decision::is_shared);
+            let decision = decisions.get(*idx);
             *idx += 1;
-            shared.then(|| leaf.clone())
+            let d = decision?;
+            let t = d
+                .rule
+                .and_then(|id| rules.get(id.0))
+                .and_then(|r| r.transform.as_ref());
+            crate::transform::apply(d.action, t, leaf)
         }
     }
 }

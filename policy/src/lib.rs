@@ -13,6 +13,7 @@
 //!   destination, with the deciding rule for every field.
 //! - [`json`]: payloads parsed with every scalar kept as written, so what
 //!   is shared leaves exactly as the device sent it.
+//! - [`transform`]: what the value-level actions make of a shared value.
 //! - [`topic`]: MQTT topic filter matching, shared with the broker's ACL.
 //! - [`retention`]: how long history is kept, per device, and fields that
 //!   are never stored.
@@ -24,6 +25,7 @@ pub mod path;
 pub mod retention;
 pub mod rule;
 pub mod topic;
+pub mod transform;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -35,7 +37,7 @@ pub use rule::{
 };
 
 /// A validated policy. The empty policy shares nothing and allows no command.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Policy {
     rules: Vec<SharingRule>,
     commands: Vec<CommandRule>,

@@ -12,6 +12,7 @@ use crate::retention::{Keep, RetainRule};
 use crate::rule::{
     Action, CommandRule, DestinationSelector, DeviceSelector, Position, SharingRule,
 };
+use crate::transform::{TimeUnit, Transform};
 use crate::{topic, Policy};
 
 /// Why policy text was rejected. The previous policy stays in force.
@@ -55,6 +56,17 @@ struct RawRule {
     field: Spanned<String>,
     destination: Spanned<String>,
     action: Spanned<String>,
+    /// `round`: the step.
+    #[serde(default)]
+    step: Option<Spanned<f64>>,
+    /// `bucket`: ascending edges, and one more label than edges.
+    #[serde(default)]
+    edges: Option<Spanned<Vec<f64>>>,
+    #[serde(default)]
+    labels: Option<Spanned<Vec<String>>>,
+    /// `truncate_time`: second, minute, hour or day.
+    #[serde(default)]
+    unit: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -179,6 +191,7 @@ pub(crate) fn parse(src: &str) -> Result<Policy, PolicyError> {
                 ),
             )
         })?;
+        let transform = transform_of(&loc, body, action, r.span())?;
         let (device, destination) = (device(&body.device)?, destination(&body.destination)?);
         let topic = match &body.topic {
             Some(t) if !topic::is_valid_filter(t.get_ref()) => {
@@ -227,6 +240,7 @@ pub(crate) fn parse(src: &str) -> Result<Policy, PolicyError> {
             field,
             destination,
             action,
+            transform,
             position: loc.position(r.span().start),
         });
     }
@@ -308,6 +322,102 @@ pub(crate) fn parse(src: &str) -> Result<Policy, PolicyError> {
     };
     check_ties(&policy)?;
     Ok(policy)
+}
+
+/// The parameters `action` needs, from the rule's keys; a key the action
+/// does not take is an error too, so a typo does not pass unnoticed.
+fn transform_of(
+    loc: &Locator<'_>,
+    body: &RawRule,
+    action: Action,
+    whole: Range<usize>,
+) -> Result<Option<Transform>, PolicyError> {
+    let name = action.as_str();
+    let unexpected = [
+        (
+            "step",
+            body.step.as_ref().map(|s| s.span()),
+            action == Action::Round,
+        ),
+        (
+            "edges",
+            body.edges.as_ref().map(|s| s.span()),
+            action == Action::Bucket,
+        ),
+        (
+            "labels",
+            body.labels.as_ref().map(|s| s.span()),
+            action == Action::Bucket,
+        ),
+        (
+            "unit",
+            body.unit.as_ref().map(|s| s.span()),
+            action == Action::TruncateTime,
+        ),
+    ];
+    for (key, span, wanted) in unexpected {
+        if let (Some(span), false) = (span, wanted) {
+            return Err(loc.error(span, format!("action {name:?} takes no {key:?}")));
+        }
+    }
+    let missing = |key: &str| loc.error(whole.clone(), format!("action {name:?} needs {key:?}"));
+    Ok(match action {
+        Action::Round => {
+            let step = body.step.as_ref().ok_or_else(|| missing("step"))?;
+            let v = *step.get_ref();
+            if !(v.is_finite() && v > 0.0) {
+                return Err(loc.error(step.span(), "step must be a number above 0"));
+            }
+            Some(Transform::Round {
+                step: v,
+                decimals: crate::transform::decimals_of(v),
+            })
+        }
+        Action::Bucket => {
+            let edges = body.edges.as_ref().ok_or_else(|| missing("edges"))?;
+            let labels = body.labels.as_ref().ok_or_else(|| missing("labels"))?;
+            let (e, l) = (edges.get_ref(), labels.get_ref());
+            if e.is_empty()
+                || !e.iter().all(|x| x.is_finite())
+                || e.windows(2).any(|w| w[0] >= w[1])
+            {
+                return Err(loc.error(
+                    edges.span(),
+                    "edges must be finite numbers in ascending order, at least one",
+                ));
+            }
+            if l.len() != e.len() + 1 {
+                return Err(loc.error(
+                    labels.span(),
+                    format!(
+                        "{} edges make {} intervals: give {} labels",
+                        e.len(),
+                        e.len() + 1,
+                        e.len() + 1
+                    ),
+                ));
+            }
+            Some(Transform::Bucket {
+                edges: e.clone(),
+                labels: l.clone(),
+            })
+        }
+        Action::TruncateTime => {
+            let unit = body.unit.as_ref().ok_or_else(|| missing("unit"))?;
+            let u = TimeUnit::parse(unit.get_ref()).ok_or_else(|| {
+                loc.error(
+                    unit.span(),
+                    format!(
+                        "unit {:?} is not one of {}",
+                        unit.get_ref(),
+                        TimeUnit::NAMES.join(", ")
+                    ),
+                )
+            })?;
+            Some(Transform::TruncateTime(u))
+        }
+        Action::Share | Action::Drop | Action::Redact => None,
+    })
 }
 
 /// Rejects two rules that could both decide the same field of the same

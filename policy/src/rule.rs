@@ -115,15 +115,31 @@ impl fmt::Display for DestinationSelector {
 pub enum Action {
     Share,
     Drop,
+    Redact,
+    /// Parameters in the rule's [`Transform`](crate::transform::Transform).
+    Round,
+    Bucket,
+    TruncateTime,
 }
 
 impl Action {
-    pub const NAMES: &'static [&'static str] = &["share", "drop"];
+    pub const NAMES: &'static [&'static str] = &[
+        "share",
+        "drop",
+        "redact",
+        "round",
+        "bucket",
+        "truncate_time",
+    ];
 
     pub fn parse(name: &str) -> Option<Self> {
         match name {
             "share" => Some(Action::Share),
             "drop" => Some(Action::Drop),
+            "redact" => Some(Action::Redact),
+            "round" => Some(Action::Round),
+            "bucket" => Some(Action::Bucket),
+            "truncate_time" => Some(Action::TruncateTime),
             _ => None,
         }
     }
@@ -132,12 +148,21 @@ impl Action {
         match self {
             Action::Share => "share",
             Action::Drop => "drop",
+            Action::Redact => "redact",
+            Action::Round => "round",
+            Action::Bucket => "bucket",
+            Action::TruncateTime => "truncate_time",
         }
+    }
+
+    /// Whether the field leaves (as it is, or transformed).
+    pub fn sends(&self) -> bool {
+        *self != Action::Drop
     }
 }
 
 /// One `[[rule]]`: for these devices, this field, this destination, do this.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SharingRule {
     /// The rule's stable id: its `name` in the file, or `r-` and a hash of
     /// what it says (see [`SharingRule::content_id`]). It survives edits
@@ -150,6 +175,8 @@ pub struct SharingRule {
     pub field: FieldPattern,
     pub destination: DestinationSelector,
     pub action: Action,
+    /// The action's parameters (`round`'s step, ...).
+    pub transform: Option<crate::transform::Transform>,
     pub position: Position,
 }
 

@@ -569,3 +569,80 @@ fn topic_rules_tie_only_when_their_filters_can_meet() {
     let e = Policy::parse(&bad).expect_err("bad filter");
     assert_eq!(e.position.line, 3);
 }
+
+#[test]
+fn value_actions_transform_what_is_shared() {
+    let policy = r#"
+[[rule]]
+device = "thermo"
+field = "temp"
+destination = "utility"
+action = "round"
+step = 0.5
+
+[[rule]]
+device = "thermo"
+field = "ssid"
+destination = "utility"
+action = "redact"
+
+[[rule]]
+device = "thermo"
+field = "age"
+destination = "utility"
+action = "bucket"
+edges = [18, 65]
+labels = ["minor", "adult", "senior"]
+
+[[rule]]
+device = "thermo"
+field = "at"
+destination = "utility"
+action = "truncate_time"
+unit = "hour"
+
+[[rule]]
+device = "thermo"
+field = "note"
+destination = "utility"
+action = "round"
+step = 1
+"#;
+    let e = eval(
+        policy,
+        "thermo",
+        r#"{"temp":21.74,"ssid":"home","age":40,"at":"2026-11-30T16:35:14Z","note":"warm","x":1}"#,
+    );
+    // `note` is text under `round`: withheld. `x` has no rule: not shared.
+    assert_eq!(
+        out(&e, "utility"),
+        Some(r#"{"temp":21.5,"ssid":"[redacted]","age":"adult","at":"2026-11-30T16:00:00Z"}"#)
+    );
+    assert_eq!(out(&e, "vendor_cloud"), None);
+}
+
+#[test]
+fn value_actions_check_their_parameters() {
+    let rule = |extra: &str| {
+        format!("[[rule]]\ndevice = \"d\"\nfield = \"f\"\ndestination = \"utility\"\n{extra}\n")
+    };
+    for (extra, needle) in [
+        ("action = \"round\"", "needs \"step\""),
+        ("action = \"round\"\nstep = 0", "above 0"),
+        ("action = \"share\"\nstep = 1", "takes no \"step\""),
+        (
+            "action = \"bucket\"\nedges = [2, 1]\nlabels = [\"a\", \"b\", \"c\"]",
+            "ascending",
+        ),
+        (
+            "action = \"bucket\"\nedges = [1]\nlabels = [\"a\"]",
+            "give 2 labels",
+        ),
+        ("action = \"truncate_time\"\nunit = \"week\"", "not one of"),
+        ("action = \"pseudonymize\"", "unknown action"),
+    ] {
+        let e = Policy::parse(&rule(extra)).expect_err(extra);
+        assert!(e.message.contains(needle), "{extra}: {e}");
+        assert!(e.position.line >= 1);
+    }
+}

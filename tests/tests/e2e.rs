@@ -506,3 +506,51 @@ async fn a_malformed_json_payload_reaches_no_destination() -> Result<()> {
     );
     Ok(())
 }
+
+/// The value-level actions, end to end: the cloud receives exactly the
+/// transformed values, and numbers it shares exactly as sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cloud_receives_exactly_the_transformed_values() -> Result<()> {
+    let (dir, data, cloud) = scratch()?;
+    let thermo = add_device(&data, "thermo", "generic")?;
+    let rule = |field: &str, action: &str| {
+        format!("[[rule]]\ndevice = \"thermo\"\nfield = \"{field}\"\ndestination = \"vendor_cloud\"\naction = \"{action}\"\n")
+    };
+    let policy = [
+        format!("{}step = 0.5\n", rule("temp", "round")),
+        rule("ssid", "redact"),
+        format!(
+            "{}edges = [30, 70]\nlabels = [\"dry\", \"ok\", \"damp\"]\n",
+            rule("hum", "bucket")
+        ),
+        format!("{}unit = \"day\"\n", rule("at", "truncate_time")),
+        rule("energy", "share"),
+    ]
+    .join("\n");
+    let policy = write_policy(dir.path(), &policy)?;
+    let gw = Gateway::start(dir.path(), &config_for(&data, &cloud, Some(&policy), ""))?;
+    let (sub, mut sub_events) = cloud_subscriber(&cloud, "home/#", "sub-actions").await?;
+    let (client, events) = connect(device_options(gw.mqtt, &thermo, "thermo")).await?;
+    let driven = drive(events);
+    client
+        .publish(
+            "devices/thermo/state",
+            QoS::AtLeastOnce,
+            false,
+            r#"{"temp":21.74,"ssid":"home-wifi","hum":71.5,"at":1764520514,"energy":12345678901234567890123,"occupied":true}"#,
+        )
+        .await?;
+    let got = collect(Some(&sub), &mut sub_events, Duration::from_secs(10), |g| {
+        !g.is_empty()
+    })
+    .await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(
+        std::str::from_utf8(&got[0].1)?,
+        r#"{"temp":21.5,"ssid":"[redacted]","hum":"damp","at":1764460800,"energy":12345678901234567890123}"#
+    );
+    drop(client);
+    let _ = driven.await;
+    assert!(gw.stop()?.success());
+    Ok(())
+}

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use policy::{Action, Message, Policy};
+use policy::{Message, Policy};
 use serde::{Deserialize, Serialize};
 
 use super::{now_ms, OpError, Operations};
@@ -335,11 +335,7 @@ impl Operations {
                     .zip(&out.decisions)
                     .map(|(field, d)| FieldPreview {
                         field: field.to_string(),
-                        action: match d.action {
-                            Action::Share => "share",
-                            Action::Drop => "drop",
-                        }
-                        .to_string(),
+                        action: d.action.as_str().to_string(),
                         rule: d.rule.and_then(|id| {
                             policy
                                 .rule(id)

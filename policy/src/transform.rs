@@ -1,0 +1,310 @@
+//! The value-level actions: what a shared field becomes on its way out.
+//!
+//! Each works on one leaf value, and fails closed: a value the action
+//! cannot read (text under `round`, a number under a date action) is not
+//! sent at all.
+//!
+//! - `redact`: the field is sent as the string `"[redacted]"`, so the
+//!   recipient learns that it exists, not what it says;
+//! - `round { step }`: a number to the nearest multiple of `step`;
+//! - `bucket { edges, labels }`: a number to the label of its interval;
+//! - `truncate_time { unit }`: an RFC 3339 time, or unix seconds or
+//!   milliseconds, cut down to the second, minute, hour or day.
+
+use serde_json::value::RawValue;
+
+use crate::json::Json;
+use crate::rule::Action;
+
+/// The marker `redact` sends.
+pub const REDACTED: &str = "[redacted]";
+
+/// How finely `truncate_time` keeps a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeUnit {
+    Second,
+    Minute,
+    Hour,
+    Day,
+}
+
+impl TimeUnit {
+    pub const NAMES: &'static [&'static str] = &["second", "minute", "hour", "day"];
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "second" => TimeUnit::Second,
+            "minute" => TimeUnit::Minute,
+            "hour" => TimeUnit::Hour,
+            "day" => TimeUnit::Day,
+            _ => return None,
+        })
+    }
+
+    fn seconds(self) -> i64 {
+        match self {
+            TimeUnit::Second => 1,
+            TimeUnit::Minute => 60,
+            TimeUnit::Hour => 3600,
+            TimeUnit::Day => 86_400,
+        }
+    }
+}
+
+/// An action's parameters, checked when the policy is parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transform {
+    Round {
+        step: f64,
+        /// Decimals to write: those of `step` (0.5 → 1, 0.25 → 2).
+        decimals: usize,
+    },
+    Bucket {
+        /// Strictly ascending.
+        edges: Vec<f64>,
+        /// One more than `edges`: below the first edge, between each two,
+        /// and from the last one up.
+        labels: Vec<String>,
+    },
+    TruncateTime(TimeUnit),
+}
+
+/// The decimals needed to write multiples of `step` exactly.
+pub(crate) fn decimals_of(step: f64) -> usize {
+    (0..=9)
+        .find(|d| {
+            let scaled = step * 10f64.powi(*d as i32);
+            (scaled - scaled.round()).abs() < 1e-9 * scaled.abs().max(1.0)
+        })
+        .unwrap_or(9)
+}
+
+fn scalar(text: &str) -> Option<Json> {
+    RawValue::from_string(text.to_string())
+        .ok()
+        .map(Json::Scalar)
+}
+
+fn number(leaf: &Json) -> Option<f64> {
+    match leaf {
+        Json::Scalar(raw) => {
+            let t = raw.get().trim();
+            if t.starts_with('"') {
+                return None;
+            }
+            t.parse::<f64>().ok().filter(|n| n.is_finite())
+        }
+        _ => None,
+    }
+}
+
+/// What a shared leaf becomes under `action`; `None`: it is not sent.
+pub fn apply(action: Action, transform: Option<&Transform>, leaf: &Json) -> Option<Json> {
+    match (action, transform) {
+        (Action::Drop, _) => None,
+        (Action::Share, _) => Some(leaf.clone()),
+        (Action::Redact, _) => scalar(&serde_json::to_string(REDACTED).ok()?),
+        (Action::Round, Some(Transform::Round { step, decimals })) => {
+            let n = number(leaf)?;
+            let mut r = (n / step).round() * step;
+            if r == 0.0 {
+                r = 0.0; // not -0
+            }
+            scalar(&format!("{r:.decimals$}"))
+        }
+        (Action::Bucket, Some(Transform::Bucket { edges, labels })) => {
+            let n = number(leaf)?;
+            let i = edges.iter().take_while(|e| n >= **e).count();
+            scalar(&serde_json::to_string(labels.get(i)?).ok()?)
+        }
+        (Action::TruncateTime, Some(Transform::TruncateTime(unit))) => truncate_time(leaf, *unit),
+        // A transforming action without its parameters: refused at parse,
+        // and withheld here should one slip through.
+        _ => None,
+    }
+}
+
+fn truncate_time(leaf: &Json, unit: TimeUnit) -> Option<Json> {
+    let Json::Scalar(raw) = leaf else {
+        return None;
+    };
+    let t = raw.get().trim();
+    if let Some(quoted) = t.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+        let cut = truncate_rfc3339(quoted, unit)?;
+        return scalar(&serde_json::to_string(&cut).ok()?);
+    }
+    // Unix time: integers only; milliseconds from 10^11 on (which, as
+    // seconds, would be the year 5138).
+    let n: i64 = t.parse().ok()?;
+    let per = if n.unsigned_abs() >= 100_000_000_000 {
+        unit.seconds() * 1000
+    } else {
+        unit.seconds()
+    };
+    scalar(&(n.div_euclid(per) * per).to_string())
+}
+
+/// `2026-11-30T16:35:14.123+01:00` cut to the hour is
+/// `2026-11-30T16:00:00+01:00`: the fields below the unit are zeroed in the
+/// time's own offset, the fraction goes, the offset stays.
+fn truncate_rfc3339(text: &str, unit: TimeUnit) -> Option<String> {
+    let b = text.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|s| s.iter().all(u8::is_ascii_digit));
+    let shape = digits(0..4)
+        && b.get(4) == Some(&b'-')
+        && digits(5..7)
+        && b.get(7) == Some(&b'-')
+        && digits(8..10)
+        && matches!(b.get(10), Some(b'T' | b't' | b' '))
+        && digits(11..13)
+        && b.get(13) == Some(&b':')
+        && digits(14..16)
+        && b.get(16) == Some(&b':')
+        && digits(17..19);
+    if !shape {
+        return None;
+    }
+    let mut rest = &text[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if n == 0 {
+            return None;
+        }
+        rest = &frac[n..];
+    }
+    let zone_ok = rest.is_empty()
+        || rest.eq_ignore_ascii_case("z")
+        || (rest.len() == 6
+            && matches!(rest.as_bytes()[0], b'+' | b'-')
+            && rest.as_bytes()[3] == b':'
+            && rest[1..3]
+                .bytes()
+                .chain(rest[4..6].bytes())
+                .all(|c| c.is_ascii_digit()));
+    if !zone_ok {
+        return None;
+    }
+    let (date, hh, mm, ss) = (&text[..10], &text[11..13], &text[14..16], &text[17..19]);
+    let time = match unit {
+        TimeUnit::Second => format!("{hh}:{mm}:{ss}"),
+        TimeUnit::Minute => format!("{hh}:{mm}:00"),
+        TimeUnit::Hour => format!("{hh}:00:00"),
+        TimeUnit::Day => "00:00:00".to_string(),
+    };
+    Some(format!("{date}T{time}{rest}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaf(text: &str) -> Json {
+        Json::parse(text.as_bytes()).expect("json")
+    }
+
+    fn out(action: Action, t: Option<&Transform>, text: &str) -> Option<String> {
+        apply(action, t, &leaf(text)).map(|j| String::from_utf8(j.to_vec()).expect("utf8"))
+    }
+
+    #[test]
+    fn redact_and_round() {
+        assert_eq!(
+            out(Action::Redact, None, "52.37").as_deref(),
+            Some("\"[redacted]\"")
+        );
+        let half = Transform::Round {
+            step: 0.5,
+            decimals: decimals_of(0.5),
+        };
+        assert_eq!(
+            out(Action::Round, Some(&half), "21.74").as_deref(),
+            Some("21.5")
+        );
+        assert_eq!(
+            out(Action::Round, Some(&half), "21.76").as_deref(),
+            Some("22.0")
+        );
+        assert_eq!(
+            out(Action::Round, Some(&half), "-0.1").as_deref(),
+            Some("0.0")
+        );
+        let ten = Transform::Round {
+            step: 10.0,
+            decimals: decimals_of(10.0),
+        };
+        assert_eq!(
+            out(Action::Round, Some(&ten), "1234").as_deref(),
+            Some("1230")
+        );
+        let cent = Transform::Round {
+            step: 0.01,
+            decimals: decimals_of(0.01),
+        };
+        assert_eq!(
+            out(Action::Round, Some(&cent), "0.126").as_deref(),
+            Some("0.13")
+        );
+        // Not a number: withheld, not sent raw.
+        assert_eq!(out(Action::Round, Some(&half), "\"21.7\""), None);
+        assert_eq!(out(Action::Round, Some(&half), "true"), None);
+    }
+
+    #[test]
+    fn bucket() {
+        let b = Transform::Bucket {
+            edges: vec![18.0, 65.0],
+            labels: vec!["minor".into(), "adult".into(), "senior".into()],
+        };
+        assert_eq!(
+            out(Action::Bucket, Some(&b), "12").as_deref(),
+            Some("\"minor\"")
+        );
+        assert_eq!(
+            out(Action::Bucket, Some(&b), "18").as_deref(),
+            Some("\"adult\"")
+        );
+        assert_eq!(
+            out(Action::Bucket, Some(&b), "90.5").as_deref(),
+            Some("\"senior\"")
+        );
+        assert_eq!(out(Action::Bucket, Some(&b), "\"x\""), None);
+    }
+
+    #[test]
+    fn truncate_time_keeps_the_offset_and_the_kind() {
+        let hour = Transform::TruncateTime(TimeUnit::Hour);
+        let day = Transform::TruncateTime(TimeUnit::Day);
+        assert_eq!(
+            out(
+                Action::TruncateTime,
+                Some(&hour),
+                "\"2026-11-30T16:35:14.123+01:00\""
+            )
+            .as_deref(),
+            Some("\"2026-11-30T16:00:00+01:00\"")
+        );
+        assert_eq!(
+            out(Action::TruncateTime, Some(&day), "\"2026-11-30T16:35:14Z\"").as_deref(),
+            Some("\"2026-11-30T00:00:00Z\"")
+        );
+        // Unix seconds and milliseconds.
+        assert_eq!(
+            out(Action::TruncateTime, Some(&hour), "1764520514").as_deref(),
+            Some("1764518400")
+        );
+        assert_eq!(
+            out(Action::TruncateTime, Some(&hour), "1764520514123").as_deref(),
+            Some("1764518400000")
+        );
+        for bad in [
+            "\"yesterday\"",
+            "\"2026-11-30\"",
+            "\"2026-11-30T16:35:14+1\"",
+            "1.5",
+            "{}",
+        ] {
+            assert_eq!(out(Action::TruncateTime, Some(&hour), bad), None, "{bad}");
+        }
+    }
+}
