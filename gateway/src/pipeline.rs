@@ -181,18 +181,22 @@ impl Pipeline {
         drop(active);
         let now = now_ms();
         if let Some(stored) = stored {
-            self.history.append(&NewRecord {
-                device,
-                received_ms: now,
-                qos: kept.qos,
-                retain: kept.retain,
-                topic,
-                payload: &stored,
-            })?;
+            self.history
+                .append(&NewRecord {
+                    device,
+                    received_ms: now,
+                    qos: kept.qos,
+                    retain: kept.retain,
+                    topic,
+                    payload: &stored,
+                })
+                .inspect_err(|_| self.durability.check_now())?;
         }
         for (lane, out) in self.lanes.iter().zip(&eval.outputs) {
             if let Some(p) = &out.payload {
-                lane.outbox.push(device, topic, p, now)?;
+                lane.outbox
+                    .push(device, topic, p, now)
+                    .inspect_err(|_| self.durability.check_now())?;
                 // Sent while the flush runs, not after it: the cloud may see
                 // a message before it is durable here. A crash in between
                 // means no PUBACK, so the device sends again: a duplicate at

@@ -39,6 +39,7 @@ pub fn dataward_bin() -> Result<PathBuf> {
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
             .args(&args)
             .current_dir(workspace_root())
+            .stdin(Stdio::null())
             .status()
             .map_err(|e| format!("cannot run cargo: {e}"))?;
         if !status.success() {

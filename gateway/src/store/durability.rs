@@ -73,6 +73,14 @@ impl Durability {
         Arc::clone(&self.dirty)
     }
 
+    /// After a write failed (sled reports an I/O error at insert when its
+    /// log cannot grow): flush now, so that the failure shows in health at
+    /// once, not only when the next write happens to need a flush.
+    pub fn check_now(&self) {
+        self.dirty.store(true, Ordering::Release);
+        self.kick.notify_one();
+    }
+
     /// False while the latest flush failed (a full or broken disk).
     pub fn healthy(&self) -> bool {
         self.flushed.borrow().error.is_none()
