@@ -51,6 +51,16 @@ pub struct Lane {
 
 /// A policy with the version number it was stored under (0: no policy was
 /// ever applied, so nothing is shared).
+/// The policy's `seal` action: to the user's public key, once there is one
+/// (until `init`, sealed fields are withheld).
+pub struct SealTo(pub Option<crate::keys::PublicKey>);
+
+impl policy::transform::Context for SealTo {
+    fn seal(&self, value: &[u8]) -> Option<String> {
+        crate::keys::seal::seal_value(self.0.as_ref()?, value).ok()
+    }
+}
+
 /// How a message arrived, as history keeps it.
 #[derive(Debug, Clone, Copy)]
 pub struct Kept {
@@ -161,13 +171,14 @@ impl Pipeline {
     ) -> Result<(), PipelineError> {
         let durable = kept.qos > 0;
         let active = self.policy.load();
-        let eval = active.policy.evaluate(
+        let eval = active.policy.evaluate_with(
             &Message {
                 device,
                 topic,
                 payload,
             },
             &self.names,
+            &SealTo(self.history.public_key()),
         );
         if eval.malformed {
             // Forwarded nowhere (every output is empty); kept, and counted.

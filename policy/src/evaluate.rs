@@ -4,6 +4,7 @@
 //! the most specific matching rule; a field no rule matches is not shared.
 
 use crate::json::Json;
+use crate::transform::Context;
 
 use crate::path::{FieldPath, Segment};
 use crate::rule::{Action, RuleId, SharingRule};
@@ -72,6 +73,7 @@ pub(crate) fn evaluate<S: AsRef<str>>(
     policy: &Policy,
     msg: &Message<'_>,
     destinations: &[S],
+    ctx: &dyn Context,
 ) -> Evaluation {
     let body = match Json::parse(msg.payload) {
         Ok(v) if v.is_structured() => Body::Structured(v),
@@ -113,10 +115,10 @@ pub(crate) fn evaluate<S: AsRef<str>>(
                         let mut idx = 0;
                         // Shared scalars leave exactly as the device wrote
                         // them; transformed ones as their action makes them.
-                        filter_value(v, &decisions, &mut idx, &policy.rules)
+                        filter_value(v, &decisions, &mut idx, &policy.rules, ctx)
                             .map(|kept| kept.to_vec())
                     }
-                    Body::Opaque => opaque(msg.payload, &decisions, &policy.rules),
+                    Body::Opaque => opaque(msg.payload, &decisions, &policy.rules, ctx),
                     Body::Malformed => None,
                 }
             } else {
@@ -186,19 +188,26 @@ fn collect_leaves(v: &Json, prefix: &mut Vec<Segment>, out: &mut Vec<FieldPath>)
 
 /// `$payload` under its deciding action: as it is for `share`, else
 /// transformed as a JSON scalar (a number, say), or withheld.
-fn opaque(payload: &[u8], decisions: &[Decision], rules: &[SharingRule]) -> Option<Vec<u8>> {
+fn opaque(
+    payload: &[u8],
+    decisions: &[Decision],
+    rules: &[SharingRule],
+    ctx: &dyn Context,
+) -> Option<Vec<u8>> {
     let d = decisions.first()?;
     match d.action {
         Action::Drop => None,
         Action::Share => Some(payload.to_vec()),
         Action::Redact => Some(crate::transform::REDACTED.as_bytes().to_vec()),
+        // Any payload, JSON or not, sealed whole.
+        Action::Seal => ctx.seal(payload).map(String::into_bytes),
         action => {
             let leaf = Json::parse(payload).ok()?;
             let t = d
                 .rule
                 .and_then(|id| rules.get(id.0))
                 .and_then(|r| r.transform.as_ref());
-            crate::transform::apply(action, t, &leaf).map(|j| j.to_vec())
+            crate::transform::apply(action, t, &leaf, ctx).map(|j| j.to_vec())
         }
     }
 }
@@ -210,13 +219,14 @@ fn filter_value(
     decisions: &[Decision],
     idx: &mut usize,
     rules: &[SharingRule],
+    ctx: &dyn Context,
 ) -> Option<Json> {
     match v {
         Json::Object(m) if !m.is_empty() => {
             let kept: Vec<(String, Json)> = m
                 .iter()
                 .filter_map(|(k, child)| {
-                    filter_value(child, decisions, idx, rules).map(|c| (k.clone(), c))
+                    filter_value(child, decisions, idx, rules, ctx).map(|c| (k.clone(), c))
                 })
                 .collect();
             (!kept.is_empty()).then_some(Json::Object(kept))
@@ -224,7 +234,7 @@ fn filter_value(
         Json::Array(a) if !a.is_empty() => {
             let kept: Vec<Json> = a
                 .iter()
-                .filter_map(|c| filter_value(c, decisions, idx, rules))
+                .filter_map(|c| filter_value(c, decisions, idx, rules, ctx))
                 .collect();
             (!kept.is_empty()).then_some(Json::Array(kept))
         }
@@ -236,7 +246,7 @@ fn filter_value(
                 .rule
                 .and_then(|id| rules.get(id.0))
                 .and_then(|r| r.transform.as_ref());
-            crate::transform::apply(d.action, t, leaf)
+            crate::transform::apply(d.action, t, leaf, ctx)
         }
     }
 }

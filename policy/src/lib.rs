@@ -119,9 +119,20 @@ impl Policy {
         out
     }
 
-    /// Decides, for each destination, what of `msg` it receives.
+    /// Decides, for each destination, what of `msg` it receives. `seal`
+    /// withholds here: there is no key; see [`Policy::evaluate_with`].
     pub fn evaluate<S: AsRef<str>>(&self, msg: &Message<'_>, destinations: &[S]) -> Evaluation {
-        evaluate::evaluate(self, msg, destinations)
+        evaluate::evaluate(self, msg, destinations, &transform::NoContext)
+    }
+
+    /// [`Policy::evaluate`], with what sealing needs from the caller.
+    pub fn evaluate_with<S: AsRef<str>>(
+        &self,
+        msg: &Message<'_>,
+        destinations: &[S],
+        ctx: &dyn transform::Context,
+    ) -> Evaluation {
+        evaluate::evaluate(self, msg, destinations, ctx)
     }
 
     /// Whether `destination` may send a command to `device` on the local

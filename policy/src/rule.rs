@@ -120,6 +120,8 @@ pub enum Action {
     Round,
     Bucket,
     TruncateTime,
+    /// Sealed to the user's key (see `transform::Context`).
+    Seal,
 }
 
 impl Action {
@@ -140,6 +142,7 @@ impl Action {
             "round" => Some(Action::Round),
             "bucket" => Some(Action::Bucket),
             "truncate_time" => Some(Action::TruncateTime),
+            "seal" => Some(Action::Seal),
             _ => None,
         }
     }
@@ -152,6 +155,7 @@ impl Action {
             Action::Round => "round",
             Action::Bucket => "bucket",
             Action::TruncateTime => "truncate_time",
+            Action::Seal => "seal",
         }
     }
 

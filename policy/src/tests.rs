@@ -646,3 +646,40 @@ fn value_actions_check_their_parameters() {
         assert!(e.position.line >= 1);
     }
 }
+
+#[test]
+fn seal_goes_through_the_context_and_is_withheld_without_one() {
+    struct Fake;
+    impl transform::Context for Fake {
+        fn seal(&self, value: &[u8]) -> Option<String> {
+            Some(format!("dw1.sealed({})", String::from_utf8_lossy(value)))
+        }
+    }
+    let policy = r#"
+[[rule]]
+device = "tracker"
+field = "loc"
+destination = "utility"
+action = "seal"
+
+[[rule]]
+device = "tracker"
+field = "bat"
+destination = "utility"
+action = "share"
+"#;
+    let p = Policy::parse(policy).expect("parse");
+    let msg = Message {
+        device: "tracker",
+        topic: "t",
+        payload: br#"{"loc":[52.37,4.89],"bat":90}"#,
+    };
+    let e = p.evaluate_with(&msg, DESTS, &Fake);
+    assert_eq!(
+        out(&e, "utility"),
+        Some(r#"{"loc":["dw1.sealed(52.37)","dw1.sealed(4.89)"],"bat":90}"#)
+    );
+    // With no key, the sealed fields are withheld, never sent in the clear.
+    let e = p.evaluate(&msg, DESTS);
+    assert_eq!(out(&e, "utility"), Some(r#"{"bat":90}"#));
+}

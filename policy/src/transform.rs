@@ -9,12 +9,32 @@
 //! - `round { step }`: a number to the nearest multiple of `step`;
 //! - `bucket { edges, labels }`: a number to the label of its interval;
 //! - `truncate_time { unit }`: an RFC 3339 time, or unix seconds or
-//!   milliseconds, cut down to the second, minute, hour or day.
+//!   milliseconds, cut down to the second, minute, hour or day;
+//! - `seal`: the value (its JSON text) sealed to the user's public key, by
+//!   the caller's [`Context`]: this crate holds no key and draws no
+//!   randomness.
 
 use serde_json::value::RawValue;
 
 use crate::json::Json;
 use crate::rule::Action;
+
+/// What evaluation needs from outside a pure function: sealing needs the
+/// user's public key and fresh randomness, which the gateway holds.
+pub trait Context {
+    /// `value` (a JSON text) sealed to the user's key, as a `dw1.` string;
+    /// `None` when it cannot be (no keys yet): the field is then withheld.
+    fn seal(&self, value: &[u8]) -> Option<String>;
+}
+
+/// No keys, no randomness: `seal` withholds.
+pub struct NoContext;
+
+impl Context for NoContext {
+    fn seal(&self, _: &[u8]) -> Option<String> {
+        None
+    }
+}
 
 /// The marker `redact` sends.
 pub const REDACTED: &str = "[redacted]";
@@ -99,8 +119,17 @@ fn number(leaf: &Json) -> Option<f64> {
 }
 
 /// What a shared leaf becomes under `action`; `None`: it is not sent.
-pub fn apply(action: Action, transform: Option<&Transform>, leaf: &Json) -> Option<Json> {
+pub fn apply(
+    action: Action,
+    transform: Option<&Transform>,
+    leaf: &Json,
+    ctx: &dyn Context,
+) -> Option<Json> {
     match (action, transform) {
+        (Action::Seal, _) => {
+            let sealed = ctx.seal(&leaf.to_vec())?;
+            scalar(&serde_json::to_string(&sealed).ok()?)
+        }
         (Action::Drop, _) => None,
         (Action::Share, _) => Some(leaf.clone()),
         (Action::Redact, _) => scalar(&serde_json::to_string(REDACTED).ok()?),
@@ -204,7 +233,8 @@ mod tests {
     }
 
     fn out(action: Action, t: Option<&Transform>, text: &str) -> Option<String> {
-        apply(action, t, &leaf(text)).map(|j| String::from_utf8(j.to_vec()).expect("utf8"))
+        apply(action, t, &leaf(text), &NoContext)
+            .map(|j| String::from_utf8(j.to_vec()).expect("utf8"))
     }
 
     #[test]

@@ -554,3 +554,63 @@ async fn the_cloud_receives_exactly_the_transformed_values() -> Result<()> {
     assert!(gw.stop()?.success());
     Ok(())
 }
+
+/// `seal`: the cloud receives the field sealed to the user's key, and
+/// `dataward decrypt` opens what the cloud received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_field_opens_with_dataward_decrypt() -> Result<()> {
+    let (dir, data, cloud) = scratch()?;
+    let tracker = add_device(&data, "tracker", "generic")?;
+    init_keys(&data)?;
+    let policy = write_policy(
+        dir.path(),
+        "[[rule]]\ndevice = \"tracker\"\nfield = \"loc\"\ndestination = \"vendor_cloud\"\naction = \"seal\"\n\n\
+         [[rule]]\ndevice = \"tracker\"\nfield = \"bat\"\ndestination = \"vendor_cloud\"\naction = \"share\"\n",
+    )?;
+    let gw = Gateway::start(dir.path(), &config_for(&data, &cloud, Some(&policy), ""))?;
+    let (sub, mut sub_events) = cloud_subscriber(&cloud, "home/#", "sub-seal").await?;
+    let (client, events) = connect(device_options(gw.mqtt, &tracker, "tracker")).await?;
+    let driven = drive(events);
+    client
+        .publish(
+            "devices/tracker/state",
+            QoS::AtLeastOnce,
+            false,
+            r#"{"loc":{"lat":52.3702,"lon":4.8952},"bat":90}"#,
+        )
+        .await?;
+    let got = collect(Some(&sub), &mut sub_events, Duration::from_secs(10), |g| {
+        !g.is_empty()
+    })
+    .await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    let received = String::from_utf8(got[0].1.clone())?;
+    assert!(!received.contains("52.3702"), "{received}");
+    let v: serde_json::Value = serde_json::from_str(&received)?;
+    assert!(
+        v["loc"]["lat"].as_str().unwrap_or("").starts_with("dw1."),
+        "{received}"
+    );
+    assert_eq!(v["bat"], 90);
+    drop(client);
+    let _ = driven.await;
+    // Opened with the passphrase, running gateway or not.
+    let pass = passphrase_file(&data)?;
+    let mut child = std::process::Command::new(dataward_bin()?)
+        .args(["decrypt", "--passphrase-file", &pass.to_string_lossy()])
+        .args(["--data-dir", &data.to_string_lossy()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        writeln!(stdin, "{received}")?;
+    }
+    let out = child.wait_with_output()?;
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout)?.trim(),
+        r#"{"loc":{"lat":52.3702,"lon":4.8952},"bat":90}"#
+    );
+    assert!(gw.stop()?.success());
+    Ok(())
+}

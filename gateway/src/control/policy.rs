@@ -76,6 +76,16 @@ pub struct PolicyPreview {
     pub destinations: Vec<PreviewOutput>,
 }
 
+/// A preview shows where a sealed value goes without sealing it (a real
+/// one would differ at every send anyway).
+struct SealedInPreview;
+
+impl policy::transform::Context for SealedInPreview {
+    fn seal(&self, _: &[u8]) -> Option<String> {
+        Some("dw1.(sealed to your key when sent)".into())
+    }
+}
+
 /// Parses `text` and checks it against the configured destinations.
 pub(crate) fn validate(config: &Config, text: &str, name: &str) -> Result<Policy, OpError> {
     Policy::parse(text)
@@ -312,13 +322,14 @@ impl Operations {
         };
         let policy = &active.policy;
         let names = self.config.destination_names();
-        let eval = policy.evaluate(
+        let eval = policy.evaluate_with(
             &Message {
                 device,
                 topic: &topic,
                 payload,
             },
             &names,
+            &SealedInPreview,
         );
         let destinations = eval
             .outputs

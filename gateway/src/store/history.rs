@@ -215,6 +215,11 @@ impl HistoryStore {
         w.open.clear();
     }
 
+    /// The user's public key, once the keys exist.
+    pub fn public_key(&self) -> Option<PublicKey> {
+        lock_writer(&self.writer).recipient
+    }
+
     /// Whether history is being kept (the user's keys exist).
     pub fn keeps_history(&self) -> bool {
         lock_writer(&self.writer).recipient.is_some()
