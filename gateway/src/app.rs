@@ -135,6 +135,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         lanes,
         Arc::clone(&durability),
         config.store.retention(),
+        config
+            .destinations
+            .iter()
+            .map(|d| Ok((d.name.clone(), store.pseudonym_key(&d.name)?)))
+            .collect::<Result<_, crate::store::StoreError>>()?,
     ));
 
     let broker = Arc::new(

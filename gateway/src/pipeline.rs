@@ -51,13 +51,27 @@ pub struct Lane {
 
 /// A policy with the version number it was stored under (0: no policy was
 /// ever applied, so nothing is shared).
-/// The policy's `seal` action: to the user's public key, once there is one
-/// (until `init`, sealed fields are withheld).
-pub struct SealTo(pub Option<crate::keys::PublicKey>);
+/// What the policy's `seal` and `pseudonymize` actions need: the user's
+/// public key (until `init` there is none, and sealed fields are withheld)
+/// and each destination's pseudonym key.
+pub struct SendContext<'a> {
+    pub recipient: Option<crate::keys::PublicKey>,
+    pub pseudonym_keys: &'a std::collections::HashMap<String, ring::hmac::Key>,
+}
 
-impl policy::transform::Context for SealTo {
+impl policy::transform::Context for SendContext<'_> {
     fn seal(&self, value: &[u8]) -> Option<String> {
-        crate::keys::seal::seal_value(self.0.as_ref()?, value).ok()
+        crate::keys::seal::seal_value(self.recipient.as_ref()?, value).ok()
+    }
+
+    fn pseudonym(&self, destination: &str, value: &[u8]) -> Option<String> {
+        let key = self.pseudonym_keys.get(destination)?;
+        let tag = ring::hmac::sign(key, value);
+        let hex: String = tag.as_ref()[..12]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Some(format!("ps-{hex}"))
     }
 }
 
@@ -86,6 +100,8 @@ pub struct Pipeline {
     default_keep: policy::retention::Keep,
     /// Messages that looked like JSON but did not parse, since start.
     malformed: std::sync::atomic::AtomicU64,
+    /// HMAC keys of `pseudonymize`, one per destination.
+    pseudonym_keys: std::collections::HashMap<String, ring::hmac::Key>,
 }
 
 impl Pipeline {
@@ -95,6 +111,7 @@ impl Pipeline {
         lanes: Vec<Lane>,
         durability: Arc<Durability>,
         default_keep: policy::retention::Keep,
+        pseudonym_keys: std::collections::HashMap<String, ring::hmac::Key>,
     ) -> Self {
         let names = lanes.iter().map(|l| l.name.clone()).collect();
         Self {
@@ -105,6 +122,7 @@ impl Pipeline {
             durability,
             default_keep,
             malformed: Default::default(),
+            pseudonym_keys,
         }
     }
 
@@ -178,7 +196,10 @@ impl Pipeline {
                 payload,
             },
             &self.names,
-            &SealTo(self.history.public_key()),
+            &SendContext {
+                recipient: self.history.public_key(),
+                pseudonym_keys: &self.pseudonym_keys,
+            },
         );
         if eval.malformed {
             // Forwarded nowhere (every output is empty); kept, and counted.
@@ -227,4 +248,29 @@ pub fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use policy::transform::Context;
+
+    #[test]
+    fn pseudonyms_are_stable_per_destination_and_differ_across() {
+        let key = |b: u8| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[b; 32]);
+        let keys = [("a".to_string(), key(1)), ("b".to_string(), key(2))]
+            .into_iter()
+            .collect();
+        let ctx = SendContext {
+            recipient: None,
+            pseudonym_keys: &keys,
+        };
+        let p = |d: &str, v: &str| ctx.pseudonym(d, v.as_bytes()).expect("pseudonym");
+        assert_eq!(p("a", "\"alice\""), p("a", "\"alice\""));
+        assert_ne!(p("a", "\"alice\""), p("a", "\"bob\""));
+        assert_ne!(p("a", "\"alice\""), p("b", "\"alice\""));
+        assert!(p("a", "\"alice\"").starts_with("ps-") && p("a", "x").len() == 27);
+        assert!(ctx.pseudonym("unknown", b"1").is_none());
+        assert!(ctx.seal(b"1").is_none(), "no key before init: withheld");
+    }
 }

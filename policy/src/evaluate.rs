@@ -115,10 +115,21 @@ pub(crate) fn evaluate<S: AsRef<str>>(
                         let mut idx = 0;
                         // Shared scalars leave exactly as the device wrote
                         // them; transformed ones as their action makes them.
-                        filter_value(v, &decisions, &mut idx, &policy.rules, ctx)
-                            .map(|kept| kept.to_vec())
+                        let out = Out {
+                            rules: &policy.rules,
+                            ctx,
+                            destination: dest,
+                        };
+                        filter_value(v, &decisions, &mut idx, &out).map(|kept| kept.to_vec())
                     }
-                    Body::Opaque => opaque(msg.payload, &decisions, &policy.rules, ctx),
+                    Body::Opaque => {
+                        let out = Out {
+                            rules: &policy.rules,
+                            ctx,
+                            destination: dest,
+                        };
+                        opaque(msg.payload, &decisions, &out)
+                    }
                     Body::Malformed => None,
                 }
             } else {
@@ -188,45 +199,52 @@ fn collect_leaves(v: &Json, prefix: &mut Vec<Segment>, out: &mut Vec<FieldPath>)
 
 /// `$payload` under its deciding action: as it is for `share`, else
 /// transformed as a JSON scalar (a number, say), or withheld.
-fn opaque(
-    payload: &[u8],
-    decisions: &[Decision],
-    rules: &[SharingRule],
-    ctx: &dyn Context,
-) -> Option<Vec<u8>> {
+fn opaque(payload: &[u8], decisions: &[Decision], out: &Out<'_>) -> Option<Vec<u8>> {
     let d = decisions.first()?;
     match d.action {
         Action::Drop => None,
         Action::Share => Some(payload.to_vec()),
         Action::Redact => Some(crate::transform::REDACTED.as_bytes().to_vec()),
-        // Any payload, JSON or not, sealed whole.
-        Action::Seal => ctx.seal(payload).map(String::into_bytes),
+        // Any payload, JSON or not, sealed or pseudonymized whole.
+        Action::Seal => out.ctx.seal(payload).map(String::into_bytes),
+        Action::Pseudonymize => out
+            .ctx
+            .pseudonym(out.destination, payload)
+            .map(String::into_bytes),
         action => {
             let leaf = Json::parse(payload).ok()?;
-            let t = d
-                .rule
-                .and_then(|id| rules.get(id.0))
-                .and_then(|r| r.transform.as_ref());
-            crate::transform::apply(action, t, &leaf, ctx).map(|j| j.to_vec())
+            out.apply(action, d, &leaf).map(|j| j.to_vec())
         }
     }
 }
 
 /// Rebuilds `v` with only the shared leaves, each as its action makes it.
 /// Containers left empty vanish; array elements keep their relative order.
-fn filter_value(
-    v: &Json,
-    decisions: &[Decision],
-    idx: &mut usize,
-    rules: &[SharingRule],
-    ctx: &dyn Context,
-) -> Option<Json> {
+/// What a leaf's action needs: the rules (for parameters), the caller's
+/// context, and the destination the output is for.
+struct Out<'a> {
+    rules: &'a [SharingRule],
+    ctx: &'a dyn Context,
+    destination: &'a str,
+}
+
+impl Out<'_> {
+    fn apply(&self, action: Action, d: &Decision, leaf: &Json) -> Option<Json> {
+        let t = d
+            .rule
+            .and_then(|id| self.rules.get(id.0))
+            .and_then(|r| r.transform.as_ref());
+        crate::transform::apply(action, t, leaf, self.ctx, self.destination)
+    }
+}
+
+fn filter_value(v: &Json, decisions: &[Decision], idx: &mut usize, out: &Out<'_>) -> Option<Json> {
     match v {
         Json::Object(m) if !m.is_empty() => {
             let kept: Vec<(String, Json)> = m
                 .iter()
                 .filter_map(|(k, child)| {
-                    filter_value(child, decisions, idx, rules, ctx).map(|c| (k.clone(), c))
+                    filter_value(child, decisions, idx, out).map(|c| (k.clone(), c))
                 })
                 .collect();
             (!kept.is_empty()).then_some(Json::Object(kept))
@@ -234,7 +252,7 @@ fn filter_value(
         Json::Array(a) if !a.is_empty() => {
             let kept: Vec<Json> = a
                 .iter()
-                .filter_map(|c| filter_value(c, decisions, idx, rules, ctx))
+                .filter_map(|c| filter_value(c, decisions, idx, out))
                 .collect();
             (!kept.is_empty()).then_some(Json::Array(kept))
         }
@@ -242,11 +260,7 @@ fn filter_value(
             let decision = decisions.get(*idx);
             *idx += 1;
             let d = decision?;
-            let t = d
-                .rule
-                .and_then(|id| rules.get(id.0))
-                .and_then(|r| r.transform.as_ref());
-            crate::transform::apply(d.action, t, leaf, ctx)
+            out.apply(d.action, d, leaf)
         }
     }
 }

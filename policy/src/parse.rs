@@ -416,7 +416,7 @@ fn transform_of(
             })?;
             Some(Transform::TruncateTime(u))
         }
-        Action::Share | Action::Drop | Action::Redact | Action::Seal => None,
+        Action::Share | Action::Drop | Action::Redact | Action::Seal | Action::Pseudonymize => None,
     })
 }
 

@@ -122,6 +122,8 @@ pub enum Action {
     TruncateTime,
     /// Sealed to the user's key (see `transform::Context`).
     Seal,
+    /// A keyed hash, per destination (see `transform::Context`).
+    Pseudonymize,
 }
 
 impl Action {
@@ -143,6 +145,7 @@ impl Action {
             "bucket" => Some(Action::Bucket),
             "truncate_time" => Some(Action::TruncateTime),
             "seal" => Some(Action::Seal),
+            "pseudonymize" => Some(Action::Pseudonymize),
             _ => None,
         }
     }
@@ -156,6 +159,7 @@ impl Action {
             Action::Bucket => "bucket",
             Action::TruncateTime => "truncate_time",
             Action::Seal => "seal",
+            Action::Pseudonymize => "pseudonymize",
         }
     }
 

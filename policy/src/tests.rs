@@ -639,7 +639,7 @@ fn value_actions_check_their_parameters() {
             "give 2 labels",
         ),
         ("action = \"truncate_time\"\nunit = \"week\"", "not one of"),
-        ("action = \"pseudonymize\"", "unknown action"),
+        ("action = \"aggregate\"", "unknown action"),
     ] {
         let e = Policy::parse(&rule(extra)).expect_err(extra);
         assert!(e.message.contains(needle), "{extra}: {e}");
@@ -653,6 +653,9 @@ fn seal_goes_through_the_context_and_is_withheld_without_one() {
     impl transform::Context for Fake {
         fn seal(&self, value: &[u8]) -> Option<String> {
             Some(format!("dw1.sealed({})", String::from_utf8_lossy(value)))
+        }
+        fn pseudonym(&self, _: &str, _: &[u8]) -> Option<String> {
+            None
         }
     }
     let policy = r#"
@@ -682,4 +685,41 @@ action = "share"
     // With no key, the sealed fields are withheld, never sent in the clear.
     let e = p.evaluate(&msg, DESTS);
     assert_eq!(out(&e, "utility"), Some(r#"{"bat":90}"#));
+}
+
+#[test]
+fn pseudonyms_come_from_the_context_per_destination() {
+    struct Fake;
+    impl transform::Context for Fake {
+        fn seal(&self, _: &[u8]) -> Option<String> {
+            None
+        }
+        fn pseudonym(&self, destination: &str, value: &[u8]) -> Option<String> {
+            Some(format!(
+                "ps({destination}:{})",
+                String::from_utf8_lossy(value)
+            ))
+        }
+    }
+    let policy = "[[rule]]\ndevice = \"lock\"\nfield = \"user\"\ndestination = \"*\"\naction = \"pseudonymize\"\n";
+    let p = Policy::parse(policy).expect("parse");
+    let msg = Message {
+        device: "lock",
+        topic: "t",
+        payload: br#"{"user":"alice","pin":1234}"#,
+    };
+    let e = p.evaluate_with(&msg, DESTS, &Fake);
+    assert_eq!(
+        out(&e, "utility"),
+        Some(r#"{"user":"ps(utility:\"alice\")"}"#)
+    );
+    assert_eq!(
+        out(&e, "vendor_cloud"),
+        Some(r#"{"user":"ps(vendor_cloud:\"alice\")"}"#)
+    );
+    assert_eq!(
+        out(&p.evaluate(&msg, DESTS), "utility"),
+        None,
+        "no key: withheld"
+    );
 }

@@ -12,7 +12,9 @@
 //!   milliseconds, cut down to the second, minute, hour or day;
 //! - `seal`: the value (its JSON text) sealed to the user's public key, by
 //!   the caller's [`Context`]: this crate holds no key and draws no
-//!   randomness.
+//!   randomness;
+//! - `pseudonymize`: a keyed hash of the value, the key per destination,
+//!   also by the [`Context`].
 
 use serde_json::value::RawValue;
 
@@ -25,6 +27,12 @@ pub trait Context {
     /// `value` (a JSON text) sealed to the user's key, as a `dw1.` string;
     /// `None` when it cannot be (no keys yet): the field is then withheld.
     fn seal(&self, value: &[u8]) -> Option<String>;
+
+    /// A pseudonym for `value` (a JSON text) for `destination`: the same
+    /// value gives the same pseudonym for one destination, and unrelated
+    /// ones for two (a keyed hash, the key per destination and held by the
+    /// caller). `None`: withheld.
+    fn pseudonym(&self, destination: &str, value: &[u8]) -> Option<String>;
 }
 
 /// No keys, no randomness: `seal` withholds.
@@ -32,6 +40,10 @@ pub struct NoContext;
 
 impl Context for NoContext {
     fn seal(&self, _: &[u8]) -> Option<String> {
+        None
+    }
+
+    fn pseudonym(&self, _: &str, _: &[u8]) -> Option<String> {
         None
     }
 }
@@ -124,11 +136,16 @@ pub fn apply(
     transform: Option<&Transform>,
     leaf: &Json,
     ctx: &dyn Context,
+    destination: &str,
 ) -> Option<Json> {
     match (action, transform) {
         (Action::Seal, _) => {
             let sealed = ctx.seal(&leaf.to_vec())?;
             scalar(&serde_json::to_string(&sealed).ok()?)
+        }
+        (Action::Pseudonymize, _) => {
+            let p = ctx.pseudonym(destination, &leaf.to_vec())?;
+            scalar(&serde_json::to_string(&p).ok()?)
         }
         (Action::Drop, _) => None,
         (Action::Share, _) => Some(leaf.clone()),
@@ -233,7 +250,7 @@ mod tests {
     }
 
     fn out(action: Action, t: Option<&Transform>, text: &str) -> Option<String> {
-        apply(action, t, &leaf(text), &NoContext)
+        apply(action, t, &leaf(text), &NoContext, "d")
             .map(|j| String::from_utf8(j.to_vec()).expect("utf8"))
     }
 

@@ -614,3 +614,52 @@ async fn a_sealed_field_opens_with_dataward_decrypt() -> Result<()> {
     assert!(gw.stop()?.success());
     Ok(())
 }
+
+/// `pseudonymize`: the cloud gets the same pseudonym for the same value,
+/// another one for another value, never the value, and the same again
+/// after a restart (the destination's key is kept).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pseudonyms_are_stable_and_hide_the_value() -> Result<()> {
+    let (dir, data, cloud) = scratch()?;
+    let lock = add_device(&data, "lock", "generic")?;
+    let policy = write_policy(
+        dir.path(),
+        "[[rule]]\ndevice = \"lock\"\nfield = \"user\"\ndestination = \"vendor_cloud\"\naction = \"pseudonymize\"\n",
+    )?;
+    let config = config_for(&data, &cloud, Some(&policy), "");
+    let (sub, mut sub_events) = cloud_subscriber(&cloud, "home/#", "sub-pseudo").await?;
+    let mut seen = Vec::new();
+    for users in [&["alice", "bob", "alice"][..], &["alice"][..]] {
+        let gw = Gateway::start(dir.path(), &config)?;
+        let (client, events) = connect(device_options(gw.mqtt, &lock, "lock")).await?;
+        let driven = drive(events);
+        for u in users {
+            client
+                .publish(
+                    "devices/lock/state",
+                    QoS::AtLeastOnce,
+                    false,
+                    format!(r#"{{"user":"{u}"}}"#),
+                )
+                .await?;
+        }
+        let want = seen.len() + users.len();
+        let got = collect(Some(&sub), &mut sub_events, Duration::from_secs(10), |g| {
+            g.len() == users.len()
+        })
+        .await;
+        for (_, payload) in got {
+            let v: serde_json::Value = serde_json::from_slice(&payload)?;
+            seen.push(v["user"].as_str().unwrap_or_default().to_string());
+        }
+        assert_eq!(seen.len(), want, "{seen:?}");
+        drop(client);
+        let _ = driven.await;
+        assert!(gw.stop()?.success());
+    }
+    assert!(seen.iter().all(|p| p.starts_with("ps-")), "{seen:?}");
+    assert_eq!(seen[0], seen[2], "same value, same pseudonym");
+    assert_ne!(seen[0], seen[1], "another value, another pseudonym");
+    assert_eq!(seen[0], seen[3], "the same after a restart");
+    Ok(())
+}

@@ -78,11 +78,15 @@ pub struct PolicyPreview {
 
 /// A preview shows where a sealed value goes without sealing it (a real
 /// one would differ at every send anyway).
-struct SealedInPreview;
+struct PreviewContext;
 
-impl policy::transform::Context for SealedInPreview {
+impl policy::transform::Context for PreviewContext {
     fn seal(&self, _: &[u8]) -> Option<String> {
         Some("dw1.(sealed to your key when sent)".into())
+    }
+
+    fn pseudonym(&self, destination: &str, _: &[u8]) -> Option<String> {
+        Some(format!("ps-(a pseudonym for {destination} when sent)"))
     }
 }
 
@@ -329,7 +333,7 @@ impl Operations {
                 payload,
             },
             &names,
-            &SealedInPreview,
+            &PreviewContext,
         );
         let destinations = eval
             .outputs

@@ -257,6 +257,24 @@ impl Store {
         Ok(())
     }
 
+    /// The `pseudonymize` key of `destination`, drawn (and stored) the
+    /// first time. The same key keeps a destination's pseudonyms stable
+    /// across restarts; destinations never share one.
+    pub fn pseudonym_key(&self, destination: &str) -> Result<ring::hmac::Key, StoreError> {
+        let tree = self.db.open_tree("pseudonym_keys")?;
+        let bytes = match tree.get(destination)? {
+            Some(k) if k.len() == 32 => zeroize::Zeroizing::new(k.to_vec()),
+            _ => {
+                let k = crate::keys::wrap::random_key()
+                    .map_err(|e| StoreError::Crypto(e.to_string()))?;
+                tree.insert(destination, k.as_ref())?;
+                self.db.flush()?;
+                zeroize::Zeroizing::new(k.to_vec())
+            }
+        };
+        Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &bytes))
+    }
+
     /// A new pad for a key wrap.
     pub fn new_wrap_pad(&self) -> Result<WrapPad, StoreError> {
         let (slot, pad) = self.history.pads.allocate()?;
