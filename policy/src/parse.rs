@@ -67,6 +67,9 @@ struct RawRule {
     /// `truncate_time`: second, minute, hour or day.
     #[serde(default)]
     unit: Option<Spanned<String>>,
+    /// `coarsen_location`: decimals kept, 0 to 6.
+    #[serde(default)]
+    decimals: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -415,6 +418,17 @@ fn transform_of(
                 )
             })?;
             Some(Transform::TruncateTime(u))
+        }
+        Action::CoarsenLocation => {
+            let d = body.decimals.as_ref().ok_or_else(|| missing("decimals"))?;
+            let v = *d.get_ref();
+            if !(0..=6).contains(&v) {
+                return Err(loc.error(
+                    d.span(),
+                    "decimals must be 0 to 6 (2 is about 1 km, 3 about 110 m)",
+                ));
+            }
+            Some(Transform::CoarsenLocation { decimals: v as u32 })
         }
         Action::Share | Action::Drop | Action::Redact | Action::Seal | Action::Pseudonymize => None,
     })

@@ -124,6 +124,7 @@ pub enum Action {
     Seal,
     /// A keyed hash, per destination (see `transform::Context`).
     Pseudonymize,
+    CoarsenLocation,
 }
 
 impl Action {
@@ -146,6 +147,7 @@ impl Action {
             "truncate_time" => Some(Action::TruncateTime),
             "seal" => Some(Action::Seal),
             "pseudonymize" => Some(Action::Pseudonymize),
+            "coarsen_location" => Some(Action::CoarsenLocation),
             _ => None,
         }
     }
@@ -160,6 +162,7 @@ impl Action {
             Action::TruncateTime => "truncate_time",
             Action::Seal => "seal",
             Action::Pseudonymize => "pseudonymize",
+            Action::CoarsenLocation => "coarsen_location",
         }
     }
 

@@ -723,3 +723,30 @@ fn pseudonyms_come_from_the_context_per_destination() {
         "no key: withheld"
     );
 }
+
+#[test]
+fn a_location_is_coarsened_as_siblings_an_object_or_an_array() {
+    let rule = |field: &str| {
+        format!("[[rule]]\ndevice = \"gps\"\nfield = \"{field}\"\ndestination = \"utility\"\naction = \"coarsen_location\"\ndecimals = 2\n")
+    };
+    let siblings = format!("{}{}", rule("lat"), rule("lon"));
+    let e = eval(
+        &siblings,
+        "gps",
+        r#"{"lat":52.37021,"lon":4.89517,"speed":3}"#,
+    );
+    assert_eq!(out(&e, "utility"), Some(r#"{"lat":52.37,"lon":4.90}"#));
+    let e = eval(
+        &rule("loc"),
+        "gps",
+        r#"{"loc":{"lat":52.37021,"lon":4.89517}}"#,
+    );
+    assert_eq!(
+        out(&e, "utility"),
+        Some(r#"{"loc":{"lat":52.37,"lon":4.90}}"#)
+    );
+    let e = eval(&rule("pos"), "gps", r#"{"pos":[52.37021,4.89517]}"#);
+    assert_eq!(out(&e, "utility"), Some(r#"{"pos":[52.37,4.90]}"#));
+    let bad = rule("loc").replace("decimals = 2", "decimals = 9");
+    assert!(Policy::parse(&bad).is_err());
+}

@@ -10,6 +10,8 @@
 //! - `bucket { edges, labels }`: a number to the label of its interval;
 //! - `truncate_time { unit }`: an RFC 3339 time, or unix seconds or
 //!   milliseconds, cut down to the second, minute, hour or day;
+//! - `coarsen_location { decimals }`: each coordinate (a number within
+//!   ±180) to that many decimals;
 //! - `seal`: the value (its JSON text) sealed to the user's public key, by
 //!   the caller's [`Context`]: this crate holds no key and draws no
 //!   randomness;
@@ -99,6 +101,10 @@ pub enum Transform {
         labels: Vec<String>,
     },
     TruncateTime(TimeUnit),
+    /// Each coordinate to this many decimals (2 ≈ 1 km, 3 ≈ 110 m).
+    CoarsenLocation {
+        decimals: u32,
+    },
 }
 
 /// The decimals needed to write multiples of `step` exactly.
@@ -164,6 +170,21 @@ pub fn apply(
             scalar(&serde_json::to_string(labels.get(i)?).ok()?)
         }
         (Action::TruncateTime, Some(Transform::TruncateTime(unit))) => truncate_time(leaf, *unit),
+        (Action::CoarsenLocation, Some(Transform::CoarsenLocation { decimals })) => {
+            // Latitude and longitude, as sibling fields, an object or a
+            // [lat, lon] array: each leaf the rule covers is one number.
+            let n = number(leaf)?;
+            if !(-180.0..=180.0).contains(&n) {
+                return None;
+            }
+            let d = *decimals as usize;
+            let f = 10f64.powi(*decimals as i32);
+            let mut r = (n * f).round() / f;
+            if r == 0.0 {
+                r = 0.0;
+            }
+            scalar(&format!("{r:.d$}"))
+        }
         // A transforming action without its parameters: refused at parse,
         // and withheld here should one slip through.
         _ => None,
@@ -295,6 +316,25 @@ mod tests {
         // Not a number: withheld, not sent raw.
         assert_eq!(out(Action::Round, Some(&half), "\"21.7\""), None);
         assert_eq!(out(Action::Round, Some(&half), "true"), None);
+    }
+
+    #[test]
+    fn coarsen_location() {
+        let two = Transform::CoarsenLocation { decimals: 2 };
+        assert_eq!(
+            out(Action::CoarsenLocation, Some(&two), "52.37021").as_deref(),
+            Some("52.37")
+        );
+        assert_eq!(
+            out(Action::CoarsenLocation, Some(&two), "-4.8959").as_deref(),
+            Some("-4.90")
+        );
+        assert_eq!(
+            out(Action::CoarsenLocation, Some(&two), "500"),
+            None,
+            "not a coordinate"
+        );
+        assert_eq!(out(Action::CoarsenLocation, Some(&two), "\"52.3\""), None);
     }
 
     #[test]
