@@ -57,11 +57,41 @@ pub struct Lane {
 pub struct SendContext<'a> {
     pub recipient: Option<crate::keys::PublicKey>,
     pub pseudonym_keys: &'a std::collections::HashMap<String, ring::hmac::Key>,
+    pub limits: &'a RateLimits,
+    pub now_ms: u64,
+}
+
+/// When each `rate_limit`ed value last left: bounded, the stalest go first.
+#[derive(Default)]
+pub struct RateLimits(std::sync::Mutex<std::collections::HashMap<String, u64>>);
+
+/// Values tracked at most (rule × device × destination × field).
+const MAX_RATE_KEYS: usize = 65_536;
+
+impl RateLimits {
+    fn allow(&self, key: &str, interval_ms: u64, now_ms: u64) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = last.get(key) {
+            if now_ms < t.saturating_add(interval_ms) {
+                return false;
+            }
+        } else if last.len() >= MAX_RATE_KEYS {
+            if let Some(stalest) = last.iter().min_by_key(|(_, t)| **t).map(|(k, _)| k.clone()) {
+                last.remove(&stalest);
+            }
+        }
+        last.insert(key.to_string(), now_ms);
+        true
+    }
 }
 
 impl policy::transform::Context for SendContext<'_> {
     fn seal(&self, value: &[u8]) -> Option<String> {
         crate::keys::seal::seal_value(self.recipient.as_ref()?, value).ok()
+    }
+
+    fn allow_once_per(&self, key: &str, interval_ms: u64) -> bool {
+        self.limits.allow(key, interval_ms, self.now_ms)
     }
 
     fn pseudonym(&self, destination: &str, value: &[u8]) -> Option<String> {
@@ -102,6 +132,7 @@ pub struct Pipeline {
     malformed: std::sync::atomic::AtomicU64,
     /// HMAC keys of `pseudonymize`, one per destination.
     pseudonym_keys: std::collections::HashMap<String, ring::hmac::Key>,
+    rate_limits: RateLimits,
 }
 
 impl Pipeline {
@@ -123,6 +154,7 @@ impl Pipeline {
             default_keep,
             malformed: Default::default(),
             pseudonym_keys,
+            rate_limits: RateLimits::default(),
         }
     }
 
@@ -199,6 +231,8 @@ impl Pipeline {
             &SendContext {
                 recipient: self.history.public_key(),
                 pseudonym_keys: &self.pseudonym_keys,
+                limits: &self.rate_limits,
+                now_ms: now_ms(),
             },
         );
         if eval.malformed {
@@ -261,9 +295,12 @@ mod tests {
         let keys = [("a".to_string(), key(1)), ("b".to_string(), key(2))]
             .into_iter()
             .collect();
+        let limits = RateLimits::default();
         let ctx = SendContext {
             recipient: None,
             pseudonym_keys: &keys,
+            limits: &limits,
+            now_ms: 1000,
         };
         let p = |d: &str, v: &str| ctx.pseudonym(d, v.as_bytes()).expect("pseudonym");
         assert_eq!(p("a", "\"alice\""), p("a", "\"alice\""));
@@ -272,5 +309,18 @@ mod tests {
         assert!(p("a", "\"alice\"").starts_with("ps-") && p("a", "x").len() == 27);
         assert!(ctx.pseudonym("unknown", b"1").is_none());
         assert!(ctx.seal(b"1").is_none(), "no key before init: withheld");
+    }
+
+    #[test]
+    fn a_rate_limited_value_leaves_once_per_interval() {
+        let limits = RateLimits::default();
+        assert!(limits.allow("k", 60_000, 0));
+        assert!(!limits.allow("k", 60_000, 59_999));
+        assert!(limits.allow("other", 60_000, 59_999));
+        assert!(limits.allow("k", 60_000, 60_000));
+        for i in 0..(MAX_RATE_KEYS + 10) {
+            limits.allow(&format!("flood-{i}"), 1, i as u64);
+        }
+        assert!(limits.0.lock().expect("lock").len() <= MAX_RATE_KEYS);
     }
 }

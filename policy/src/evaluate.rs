@@ -4,7 +4,7 @@
 //! the most specific matching rule; a field no rule matches is not shared.
 
 use crate::json::Json;
-use crate::transform::Context;
+use crate::transform::{Context, Transform};
 
 use crate::path::{FieldPath, Segment};
 use crate::rule::{Action, RuleId, SharingRule};
@@ -119,6 +119,8 @@ pub(crate) fn evaluate<S: AsRef<str>>(
                             rules: &policy.rules,
                             ctx,
                             destination: dest,
+                            device: msg.device,
+                            fields: &fields,
                         };
                         filter_value(v, &decisions, &mut idx, &out).map(|kept| kept.to_vec())
                     }
@@ -127,6 +129,8 @@ pub(crate) fn evaluate<S: AsRef<str>>(
                             rules: &policy.rules,
                             ctx,
                             destination: dest,
+                            device: msg.device,
+                            fields: &fields,
                         };
                         opaque(msg.payload, &decisions, &out)
                     }
@@ -211,9 +215,15 @@ fn opaque(payload: &[u8], decisions: &[Decision], out: &Out<'_>) -> Option<Vec<u
             .ctx
             .pseudonym(out.destination, payload)
             .map(String::into_bytes),
+        Action::RateLimit => {
+            // Any payload: as it is, when its turn comes.
+            let leaf = Json::Scalar(serde_json::value::RawValue::from_string("null".into()).ok()?);
+            out.apply(Action::RateLimit, d, &leaf, 0)
+                .map(|_| payload.to_vec())
+        }
         action => {
             let leaf = Json::parse(payload).ok()?;
-            out.apply(action, d, &leaf).map(|j| j.to_vec())
+            out.apply(action, d, &leaf, 0).map(|j| j.to_vec())
         }
     }
 }
@@ -226,14 +236,32 @@ struct Out<'a> {
     rules: &'a [SharingRule],
     ctx: &'a dyn Context,
     destination: &'a str,
+    device: &'a str,
+    /// Every leaf's path, in order (for `rate_limit`'s key).
+    fields: &'a [FieldPath],
 }
 
 impl Out<'_> {
-    fn apply(&self, action: Action, d: &Decision, leaf: &Json) -> Option<Json> {
-        let t = d
-            .rule
-            .and_then(|id| self.rules.get(id.0))
-            .and_then(|r| r.transform.as_ref());
+    fn apply(&self, action: Action, d: &Decision, leaf: &Json, index: usize) -> Option<Json> {
+        let rule = d.rule.and_then(|id| self.rules.get(id.0));
+        let t = rule.and_then(|r| r.transform.as_ref());
+        if let (Action::RateLimit, Some(Transform::RateLimit { interval_ms })) = (action, t) {
+            // Once per interval per rule, device, destination and field.
+            let field = self
+                .fields
+                .get(index)
+                .map(|f| f.to_string())
+                .unwrap_or_default();
+            let id = rule.map_or("", |r| r.id.as_str());
+            let key = format!(
+                "{id}\u{1f}{}\u{1f}{}\u{1f}{field}",
+                self.device, self.destination
+            );
+            return self
+                .ctx
+                .allow_once_per(&key, *interval_ms)
+                .then(|| leaf.clone());
+        }
         crate::transform::apply(action, t, leaf, self.ctx, self.destination)
     }
 }
@@ -257,10 +285,11 @@ fn filter_value(v: &Json, decisions: &[Decision], idx: &mut usize, out: &Out<'_>
             (!kept.is_empty()).then_some(Json::Array(kept))
         }
         leaf => {
-            let decision = decisions.get(*idx);
+            let index = *idx;
+            let decision = decisions.get(index);
             *idx += 1;
             let d = decision?;
-            out.apply(d.action, d, leaf)
+            out.apply(d.action, d, leaf, index)
         }
     }
 }

@@ -70,6 +70,9 @@ struct RawRule {
     /// `coarsen_location`: decimals kept, 0 to 6.
     #[serde(default)]
     decimals: Option<Spanned<i64>>,
+    /// `rate_limit`: a duration such as "1m".
+    #[serde(default)]
+    interval: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -429,6 +432,21 @@ fn transform_of(
                 ));
             }
             Some(Transform::CoarsenLocation { decimals: v as u32 })
+        }
+        Action::RateLimit => {
+            let i = body.interval.as_ref().ok_or_else(|| missing("interval"))?;
+            let ms = crate::retention::parse_duration_ms(i.get_ref())
+                .filter(|ms| *ms > 0)
+                .ok_or_else(|| {
+                    loc.error(
+                        i.span(),
+                        format!(
+                            "interval {:?} is not a duration such as \"1m\"",
+                            i.get_ref()
+                        ),
+                    )
+                })?;
+            Some(Transform::RateLimit { interval_ms: ms })
         }
         Action::Share | Action::Drop | Action::Redact | Action::Seal | Action::Pseudonymize => None,
     })

@@ -125,6 +125,7 @@ pub enum Action {
     /// A keyed hash, per destination (see `transform::Context`).
     Pseudonymize,
     CoarsenLocation,
+    RateLimit,
 }
 
 impl Action {
@@ -148,6 +149,7 @@ impl Action {
             "seal" => Some(Action::Seal),
             "pseudonymize" => Some(Action::Pseudonymize),
             "coarsen_location" => Some(Action::CoarsenLocation),
+            "rate_limit" => Some(Action::RateLimit),
             _ => None,
         }
     }
@@ -163,6 +165,7 @@ impl Action {
             Action::Seal => "seal",
             Action::Pseudonymize => "pseudonymize",
             Action::CoarsenLocation => "coarsen_location",
+            Action::RateLimit => "rate_limit",
         }
     }
 

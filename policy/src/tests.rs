@@ -657,6 +657,9 @@ fn seal_goes_through_the_context_and_is_withheld_without_one() {
         fn pseudonym(&self, _: &str, _: &[u8]) -> Option<String> {
             None
         }
+        fn allow_once_per(&self, _: &str, _: u64) -> bool {
+            false
+        }
     }
     let policy = r#"
 [[rule]]
@@ -699,6 +702,9 @@ fn pseudonyms_come_from_the_context_per_destination() {
                 "ps({destination}:{})",
                 String::from_utf8_lossy(value)
             ))
+        }
+        fn allow_once_per(&self, _: &str, _: u64) -> bool {
+            false
         }
     }
     let policy = "[[rule]]\ndevice = \"lock\"\nfield = \"user\"\ndestination = \"*\"\naction = \"pseudonymize\"\n";
@@ -749,4 +755,50 @@ fn a_location_is_coarsened_as_siblings_an_object_or_an_array() {
     assert_eq!(out(&e, "utility"), Some(r#"{"pos":[52.37,4.90]}"#));
     let bad = rule("loc").replace("decimals = 2", "decimals = 9");
     assert!(Policy::parse(&bad).is_err());
+}
+
+#[test]
+fn rate_limit_asks_the_context_once_per_field_and_destination() {
+    use std::cell::RefCell;
+    struct Clocked(RefCell<Vec<String>>);
+    impl transform::Context for Clocked {
+        fn seal(&self, _: &[u8]) -> Option<String> {
+            None
+        }
+        fn pseudonym(&self, _: &str, _: &[u8]) -> Option<String> {
+            None
+        }
+        fn allow_once_per(&self, key: &str, interval_ms: u64) -> bool {
+            assert_eq!(interval_ms, 60_000);
+            let mut seen = self.0.borrow_mut();
+            if seen.iter().any(|k| k == key) {
+                return false;
+            }
+            seen.push(key.to_string());
+            true
+        }
+    }
+    let policy = "[[rule]]\ndevice = \"meter\"\nfield = \"w\"\ndestination = \"*\"\naction = \"rate_limit\"\ninterval = \"1m\"\n\n\
+                  [[rule]]\ndevice = \"meter\"\nfield = \"v\"\ndestination = \"*\"\naction = \"share\"\n";
+    let p = Policy::parse(policy).expect("parse");
+    let ctx = Clocked(RefCell::new(Vec::new()));
+    let msg = Message {
+        device: "meter",
+        topic: "t",
+        payload: br#"{"w":5,"v":230}"#,
+    };
+    let first = p.evaluate_with(&msg, DESTS, &ctx);
+    assert_eq!(out(&first, "utility"), Some(r#"{"w":5,"v":230}"#));
+    assert_eq!(
+        out(&first, "vendor_cloud"),
+        Some(r#"{"w":5,"v":230}"#),
+        "its own turn per destination"
+    );
+    let second = p.evaluate_with(&msg, DESTS, &ctx);
+    assert_eq!(
+        out(&second, "utility"),
+        Some(r#"{"v":230}"#),
+        "w waits for the interval"
+    );
+    assert!(Policy::parse(&policy.replace("\"1m\"", "\"soon\"")).is_err());
 }

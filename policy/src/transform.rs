@@ -12,6 +12,8 @@
 //!   milliseconds, cut down to the second, minute, hour or day;
 //! - `coarsen_location { decimals }`: each coordinate (a number within
 //!   ±180) to that many decimals;
+//! - `rate_limit { interval }`: the value as it is, at most once per
+//!   interval per field and destination (the [`Context`] keeps time);
 //! - `seal`: the value (its JSON text) sealed to the user's public key, by
 //!   the caller's [`Context`]: this crate holds no key and draws no
 //!   randomness;
@@ -35,6 +37,11 @@ pub trait Context {
     /// ones for two (a keyed hash, the key per destination and held by the
     /// caller). `None`: withheld.
     fn pseudonym(&self, destination: &str, value: &[u8]) -> Option<String>;
+
+    /// Whether a value under `key` may be sent now, at most once per
+    /// `interval_ms`; answering yes counts as sending it. The caller holds
+    /// the clock and the memory of what was sent.
+    fn allow_once_per(&self, key: &str, interval_ms: u64) -> bool;
 }
 
 /// No keys, no randomness: `seal` withholds.
@@ -47,6 +54,10 @@ impl Context for NoContext {
 
     fn pseudonym(&self, _: &str, _: &[u8]) -> Option<String> {
         None
+    }
+
+    fn allow_once_per(&self, _: &str, _: u64) -> bool {
+        false
     }
 }
 
@@ -104,6 +115,9 @@ pub enum Transform {
     /// Each coordinate to this many decimals (2 ≈ 1 km, 3 ≈ 110 m).
     CoarsenLocation {
         decimals: u32,
+    },
+    RateLimit {
+        interval_ms: u64,
     },
 }
 

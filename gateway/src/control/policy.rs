@@ -88,6 +88,11 @@ impl policy::transform::Context for PreviewContext {
     fn pseudonym(&self, destination: &str, _: &[u8]) -> Option<String> {
         Some(format!("ps-(a pseudonym for {destination} when sent)"))
     }
+
+    /// A preview sends nothing: it shows the value as the next one allowed.
+    fn allow_once_per(&self, _: &str, _: u64) -> bool {
+        true
+    }
 }
 
 /// Parses `text` and checks it against the configured destinations.
