@@ -245,11 +245,15 @@ pub enum PolicyCommand {
         #[arg(long)]
         topic: Option<String>,
         /// The payload, e.g. '{"temp":21.5,"hum":40}'
-        #[arg(long, required_unless_present = "payload_file")]
+        #[arg(long, required_unless_present_any = ["payload_file", "last"])]
         payload: Option<String>,
         /// Read the payload from this file
         #[arg(long, conflicts_with = "payload")]
         payload_file: Option<PathBuf>,
+        /// Use the device's last real message (the gateway must be running; it keeps it in
+        /// memory only)
+        #[arg(long, conflicts_with_all = ["payload", "payload_file"])]
+        last: bool,
         /// Preview this policy file instead of the policy in force
         #[arg(long)]
         candidate: Option<PathBuf>,

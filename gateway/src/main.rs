@@ -169,12 +169,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 payload,
                 payload_file,
                 candidate,
+                last,
             } => {
                 let payload = match (payload, payload_file) {
                     (Some(p), _) => p,
                     (None, Some(f)) => read_text(&f, "payload file")?,
+                    (None, None) if last => String::new(),
                     (None, None) => {
-                        return Err(BadInput("give --payload or --payload-file".into()).into())
+                        return Err(
+                            BadInput("give --payload, --payload-file or --last".into()).into()
+                        )
                     }
                 };
                 let candidate = candidate
@@ -187,6 +191,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                         topic,
                         payload,
                         candidate,
+                        last,
                     },
                     None,
                 )

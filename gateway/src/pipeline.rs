@@ -65,6 +65,62 @@ pub struct SendContext<'a> {
 #[derive(Default)]
 pub struct RateLimits(std::sync::Mutex<std::collections::HashMap<String, u64>>);
 
+/// Each device's last message, for `policy preview --last`: in memory
+/// only (never on disk), bounded in bytes; the stalest go first.
+#[derive(Default)]
+pub struct LastSeen(std::sync::Mutex<LastSeenInner>);
+
+#[derive(Default)]
+struct LastSeenInner {
+    by_device: std::collections::HashMap<String, (u64, String, Vec<u8>)>,
+    bytes: usize,
+    next: u64,
+}
+
+/// Bytes of last messages kept, all devices together.
+const MAX_LAST_SEEN_BYTES: usize = 4 << 20;
+
+impl LastSeen {
+    fn note(&self, device: &str, topic: &str, payload: &[u8]) {
+        let size = device.len() + topic.len() + payload.len();
+        if size > MAX_LAST_SEEN_BYTES / 16 {
+            return;
+        }
+        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let order = s.next;
+        s.next += 1;
+        if let Some((_, t, p)) = s.by_device.remove(device) {
+            s.bytes -= device.len() + t.len() + p.len();
+        }
+        while s.bytes + size > MAX_LAST_SEEN_BYTES {
+            let Some(stalest) = s
+                .by_device
+                .iter()
+                .min_by_key(|(_, v)| v.0)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            if let Some((_, t, p)) = s.by_device.remove(&stalest) {
+                s.bytes -= stalest.len() + t.len() + p.len();
+            }
+        }
+        s.bytes += size;
+        s.by_device.insert(
+            device.to_string(),
+            (order, topic.to_string(), payload.to_vec()),
+        );
+    }
+
+    /// (topic, payload) of `device`'s last message since start.
+    pub fn get(&self, device: &str) -> Option<(String, Vec<u8>)> {
+        let s = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        s.by_device
+            .get(device)
+            .map(|(_, t, p)| (t.clone(), p.clone()))
+    }
+}
+
 /// Values tracked at most (rule × device × destination × field).
 const MAX_RATE_KEYS: usize = 65_536;
 
@@ -133,6 +189,7 @@ pub struct Pipeline {
     /// HMAC keys of `pseudonymize`, one per destination.
     pseudonym_keys: std::collections::HashMap<String, ring::hmac::Key>,
     rate_limits: RateLimits,
+    pub last_seen: LastSeen,
 }
 
 impl Pipeline {
@@ -155,6 +212,7 @@ impl Pipeline {
             malformed: Default::default(),
             pseudonym_keys,
             rate_limits: RateLimits::default(),
+            last_seen: LastSeen::default(),
         }
     }
 
@@ -220,6 +278,7 @@ impl Pipeline {
         kept: Kept,
     ) -> Result<(), PipelineError> {
         let durable = kept.qos > 0;
+        self.last_seen.note(device, topic, payload);
         let active = self.policy.load();
         let eval = active.policy.evaluate_with(
             &Message {
@@ -309,6 +368,23 @@ mod tests {
         assert!(p("a", "\"alice\"").starts_with("ps-") && p("a", "x").len() == 27);
         assert!(ctx.pseudonym("unknown", b"1").is_none());
         assert!(ctx.seal(b"1").is_none(), "no key before init: withheld");
+    }
+
+    #[test]
+    fn last_messages_stay_within_their_byte_bound() {
+        let last = LastSeen::default();
+        last.note("a", "t", b"1");
+        last.note("a", "t", b"22");
+        assert_eq!(last.get("a"), Some(("t".into(), b"22".to_vec())));
+        let big = vec![b'x'; MAX_LAST_SEEN_BYTES / 32];
+        for i in 0..100 {
+            last.note(&format!("d{i}"), "t", &big);
+        }
+        let bytes = last.0.lock().expect("lock").bytes;
+        assert!(bytes <= MAX_LAST_SEEN_BYTES, "{bytes}");
+        assert!(last.get("d99").is_some() && last.get("d0").is_none());
+        last.note("huge", "t", &vec![0; MAX_LAST_SEEN_BYTES]);
+        assert!(last.get("huge").is_none(), "too large to keep");
     }
 
     #[test]

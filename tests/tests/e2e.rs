@@ -663,3 +663,54 @@ async fn pseudonyms_are_stable_and_hide_the_value() -> Result<()> {
     assert_eq!(seen[0], seen[3], "the same after a restart");
     Ok(())
 }
+
+/// `policy preview --last` evaluates the device's last real message, which
+/// the running gateway keeps in memory only.
+#[test]
+fn preview_last_uses_the_last_real_message() -> Result<()> {
+    let (dir, data, cloud) = scratch()?;
+    let meter = add_device(&data, "meter", "generic")?;
+    let policy = write_policy(
+        dir.path(),
+        "[[rule]]\nname = \"power-out\"\ndevice = \"meter\"\nfield = \"w\"\ndestination = \"vendor_cloud\"\naction = \"round\"\nstep = 10\n",
+    )?;
+    let gw = Gateway::start(dir.path(), &config_for(&data, &cloud, Some(&policy), ""))?;
+    let nothing_yet = cli(&[
+        "policy",
+        "preview",
+        "--device",
+        "meter",
+        "--last",
+        "--data-dir",
+        &data.to_string_lossy(),
+    ])?;
+    assert_eq!(nothing_yet.status.code(), Some(2));
+    publish_each(&gw, &meter, &[r#"{"w":1234,"ssid":"home"}"#.to_string()])?;
+    let p = cli_json(&data, &["policy", "preview", "--device", "meter", "--last"])?;
+    let dest = &p["destinations"][0];
+    assert_eq!(dest["payload"], r#"{"w":1230}"#, "{p}");
+    assert_eq!(p["topic"], "devices/meter/state");
+    let w = dest["fields"]
+        .as_array()
+        .and_then(|f| f.iter().find(|x| x["field"] == "w"))
+        .cloned();
+    assert!(
+        w.as_ref()
+            .and_then(|w| w["rule"].as_str())
+            .is_some_and(|r| r.contains("power-out")),
+        "{w:?}"
+    );
+    assert!(gw.stop()?.success());
+    let stopped = cli(&[
+        "policy",
+        "preview",
+        "--device",
+        "meter",
+        "--last",
+        "--data-dir",
+        &data.to_string_lossy(),
+    ])?;
+    assert_eq!(stopped.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&stopped.stderr).contains("running"));
+    Ok(())
+}

@@ -226,12 +226,30 @@ impl Operations {
                 topic,
                 payload,
                 candidate,
-            } => json(self.policy_preview(
-                &device,
-                topic.as_deref(),
-                payload.as_bytes(),
-                candidate.as_deref(),
-            )?),
+                last,
+            } => {
+                let (topic, payload) = if last {
+                    let live = self.live.as_ref().ok_or_else(|| {
+                        OpError::input(
+                            "--last needs the gateway running: the last message is kept in its memory only, never on disk",
+                        )
+                    })?;
+                    let (t, p) = live.pipeline.last_seen.get(&device).ok_or_else(|| {
+                        OpError::input(format!(
+                            "no message from {device:?} since the gateway started"
+                        ))
+                    })?;
+                    (Some(topic.unwrap_or(t)), p)
+                } else {
+                    (topic, payload.into_bytes())
+                };
+                json(self.policy_preview(
+                    &device,
+                    topic.as_deref(),
+                    &payload,
+                    candidate.as_deref(),
+                )?)
+            }
             Request::KeyRecord => self.key_record(),
             Request::Delete {
                 device,

@@ -155,7 +155,11 @@ pub enum Request {
         device: String,
         #[serde(default)]
         topic: Option<String>,
+        #[serde(default)]
         payload: String,
+        /// Preview the device's last message instead (gateway running).
+        #[serde(default)]
+        last: bool,
         /// A policy text to preview instead of the one in force.
         #[serde(default)]
         candidate: Option<String>,
