@@ -428,6 +428,92 @@ mod properties {
                 (Some(_), None) => prop_assert!(false, "shared a field that is not there"),
             }
         }
+
+        /// Whatever the other fields' actions, a dropped field's value
+        /// appears in no output, and is never handed to the context (so it
+        /// cannot leave sealed or pseudonymized either).
+        #[test]
+        fn a_dropped_value_never_leaves_in_any_form(
+            v in json_object(),
+            action in prop::sample::select(vec!["share", "redact", "round", "bucket", "truncate_time", "seal", "pseudonymize", "coarsen_location", "rate_limit"]),
+            secret in "[A-Z]{12}",
+        ) {
+            let mut v = v;
+            v["zz"] = serde_json::Value::from(format!("SECRET{secret}"));
+            let params = match action {
+                "round" => "step = 0.5\n",
+                "bucket" => "edges = [1]\nlabels = [\"lo\", \"hi\"]\n",
+                "truncate_time" => "unit = \"hour\"\n",
+                "coarsen_location" => "decimals = 2\n",
+                "rate_limit" => "interval = \"1m\"\n",
+                _ => "",
+            };
+            let policy = format!(
+                "[[rule]]\ndevice=\"*\"\nfield=\"*\"\ndestination=\"*\"\naction=\"{action}\"\n{params}\n\
+                 [[rule]]\ndevice=\"*\"\nfield=\"zz\"\ndestination=\"*\"\naction=\"drop\"\n"
+            );
+            let p = Policy::parse(&policy).unwrap();
+            let ctx = Recording::default();
+            let bytes = serde_json::to_vec(&v).unwrap();
+            let e = p.evaluate_with(&Message { device: "d", topic: "t", payload: &bytes }, DESTS, &ctx);
+            for o in &e.outputs {
+                if let Some(out) = &o.payload {
+                    prop_assert!(!String::from_utf8_lossy(out).contains(&secret));
+                }
+            }
+            prop_assert!(!ctx.seen.borrow().iter().any(|s| s.contains(&secret)));
+        }
+
+        /// The same policy, message and context state give the same output.
+        #[test]
+        fn evaluation_is_deterministic(v in json_object()) {
+            let p = Policy::parse(
+                "[[rule]]\ndevice=\"*\"\nfield=\"*\"\ndestination=\"*\"\naction=\"pseudonymize\"\n\
+                 [[rule]]\ndevice=\"*\"\nfield=\"a\"\ndestination=\"utility\"\naction=\"round\"\nstep = 2\n",
+            ).unwrap();
+            let bytes = serde_json::to_vec(&v).unwrap();
+            let msg = Message { device: "d", topic: "t", payload: &bytes };
+            let a = p.evaluate_with(&msg, DESTS, &Recording::default());
+            let b = p.evaluate_with(&msg, DESTS, &Recording::default());
+            prop_assert_eq!(a, b);
+        }
+
+        /// A JSON object cut short is malformed: nothing goes anywhere.
+        #[test]
+        fn malformed_payloads_never_produce_output(v in json_object(), cut in 1usize..64) {
+            let bytes = serde_json::to_vec(&v).unwrap();
+            let end = bytes.len().saturating_sub(cut).max(1);
+            let short = &bytes[..end];
+            prop_assume!(serde_json::from_slice::<serde_json::Value>(short).is_err());
+            let p = Policy::parse("[[rule]]\ndevice=\"*\"\nfield=\"*\"\ndestination=\"*\"\naction=\"share\"\n").unwrap();
+            let e = p.evaluate(&Message { device: "d", topic: "t", payload: short }, DESTS);
+            prop_assert!(e.malformed);
+            prop_assert!(e.outputs.iter().all(|o| o.payload.is_none()));
+        }
+    }
+
+    /// A context that records what it is handed, and answers
+    /// deterministically.
+    #[derive(Default)]
+    struct Recording {
+        seen: std::cell::RefCell<Vec<String>>,
+    }
+
+    impl transform::Context for Recording {
+        fn seal(&self, value: &[u8]) -> Option<String> {
+            let v = String::from_utf8_lossy(value).into_owned();
+            self.seen.borrow_mut().push(v.clone());
+            Some(format!("dw1.{}", v.len()))
+        }
+        fn pseudonym(&self, destination: &str, value: &[u8]) -> Option<String> {
+            let v = String::from_utf8_lossy(value).into_owned();
+            self.seen.borrow_mut().push(v.clone());
+            Some(format!("ps-{destination}-{}", v.len()))
+        }
+        fn allow_once_per(&self, key: &str, _: u64) -> bool {
+            self.seen.borrow_mut().push(key.to_string());
+            true
+        }
     }
 }
 
