@@ -888,3 +888,24 @@ fn rate_limit_asks_the_context_once_per_field_and_destination() {
     );
     assert!(Policy::parse(&policy.replace("\"1m\"", "\"soon\"")).is_err());
 }
+
+/// Every TOML example in docs/policy.md parses: the documentation cannot
+/// drift from the syntax.
+#[test]
+fn the_documented_examples_parse() {
+    let doc = include_str!("../../docs/policy.md");
+    let mut parsed = 0;
+    for block in doc.split("```toml").skip(1) {
+        let Some(text) = block.split("```").next() else {
+            continue;
+        };
+        if !text.contains("[[rule]]") || text.contains('…') {
+            continue;
+        }
+        if let Err(e) = Policy::parse(text) {
+            panic!("a docs/policy.md example does not parse: {e}\n{text}");
+        }
+        parsed += 1;
+    }
+    assert!(parsed >= 6, "only {parsed} examples found");
+}
