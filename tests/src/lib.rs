@@ -14,6 +14,7 @@ pub mod clients;
 pub mod cloud;
 pub mod fuzz;
 pub mod gateway;
+pub mod policy_fuzz;
 
 pub use clients::*;
 pub use cloud::*;

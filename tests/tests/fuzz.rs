@@ -19,3 +19,20 @@ async fn mutated_packets_crash_nothing() -> Result<()> {
     assert!(stats.packets >= 2_000);
     Ok(())
 }
+
+/// The short run of the policy fuzzer (the long one:
+/// `cargo run --release -p dataward-tests --bin policy-fuzz`).
+#[test]
+fn mutated_policies_and_payloads_panic_nothing() {
+    let r = dataward_tests::policy_fuzz::fuzz_policy(0x5eed, 20_000);
+    assert_eq!(r.executions, 20_000);
+    assert!(
+        r.evaluated > 1000,
+        "too few mutants parse to exercise evaluation: {r:?}"
+    );
+    assert!(
+        r.panics.is_empty(),
+        "{:?}",
+        &r.panics[..r.panics.len().min(3)]
+    );
+}
