@@ -46,23 +46,9 @@ pub fn rfc3339_ms(ms: u64) -> String {
     )
 }
 
-/// A duration such as `500ms`, `10s`, `5m`, `12h`, `7d`, `4w`.
-pub fn parse_duration_ms(text: &str) -> Option<u64> {
-    let t = text.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit())?;
-    let (n, unit) = t.split_at(split);
-    let n: u64 = n.parse().ok()?;
-    let unit_ms = match unit {
-        "ms" => 1,
-        "s" => 1000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        "w" => 7 * 86_400_000,
-        _ => return None,
-    };
-    n.checked_mul(unit_ms)
-}
+/// A duration such as `500ms`, `10s`, `5m`, `12h`, `7d`, `4w`: the policy's
+/// own syntax, so the command line and the policy file agree.
+pub use policy::retention::parse_duration_ms;
 
 /// A point in time as a user writes it on the command line: RFC 3339 in
 /// UTC (`2026-11-30T08:00:00Z`, seconds optional, fractions allowed), a

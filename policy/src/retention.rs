@@ -34,7 +34,8 @@ pub enum Keep {
 }
 
 impl Keep {
-    pub(crate) fn parse(text: &str) -> Option<Self> {
+    /// `none`, `forever`, or a duration above zero (`30d`).
+    pub fn parse(text: &str) -> Option<Self> {
         match text.trim() {
             "none" => Some(Keep::Nothing),
             "forever" => Some(Keep::Forever),
@@ -45,6 +46,7 @@ impl Keep {
 
 /// `500ms`, `10s`, `5m`, `12h`, `30d`, `4w`.
 pub fn parse_duration_ms(text: &str) -> Option<u64> {
+    let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit())?;
     let (n, unit) = text.split_at(split);
     let n: u64 = n.parse().ok()?;

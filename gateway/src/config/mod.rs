@@ -139,16 +139,8 @@ pub struct StoreConfig {
 impl StoreConfig {
     /// The default retention, as validated at load.
     pub fn retention(&self) -> policy::retention::Keep {
-        parse_keep(&self.history_retention).unwrap_or(policy::retention::Keep::For(90 * 86_400_000))
-    }
-}
-
-fn parse_keep(text: &str) -> Option<policy::retention::Keep> {
-    use policy::retention::{parse_duration_ms, Keep};
-    match text.trim() {
-        "none" => Some(Keep::Nothing),
-        "forever" => Some(Keep::Forever),
-        t => parse_duration_ms(t).filter(|ms| *ms > 0).map(Keep::For),
+        policy::retention::Keep::parse(&self.history_retention)
+            .unwrap_or(policy::retention::Keep::For(90 * 86_400_000))
     }
 }
 
@@ -339,7 +331,7 @@ impl Config {
                 }
             }
         }
-        if parse_keep(&self.store.history_retention).is_none() {
+        if policy::retention::Keep::parse(&self.store.history_retention).is_none() {
             let (line, column) = at("history_retention");
             return Err((
                 line,
