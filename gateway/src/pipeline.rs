@@ -89,10 +89,25 @@ impl LastSeen {
         let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let order = s.next;
         s.next += 1;
-        if let Some((_, t, p)) = s.by_device.remove(device) {
-            s.bytes -= device.len() + t.len() + p.len();
+        // The usual case, a device seen before: its buffers are reused, so
+        // the hot path allocates nothing here.
+        if let Some((o, t, p)) = s.by_device.get_mut(device) {
+            let old = device.len() + t.len() + p.len();
+            *o = order;
+            t.clear();
+            t.push_str(topic);
+            p.clear();
+            p.extend_from_slice(payload);
+            s.bytes = s.bytes - old + size;
+        } else {
+            s.bytes += size;
+            s.by_device.insert(
+                device.to_string(),
+                (order, topic.to_string(), payload.to_vec()),
+            );
         }
-        while s.bytes + size > MAX_LAST_SEEN_BYTES {
+        // The one just noted is the newest: it is never the one dropped.
+        while s.bytes > MAX_LAST_SEEN_BYTES {
             let Some(stalest) = s
                 .by_device
                 .iter()
@@ -105,11 +120,6 @@ impl LastSeen {
                 s.bytes -= stalest.len() + t.len() + p.len();
             }
         }
-        s.bytes += size;
-        s.by_device.insert(
-            device.to_string(),
-            (order, topic.to_string(), payload.to_vec()),
-        );
     }
 
     /// (topic, payload) of `device`'s last message since start.

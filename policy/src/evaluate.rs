@@ -110,30 +110,20 @@ pub(crate) fn evaluate<S: AsRef<str>>(
                 .collect();
             let decisions: Vec<Decision> = fields.iter().map(|f| decide(&candidates, f)).collect();
             let payload = if decisions.iter().any(Decision::is_shared) {
+                let out = Out {
+                    rules: &policy.rules,
+                    ctx,
+                    destination: dest,
+                    device: msg.device,
+                    fields: &fields,
+                };
                 match &body {
+                    // Shared scalars leave exactly as the device wrote them;
+                    // transformed ones as their action makes them.
                     Body::Structured(v) => {
-                        let mut idx = 0;
-                        // Shared scalars leave exactly as the device wrote
-                        // them; transformed ones as their action makes them.
-                        let out = Out {
-                            rules: &policy.rules,
-                            ctx,
-                            destination: dest,
-                            device: msg.device,
-                            fields: &fields,
-                        };
-                        filter_value(v, &decisions, &mut idx, &out).map(|kept| kept.to_vec())
+                        filter_value(v, &decisions, &mut 0, &out).map(|kept| kept.to_vec())
                     }
-                    Body::Opaque => {
-                        let out = Out {
-                            rules: &policy.rules,
-                            ctx,
-                            destination: dest,
-                            device: msg.device,
-                            fields: &fields,
-                        };
-                        opaque(msg.payload, &decisions, &out)
-                    }
+                    Body::Opaque => opaque(msg.payload, &decisions, &out),
                     Body::Malformed => None,
                 }
             } else {

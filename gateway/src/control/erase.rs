@@ -26,6 +26,27 @@ pub struct DeleteReport {
     pub keys_removed: bool,
 }
 
+impl DeleteReport {
+    /// A report of history and what waited to leave; no devices, policies
+    /// or keys removed.
+    fn of(
+        device: Option<&str>,
+        history: ShredReport,
+        outbox_entries: u64,
+        retained: usize,
+    ) -> Self {
+        Self {
+            device: device.map(str::to_string),
+            history,
+            outbox_entries,
+            retained,
+            devices_removed: 0,
+            policy_versions_removed: 0,
+            keys_removed: false,
+        }
+    }
+}
+
 impl Operations {
     /// Purges the outbox entries of `device` (or all), live or stored.
     fn purge_outboxes(&self, device: Option<&str>) -> Result<u64, OpError> {
@@ -112,15 +133,12 @@ impl Operations {
             outbox_entries,
             "history deleted"
         );
-        Ok(DeleteReport {
-            device: Some(device.to_string()),
-            history: report,
+        Ok(DeleteReport::of(
+            Some(device),
+            report,
             outbox_entries,
             retained,
-            devices_removed: 0,
-            policy_versions_removed: 0,
-            keys_removed: false,
-        })
+        ))
     }
 
     /// Deletes all history and everything waiting to leave. With
@@ -167,15 +185,7 @@ impl Operations {
                 retained += live.broker.drop_retained(&device.publish).await;
             }
         }
-        let mut wiped = DeleteReport {
-            device: None,
-            history: report,
-            outbox_entries,
-            retained,
-            devices_removed: 0,
-            policy_versions_removed: 0,
-            keys_removed: false,
-        };
+        let mut wiped = DeleteReport::of(None, report, outbox_entries, retained);
         if factory {
             for device in self.registry()?.list() {
                 self.device_remove(&device.id).await?;

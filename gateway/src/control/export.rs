@@ -204,7 +204,7 @@ pub fn ndjson_line(rec: &HistoryRecord, line: &mut Vec<u8>) {
     if is_json && !breaks {
         // Embedded as sent: numbers keep their exact text.
         line.extend_from_slice(b"\"payload\":");
-        line.extend_from_slice(trim_ascii(&rec.payload));
+        line.extend_from_slice(rec.payload.trim_ascii());
     } else if let Some(compact) = compact {
         line.extend_from_slice(b"\"payload\":");
         line.extend_from_slice(compact.as_bytes());
@@ -222,10 +222,6 @@ pub fn ndjson_line(rec: &HistoryRecord, line: &mut Vec<u8>) {
         line.push(b'"');
     }
     line.extend_from_slice(b"}\n");
-}
-
-fn trim_ascii(b: &[u8]) -> &[u8] {
-    b.trim_ascii()
 }
 
 fn json_string(s: &str) -> String {

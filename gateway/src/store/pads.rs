@@ -101,11 +101,6 @@ impl KeyPads {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Slots in the file.
-    pub fn count(&self) -> u64 {
-        self.lock().count
-    }
-
     /// A new random pad, durably in a new slot, and the slot's number.
     pub fn allocate(&self) -> Result<(u64, Pad), StoreError> {
         let pad = crate::keys::wrap::random_key().map_err(|e| StoreError::Crypto(e.to_string()))?;
@@ -158,11 +153,19 @@ impl KeyPads {
     /// from being revoked. Only while nothing else uses the store (at
     /// open). Returns how many.
     pub fn destroy_unused(&self, used: &std::collections::HashSet<u64>) -> Result<u64, StoreError> {
-        let count = self.count();
         let mut orphans = Vec::new();
-        for slot in 0..count {
-            if !used.contains(&slot) && self.read(slot)?.is_some() {
-                orphans.push(slot);
+        {
+            // The whole file in one read: this runs at every open.
+            let s = self.lock();
+            let mut all = Zeroizing::new(vec![0u8; (s.count * SLOT) as usize]);
+            s.file
+                .read_exact_at(&mut all, offset(0))
+                .map_err(|e| io("read", e))?;
+            for (slot, pad) in all.chunks(SLOT as usize).enumerate() {
+                let slot = slot as u64;
+                if !used.contains(&slot) && pad.iter().any(|b| *b != 0) {
+                    orphans.push(slot);
+                }
             }
         }
         self.destroy(&orphans)?;
