@@ -299,14 +299,26 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     };
     let config = load_config(&common)?;
     // An output file is written beside its final name and renamed only once
-    // complete: a failed export never destroys an earlier good one.
-    let partial = output.as_ref().map(|p| {
+    // complete: a failed export never destroys an earlier good one. An
+    // output that exists and is not a regular file (a pipe, a terminal,
+    // /dev/null) is written to directly: renaming over it would replace
+    // the device with a file.
+    let special = output
+        .as_ref()
+        .filter(|p| std::fs::metadata(p).is_ok_and(|m| !m.file_type().is_file()));
+    let partial = output.as_ref().filter(|_| special.is_none()).map(|p| {
         let mut name = p.as_os_str().to_owned();
         name.push(".partial");
         PathBuf::from(name)
     });
-    let mut sink: Box<dyn Write> = match &partial {
-        Some(p) => {
+    let mut sink: Box<dyn Write> = match (&partial, special) {
+        (_, Some(p)) => Box::new(std::io::BufWriter::new(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(p)
+                .with_context(|| format!("cannot open {}", p.display()))?,
+        )),
+        (Some(p), None) => {
             // Only for the user (it may hold decrypted history), and never
             // through a link someone planted: a leftover is removed, then the
             // file is created exclusively.
@@ -320,7 +332,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot create {}", p.display()))?;
             Box::new(std::io::BufWriter::new(file))
         }
-        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+        (None, None) => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

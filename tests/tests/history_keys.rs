@@ -234,6 +234,27 @@ fn history_is_kept_only_after_init_and_never_in_the_clear() -> Result<()> {
     );
     let bad = export(&data, &["--encrypt-to", "age1nope"])?;
     assert_eq!(bad.status.code(), Some(2));
+
+    // An output that is not a regular file (here a pipe; /dev/null alike)
+    // is written to, never renamed over.
+    let fifo = dir.path().join("export.pipe");
+    assert!(Command::new("mkfifo").arg(&fifo).status()?.success());
+    let reader = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::read(fifo))
+    };
+    let piped = export(&data, &["--device", "meter", "-o", &fifo.to_string_lossy()])?;
+    assert!(
+        piped.status.success(),
+        "{}",
+        String::from_utf8_lossy(&piped.stderr)
+    );
+    assert_eq!(reader.join().expect("reader")?, out.stdout);
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        std::fs::metadata(&fifo)?.file_type().is_fifo(),
+        "the pipe is still a pipe"
+    );
     assert!(gw.stop()?.success());
     Ok(())
 }
