@@ -140,6 +140,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .iter()
             .map(|d| Ok((d.name.clone(), store.pseudonym_key(&d.name)?)))
             .collect::<Result<_, crate::store::StoreError>>()?,
+        store.fields(),
     ));
 
     let broker = Arc::new(
@@ -179,6 +180,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ),
         )
     });
+    let windows_task = supervisor.spawn(
+        "aggregate windows",
+        Arc::clone(&pipeline).run_windows(shutdown_rx.clone()),
+    );
     let retention_task = supervisor.spawn(
         "retention",
         crate::retention::run(
@@ -296,6 +301,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     http_task.join().await;
     retention_task.join().await;
+    windows_task.join().await;
     committer.join().await;
     store.flush().context("final flush of the store")?;
     drop(lock);

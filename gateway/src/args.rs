@@ -60,6 +60,20 @@ pub enum Command {
         #[command(subcommand)]
         action: PolicyCommand,
     },
+    /// What each device sends; fields seen for the first time are held from
+    /// wildcard rules until you approve them
+    Fields {
+        #[command(flatten)]
+        common: Common,
+        /// Only the held fields, with a recent sample while the gateway runs
+        #[arg(long)]
+        pending: bool,
+        /// Only this device
+        #[arg(long)]
+        device: Option<String>,
+        #[command(subcommand)]
+        action: Option<FieldsCommand>,
+    },
     /// Set up your keys: a passphrase, your key pair and a one-time recovery key.
     /// Until then, no history is kept
     Init {
@@ -206,6 +220,21 @@ pub enum DeviceCommand {
         #[command(flatten)]
         common: Common,
         id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum FieldsCommand {
+    /// Release a held field: wildcard rules share it from the next message on
+    Approve {
+        /// The device
+        device: String,
+        /// The field, as `dataward fields` writes it (loc.lat, nets[*].ssid, $payload)
+        #[arg(required_unless_present = "all")]
+        field: Option<String>,
+        /// Every held field of the device
+        #[arg(long, conflicts_with = "field")]
+        all: bool,
     },
 }
 

@@ -6,9 +6,9 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::control::{
-    AddedDevice, AppliedPolicy, CheckedPolicy, DeleteReport, DeviceInfo, ExportSummary, InitReport,
-    OpError, PassphraseChanged, PolicyPreview, PolicyVersionInfo, RemovedDevice, Request,
-    StatusReport,
+    AddedDevice, AppliedPolicy, CheckedPolicy, DeleteReport, DeviceInfo, ExportSummary, FieldList,
+    FieldsApproved, InitReport, OpError, PassphraseChanged, PolicyPreview, PolicyVersionInfo,
+    RemovedDevice, Request, StatusReport,
 };
 
 fn typed<T: DeserializeOwned>(v: &Value) -> Result<T, OpError> {
@@ -137,8 +137,65 @@ pub fn render(request: &Request, reply: &Value) -> Result<String, OpError> {
             )
         }
         Request::KeyRecord => format!("{reply:#}\n"),
+        Request::Fields { pending, .. } => fields(&typed(reply)?, *pending),
+        Request::FieldsApprove { .. } => {
+            let a: FieldsApproved = typed(reply)?;
+            if a.approved.is_empty() {
+                format!("{}: nothing was held; nothing changed\n", a.device)
+            } else {
+                format!(
+                    "{}: approved {}; wildcard rules share them from the next message on\n",
+                    a.device,
+                    a.approved
+                        .iter()
+                        .map(|f| f.escape_debug().to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        }
         Request::Delete { .. } | Request::Wipe { .. } => deleted(&typed(reply)?),
     })
+}
+
+/// Field names and samples come from devices: escaped, so that no control
+/// character reaches the terminal.
+fn fields(list: &FieldList, pending: bool) -> String {
+    if list.fields.is_empty() {
+        return if pending {
+            "no held fields: nothing waits for approval\n".to_string()
+        } else {
+            "no fields recorded yet\n".to_string()
+        };
+    }
+    let mut out = String::new();
+    for f in &list.fields {
+        let sample = match (&f.sample, f.held) {
+            (_, false) => String::new(),
+            (Some(s), true) => format!("  sample: {}", s.escape_debug()),
+            (None, true) if list.running => "  (no sample since start)".to_string(),
+            (None, true) => "  (samples only while the gateway runs)".to_string(),
+        };
+        out.push_str(&format!(
+            "{}\t{}\t{}\tfirst seen {}{}\n",
+            f.device,
+            f.field.escape_debug(),
+            match (f.approved, f.held) {
+                (true, _) => "approved",
+                (false, true) => "HELD",
+                (false, false) => "new (no wildcard rule shares it)",
+            },
+            utc(f.first_seen_ms),
+            sample
+        ));
+    }
+    let held = list.fields.iter().filter(|f| f.held).count();
+    if held > 0 {
+        out.push_str(&format!(
+            "{held} held: no wildcard rule shares them until you run `dataward fields approve DEVICE FIELD`\n"
+        ));
+    }
+    out
 }
 
 fn deleted(r: &DeleteReport) -> String {
@@ -164,6 +221,12 @@ fn deleted(r: &DeleteReport) -> String {
         "\n{} entries waiting to leave and {} retained messages dropped\n",
         r.outbox_entries, r.retained
     ));
+    if r.fields_forgotten > 0 {
+        text.push_str(&format!(
+            "{} field names forgotten: what the device sends next is held as new\n",
+            r.fields_forgotten
+        ));
+    }
     if r.keys_removed {
         text.push_str(&format!(
             "factory wipe: {} devices and {} policy versions removed, and your keys: run `dataward init` to keep history again\n",

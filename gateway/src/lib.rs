@@ -11,8 +11,9 @@
 //!   HPKE sealing to it.
 //! - [`broker`]: the embedded MQTT broker (rmqtt, behind this one module).
 //! - [`pipeline`]: policy evaluation and durable storage per message.
+//! - [`windows`]: the open windows of `aggregate`, sent when they end.
 //! - [`store`]: sled behind small interfaces: encrypted history and its
-//!   crypto-shredding, outboxes, group commit.
+//!   crypto-shredding, outboxes, group commit, the field inventory.
 //! - [`retention`]: the hourly sweep that deletes history past its retention.
 //! - [`uplink`]: one MQTT client per destination, fed from its outbox.
 //! - [`commands`]: cloud → device commands, allowed only by a rule.
@@ -38,6 +39,7 @@ pub mod store;
 pub mod supervise;
 pub mod uplink;
 pub mod when;
+pub mod windows;
 
 /// An error caused by the user's input (a file, a flag): exit code 2.
 #[derive(Debug, thiserror::Error)]

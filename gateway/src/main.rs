@@ -17,7 +17,9 @@ use gateway::BadInput;
 mod args;
 mod prompt;
 
-use args::{Cli, Command, Common, DeviceCommand, FormatArg, PassphraseCommand, PolicyCommand};
+use args::{
+    Cli, Command, Common, DeviceCommand, FieldsCommand, FormatArg, PassphraseCommand, PolicyCommand,
+};
 
 fn main() -> ExitCode {
     limit_allocator_retention();
@@ -195,6 +197,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                     },
                     None,
                 )
+            }
+        },
+        Command::Fields {
+            common,
+            pending,
+            device,
+            action,
+        } => match action {
+            None => (common, Request::Fields { device, pending }, None),
+            Some(FieldsCommand::Approve { device, field, .. }) => {
+                (common, Request::FieldsApprove { device, field }, None)
             }
         },
         Command::Init {

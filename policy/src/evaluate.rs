@@ -3,8 +3,9 @@
 //! The payload is parsed once. Every leaf field is decided per destination by
 //! the most specific matching rule; a field no rule matches is not shared.
 
+use crate::aggregate::WindowSlot;
 use crate::json::Json;
-use crate::transform::{Context, Transform};
+use crate::transform::{Coarsen, Context, Transform};
 
 use crate::path::{FieldPath, Segment};
 use crate::rule::{Action, RuleId, SharingRule};
@@ -24,6 +25,9 @@ pub struct Decision {
     /// The rule that decided, or `None` when no rule matched (default deny).
     pub rule: Option<RuleId>,
     pub action: Action,
+    /// The rule would share the field, but the field is new and held
+    /// until the user approves it: `action` is then `Drop`.
+    pub held: bool,
 }
 
 impl Decision {
@@ -100,6 +104,17 @@ pub(crate) fn evaluate<S: AsRef<str>>(
         .map(|(i, r)| (RuleId(i), r))
         .collect();
 
+    // Asked once per field, not per destination: the inventory is the
+    // caller's, behind a lock.
+    let approved: Vec<bool> = if policy.quarantines(msg.device) {
+        fields
+            .iter()
+            .map(|f| ctx.field_approved(msg.device, f))
+            .collect()
+    } else {
+        vec![true; fields.len()]
+    };
+
     let outputs = destinations
         .iter()
         .map(|dest| {
@@ -108,13 +123,18 @@ pub(crate) fn evaluate<S: AsRef<str>>(
                 .iter()
                 .filter(|(_, r)| r.destination.selects(dest))
                 .collect();
-            let decisions: Vec<Decision> = fields.iter().map(|f| decide(&candidates, f)).collect();
+            let decisions: Vec<Decision> = fields
+                .iter()
+                .zip(&approved)
+                .map(|(f, ok)| decide(&candidates, f, *ok))
+                .collect();
             let payload = if decisions.iter().any(Decision::is_shared) {
                 let out = Out {
                     rules: &policy.rules,
                     ctx,
                     destination: dest,
                     device: msg.device,
+                    topic: msg.topic,
                     fields: &fields,
                 };
                 match &body {
@@ -144,7 +164,10 @@ pub(crate) fn evaluate<S: AsRef<str>>(
     }
 }
 
-fn decide(candidates: &[&(RuleId, &SharingRule)], field: &FieldPath) -> Decision {
+/// The most specific matching rule decides; a field that is not approved
+/// is held from every rule that does not name it (see
+/// [`FieldPattern::names`](crate::FieldPattern::names)).
+fn decide(candidates: &[&(RuleId, &SharingRule)], field: &FieldPath, approved: bool) -> Decision {
     let mut best: Option<(crate::rule::Rank, RuleId, Action)> = None;
     for (id, rule) in candidates {
         if !rule.field.matches(field) {
@@ -158,13 +181,22 @@ fn decide(candidates: &[&(RuleId, &SharingRule)], field: &FieldPath) -> Decision
         }
     }
     match best {
-        Some((_, id, action)) => Decision {
-            rule: Some(id),
-            action,
-        },
+        Some((_, id, action)) => {
+            let names_it = candidates
+                .iter()
+                .find(|(i, _)| *i == id)
+                .is_some_and(|(_, r)| r.field.names(field));
+            let held = action.sends() && !approved && !names_it;
+            Decision {
+                rule: Some(id),
+                action: if held { Action::Drop } else { action },
+                held,
+            }
+        }
         None => Decision {
             rule: None,
             action: Action::Drop,
+            held: false,
         },
     }
 }
@@ -200,11 +232,21 @@ fn opaque(payload: &[u8], decisions: &[Decision], out: &Out<'_>) -> Option<Vec<u
         Action::Share => Some(payload.to_vec()),
         Action::Redact => Some(crate::transform::REDACTED.as_bytes().to_vec()),
         // Any payload, JSON or not, sealed or pseudonymized whole.
-        Action::Seal => out.ctx.seal(payload).map(String::into_bytes),
+        Action::Seal => {
+            let recipient = match out.transform(d) {
+                Some(Transform::SealTo { recipient }) => Some(recipient.as_str()),
+                _ => None,
+            };
+            out.ctx.seal(payload, recipient).map(String::into_bytes)
+        }
         Action::Pseudonymize => out
             .ctx
             .pseudonym(out.destination, payload)
             .map(String::into_bytes),
+        Action::Aggregate => {
+            out.accumulate(d, payload, 0);
+            None
+        }
         Action::RateLimit => {
             // Any payload: as it is, when its turn comes.
             let leaf = Json::Scalar(serde_json::value::RawValue::from_string("null".into()).ok()?);
@@ -227,14 +269,55 @@ struct Out<'a> {
     ctx: &'a dyn Context,
     destination: &'a str,
     device: &'a str,
+    topic: &'a str,
     /// Every leaf's path, in order (for `rate_limit`'s key).
     fields: &'a [FieldPath],
 }
 
 impl Out<'_> {
+    fn transform(&self, d: &Decision) -> Option<&Transform> {
+        d.rule
+            .and_then(|id| self.rules.get(id.0))
+            .and_then(|r| r.transform.as_ref())
+    }
+
+    /// Hands the value of leaf `index` to its window; nothing is sent now.
+    fn accumulate(&self, d: &Decision, value: &[u8], index: usize) {
+        if let (Some(Transform::Aggregate { func, window_ms }), Some(field)) =
+            (self.transform(d), self.fields.get(index))
+        {
+            self.ctx.accumulate(
+                &WindowSlot {
+                    device: self.device,
+                    topic: self.topic,
+                    destination: self.destination,
+                    field,
+                    func: *func,
+                    window_ms: *window_ms,
+                },
+                value,
+            );
+        }
+    }
+
+    /// The geohash precision that decides leaf `index`, if a geohash does.
+    fn geohash_of(&self, decisions: &[Decision], index: usize) -> Option<u32> {
+        let d = decisions.get(index)?;
+        match (d.action, self.transform(d)) {
+            (Action::CoarsenLocation, Some(Transform::CoarsenLocation(Coarsen::Geohash(n)))) => {
+                Some(*n)
+            }
+            _ => None,
+        }
+    }
+
     fn apply(&self, action: Action, d: &Decision, leaf: &Json, index: usize) -> Option<Json> {
         let rule = d.rule.and_then(|id| self.rules.get(id.0));
         let t = rule.and_then(|r| r.transform.as_ref());
+        if action == Action::Aggregate {
+            self.accumulate(d, &leaf.to_vec(), index);
+            return None;
+        }
         if let (Action::RateLimit, Some(Transform::RateLimit { interval_ms })) = (action, t) {
             // Once per interval per rule, device, destination and field.
             let field = self
@@ -259,15 +342,39 @@ impl Out<'_> {
 fn filter_value(v: &Json, decisions: &[Decision], idx: &mut usize, out: &Out<'_>) -> Option<Json> {
     match v {
         Json::Object(m) if !m.is_empty() => {
-            let kept: Vec<(String, Json)> = m
-                .iter()
-                .filter_map(|(k, child)| {
-                    filter_value(child, decisions, idx, out).map(|c| (k.clone(), c))
-                })
-                .collect();
+            let pair = geohash_pair(m, decisions, *idx, out);
+            let mut kept: Vec<(String, Json)> = Vec::with_capacity(m.len());
+            for (i, (k, child)) in m.iter().enumerate() {
+                match &pair {
+                    // The pair leaves as one cell, where the latitude stood.
+                    Some((lat, _, cell)) if i == *lat => {
+                        *idx += 1;
+                        if let Some(cell) = cell {
+                            kept.push(("geohash".to_string(), cell.clone()));
+                        }
+                    }
+                    Some((_, lon, _)) if i == *lon => *idx += 1,
+                    _ => {
+                        if let Some(c) = filter_value(child, decisions, idx, out) {
+                            kept.push((k.clone(), c));
+                        }
+                    }
+                }
+            }
             (!kept.is_empty()).then_some(Json::Object(kept))
         }
         Json::Array(a) if !a.is_empty() => {
+            // `[lat, lon]` under a geohash: one cell in place of the array.
+            if let [Json::Scalar(_), Json::Scalar(_)] = a.as_slice() {
+                let (lat_ix, lon_ix) = (*idx, *idx + 1);
+                if let (Some(p1), Some(p2)) = (
+                    out.geohash_of(decisions, lat_ix),
+                    out.geohash_of(decisions, lon_ix),
+                ) {
+                    *idx += 2;
+                    return cell(&a[0], &a[1], p1.min(p2));
+                }
+            }
             let kept: Vec<Json> = a
                 .iter()
                 .filter_map(|c| filter_value(c, decisions, idx, out))
@@ -281,5 +388,62 @@ fn filter_value(v: &Json, decisions: &[Decision], idx: &mut usize, out: &Out<'_>
             let d = decision?;
             out.apply(d.action, d, leaf, index)
         }
+    }
+}
+
+const LATITUDE: &[&str] = &["lat", "latitude"];
+const LONGITUDE: &[&str] = &["lon", "lng", "long", "longitude"];
+
+/// In an object whose members start at leaf `first`: a latitude and a
+/// longitude member, both scalars and both decided by a geohash. Gives
+/// their member positions and the cell (`None`: withheld, for a pair that
+/// is not on the globe, or an object that already has a `geohash` member
+/// the cell would collide with).
+fn geohash_pair(
+    m: &[(String, Json)],
+    decisions: &[Decision],
+    first: usize,
+    out: &Out<'_>,
+) -> Option<(usize, usize, Option<Json>)> {
+    let lat = m
+        .iter()
+        .position(|(k, v)| LATITUDE.contains(&k.as_str()) && matches!(v, Json::Scalar(_)))?;
+    let lon = m
+        .iter()
+        .position(|(k, v)| LONGITUDE.contains(&k.as_str()) && matches!(v, Json::Scalar(_)))?;
+    let mut leaf = first;
+    let mut at = vec![0usize; m.len()];
+    for (i, (_, v)) in m.iter().enumerate() {
+        at[i] = leaf;
+        leaf += leaf_count(v);
+    }
+    let p1 = out.geohash_of(decisions, at[lat])?;
+    let p2 = out.geohash_of(decisions, at[lon])?;
+    let clash = m.iter().any(|(k, _)| k == "geohash");
+    let value = if clash {
+        None
+    } else {
+        cell(&m[lat].1, &m[lon].1, p1.min(p2))
+    };
+    Some((lat, lon, value))
+}
+
+fn cell(lat: &Json, lon: &Json, chars: u32) -> Option<Json> {
+    let (lat, lon) = (
+        crate::transform::number(lat)?,
+        crate::transform::number(lon)?,
+    );
+    let hash = crate::transform::geohash(lat, lon, chars)?;
+    serde_json::value::RawValue::from_string(format!("\"{hash}\""))
+        .ok()
+        .map(Json::Scalar)
+}
+
+/// How many leaves [`collect_leaves`] finds in `v`.
+fn leaf_count(v: &Json) -> usize {
+    match v {
+        Json::Object(m) if !m.is_empty() => m.iter().map(|(_, c)| leaf_count(c)).sum(),
+        Json::Array(a) if !a.is_empty() => a.iter().map(leaf_count).sum(),
+        _ => 1,
     }
 }

@@ -17,7 +17,14 @@
 //! - [`topic`]: MQTT topic filter matching, shared with the broker's ACL.
 //! - [`retention`]: how long history is kept, per device, and fields that
 //!   are never stored.
+//! - [`aggregate`]: the windows of `aggregate`, and the message a closed
+//!   window sends.
+//!
+//! The quarantine for new fields is decided here too: a field the caller's
+//! inventory has not approved is shared only by a rule that names it (or a
+//! parent of it) without a wildcard, unless the policy's `[quarantine] exempt` list names the device.
 
+pub mod aggregate;
 mod evaluate;
 pub mod json;
 mod parse;
@@ -43,6 +50,8 @@ pub struct Policy {
     commands: Vec<CommandRule>,
     groups: BTreeMap<String, BTreeSet<String>>,
     retain: Vec<retention::RetainRule>,
+    /// Devices whose new fields wildcard rules share at once.
+    quarantine_exempt: Vec<(DeviceSelector, Position)>,
 }
 
 impl Policy {
@@ -61,6 +70,15 @@ impl Policy {
 
     pub fn rule(&self, id: RuleId) -> Option<&SharingRule> {
         self.rules.get(id.0)
+    }
+
+    /// Whether new fields of `device` are held until approved (the
+    /// default), rather than exempt.
+    pub fn quarantines(&self, device: &str) -> bool {
+        !self
+            .quarantine_exempt
+            .iter()
+            .any(|(d, _)| d.selects(device, &self.groups))
     }
 
     /// Checks that every destination the policy names exists, so that a typo
@@ -111,6 +129,9 @@ impl Policy {
         for r in &self.retain {
             add(&r.device, "retain rule", r.position);
         }
+        for (d, at) in &self.quarantine_exempt {
+            add(d, "quarantine exemption", *at);
+        }
         for (group, members) in &self.groups {
             for m in members {
                 out.push((m.clone(), format!("group @{group}")));
@@ -146,5 +167,7 @@ impl Policy {
     }
 }
 
+#[cfg(test)]
+mod evaluate_tests;
 #[cfg(test)]
 mod tests;

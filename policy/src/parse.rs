@@ -7,12 +7,13 @@ use std::ops::Range;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::aggregate::AggregateFn;
 use crate::path::FieldPattern;
 use crate::retention::{Keep, RetainRule};
 use crate::rule::{
     Action, CommandRule, DestinationSelector, DeviceSelector, Position, SharingRule,
 };
-use crate::transform::{TimeUnit, Transform};
+use crate::transform::{Coarsen, TimeUnit, Transform};
 use crate::{topic, Policy};
 
 /// Why policy text was rejected. The previous policy stays in force.
@@ -34,6 +35,16 @@ struct RawPolicy {
     command: Vec<Spanned<RawCommand>>,
     #[serde(default)]
     retain: Vec<Spanned<RawRetain>>,
+    #[serde(default)]
+    quarantine: Option<RawQuarantine>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuarantine {
+    /// Devices (ids, `@group`s or `*`) whose new fields are not held.
+    #[serde(default)]
+    exempt: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -70,9 +81,21 @@ struct RawRule {
     /// `coarsen_location`: decimals kept, 0 to 6.
     #[serde(default)]
     decimals: Option<Spanned<i64>>,
+    /// `coarsen_location`: geohash characters kept, 1 to 12.
+    #[serde(default)]
+    geohash: Option<Spanned<i64>>,
     /// `rate_limit`: a duration such as "1m".
     #[serde(default)]
     interval: Option<Spanned<String>>,
+    /// `aggregate`: min, max, mean, sum or count.
+    #[serde(default, rename = "fn")]
+    func: Option<Spanned<String>>,
+    /// `aggregate`: a duration such as "1h".
+    #[serde(default)]
+    window: Option<Spanned<String>>,
+    /// `seal`: an age recipient (`age1…`) instead of the user's own key.
+    #[serde(default)]
+    recipient: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -320,11 +343,17 @@ pub(crate) fn parse(src: &str) -> Result<Policy, PolicyError> {
         retain.push(rule);
     }
 
+    let mut quarantine_exempt = Vec::new();
+    for d in raw.quarantine.iter().flat_map(|q| &q.exempt) {
+        quarantine_exempt.push((device(d)?, loc.position(d.span().start)));
+    }
+
     let policy = Policy {
         rules,
         commands,
         groups,
         retain,
+        quarantine_exempt,
     };
     check_ties(&policy)?;
     Ok(policy)
@@ -359,6 +388,36 @@ fn transform_of(
             "unit",
             body.unit.as_ref().map(|s| s.span()),
             action == Action::TruncateTime,
+        ),
+        (
+            "decimals",
+            body.decimals.as_ref().map(|s| s.span()),
+            action == Action::CoarsenLocation,
+        ),
+        (
+            "geohash",
+            body.geohash.as_ref().map(|s| s.span()),
+            action == Action::CoarsenLocation,
+        ),
+        (
+            "interval",
+            body.interval.as_ref().map(|s| s.span()),
+            action == Action::RateLimit,
+        ),
+        (
+            "fn",
+            body.func.as_ref().map(|s| s.span()),
+            action == Action::Aggregate,
+        ),
+        (
+            "window",
+            body.window.as_ref().map(|s| s.span()),
+            action == Action::Aggregate,
+        ),
+        (
+            "recipient",
+            body.recipient.as_ref().map(|s| s.span()),
+            action == Action::Seal,
         ),
     ];
     for (key, span, wanted) in unexpected {
@@ -422,17 +481,73 @@ fn transform_of(
             })?;
             Some(Transform::TruncateTime(u))
         }
-        Action::CoarsenLocation => {
-            let d = body.decimals.as_ref().ok_or_else(|| missing("decimals"))?;
-            let v = *d.get_ref();
-            if !(0..=6).contains(&v) {
-                return Err(loc.error(
-                    d.span(),
-                    "decimals must be 0 to 6 (2 is about 1 km, 3 about 110 m)",
-                ));
+        Action::CoarsenLocation => match (&body.decimals, &body.geohash) {
+            (Some(d), None) => {
+                let v = *d.get_ref();
+                if !(0..=6).contains(&v) {
+                    return Err(loc.error(
+                        d.span(),
+                        "decimals must be 0 to 6 (2 is about 1 km, 3 about 110 m)",
+                    ));
+                }
+                Some(Transform::CoarsenLocation(Coarsen::Decimals(v as u32)))
             }
-            Some(Transform::CoarsenLocation { decimals: v as u32 })
+            (None, Some(g)) => {
+                let v = *g.get_ref();
+                if !(1..=12).contains(&v) {
+                    return Err(loc.error(
+                        g.span(),
+                        "geohash must be 1 to 12 characters (5 is about 5 km, 6 about 1 km)",
+                    ));
+                }
+                Some(Transform::CoarsenLocation(Coarsen::Geohash(v as u32)))
+            }
+            (Some(_), Some(g)) => {
+                return Err(loc.error(g.span(), "give either decimals or geohash, not both"))
+            }
+            (None, None) => return Err(missing("decimals or geohash")),
+        },
+        Action::Aggregate => {
+            let f = body.func.as_ref().ok_or_else(|| missing("fn"))?;
+            let func = AggregateFn::parse(f.get_ref()).ok_or_else(|| {
+                loc.error(
+                    f.span(),
+                    format!(
+                        "fn {:?} is not one of {}",
+                        f.get_ref(),
+                        AggregateFn::NAMES.join(", ")
+                    ),
+                )
+            })?;
+            let w = body.window.as_ref().ok_or_else(|| missing("window"))?;
+            let window_ms = crate::retention::parse_duration_ms(w.get_ref())
+                .filter(|ms| *ms >= 1000 && *ms <= 31 * 86_400_000)
+                .ok_or_else(|| {
+                    loc.error(
+                        w.span(),
+                        format!(
+                            "window {:?} is not a duration from 1s to 31d, such as \"1h\"",
+                            w.get_ref()
+                        ),
+                    )
+                })?;
+            Some(Transform::Aggregate { func, window_ms })
         }
+        Action::Seal => match &body.recipient {
+            Some(r) if !crate::transform::is_age_recipient(r.get_ref()) => {
+                return Err(loc.error(
+                    r.span(),
+                    format!(
+                        "recipient {:?} is not an age public key (age1 and 58 more characters)",
+                        r.get_ref()
+                    ),
+                ))
+            }
+            Some(r) => Some(Transform::SealTo {
+                recipient: r.get_ref().clone(),
+            }),
+            None => None,
+        },
         Action::RateLimit => {
             let i = body.interval.as_ref().ok_or_else(|| missing("interval"))?;
             let ms = crate::retention::parse_duration_ms(i.get_ref())
@@ -448,7 +563,7 @@ fn transform_of(
                 })?;
             Some(Transform::RateLimit { interval_ms: ms })
         }
-        Action::Share | Action::Drop | Action::Redact | Action::Seal | Action::Pseudonymize => None,
+        Action::Share | Action::Drop | Action::Redact | Action::Pseudonymize => None,
     })
 }
 

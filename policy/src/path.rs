@@ -47,6 +47,27 @@ impl FieldPath {
     pub fn is_whole_payload(&self) -> bool {
         self.whole_payload
     }
+
+    /// The field as the quarantine knows it: every array index written
+    /// `[*]`, so `nets[0].ssid` and `nets[7].ssid` are one field, and a
+    /// list that grows does not bring "new" fields with every element.
+    pub fn generic(&self) -> String {
+        if self.whole_payload {
+            return WHOLE_PAYLOAD.to_string();
+        }
+        let mut out = String::new();
+        for (i, seg) in self.segments.iter().enumerate() {
+            match seg {
+                Segment::Key(k) if i == 0 => out.push_str(k),
+                Segment::Key(k) => {
+                    out.push('.');
+                    out.push_str(k);
+                }
+                Segment::Index(_) => out.push_str("[*]"),
+            }
+        }
+        out
+    }
 }
 
 impl fmt::Display for FieldPath {
@@ -166,6 +187,19 @@ impl FieldPattern {
                 !path.is_whole_payload()
                     && segs.len() <= path.segments().len()
                     && segs.iter().zip(path.segments()).all(|(p, s)| p.matches(s))
+            }
+        }
+    }
+
+    /// Whether this pattern names `path` by name, with no wildcard: the
+    /// field itself (`loc.lat`) or a parent the user named (`loc` for
+    /// `loc.lat`). Only such a rule shares a field the quarantine holds.
+    pub fn names(&self, path: &FieldPath) -> bool {
+        match &self.kind {
+            PatternKind::Everything => false,
+            PatternKind::WholePayload => path.is_whole_payload(),
+            PatternKind::Segments(segs) => {
+                segs.iter().all(PatternSegment::is_literal) && self.matches(path)
             }
         }
     }
@@ -314,6 +348,24 @@ mod tests {
                 "{bad:?} should be rejected"
             );
         }
+    }
+
+    #[test]
+    fn only_a_pattern_without_wildcards_names_a_field() {
+        let p = |t| FieldPattern::parse(t).unwrap();
+        let lat = path(&["loc", "lat"]);
+        assert!(p("loc.lat").names(&lat));
+        assert!(p("loc").names(&lat), "a parent the user named");
+        assert!(!p("loc.*").names(&lat));
+        assert!(!p("*").names(&lat));
+        assert!(!p("loc.lon").names(&lat));
+        assert!(p("items[2]").names(&path(&["items", "2"])));
+        assert!(!p("items[*]").names(&path(&["items", "2"])));
+        assert!(!p("items[*]").names(&path(&["items", "2", "x"])));
+        assert!(p("$payload").names(&FieldPath::whole_payload()));
+        assert!(!p("*").names(&FieldPath::whole_payload()));
+        assert_eq!(path(&["nets", "7", "ssid"]).generic(), "nets[*].ssid");
+        assert_eq!(FieldPath::whole_payload().generic(), "$payload");
     }
 
     #[test]

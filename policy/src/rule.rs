@@ -126,6 +126,8 @@ pub enum Action {
     Pseudonymize,
     CoarsenLocation,
     RateLimit,
+    /// Into the caller's window; one message per window leaves instead.
+    Aggregate,
 }
 
 impl Action {
@@ -136,6 +138,11 @@ impl Action {
         "round",
         "bucket",
         "truncate_time",
+        "coarsen_location",
+        "seal",
+        "pseudonymize",
+        "rate_limit",
+        "aggregate",
     ];
 
     pub fn parse(name: &str) -> Option<Self> {
@@ -150,6 +157,7 @@ impl Action {
             "pseudonymize" => Some(Action::Pseudonymize),
             "coarsen_location" => Some(Action::CoarsenLocation),
             "rate_limit" => Some(Action::RateLimit),
+            "aggregate" => Some(Action::Aggregate),
             _ => None,
         }
     }
@@ -166,6 +174,7 @@ impl Action {
             Action::Pseudonymize => "pseudonymize",
             Action::CoarsenLocation => "coarsen_location",
             Action::RateLimit => "rate_limit",
+            Action::Aggregate => "aggregate",
         }
     }
 

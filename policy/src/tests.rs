@@ -500,7 +500,15 @@ mod properties {
     }
 
     impl transform::Context for Recording {
-        fn seal(&self, value: &[u8]) -> Option<String> {
+        fn accumulate(&self, _: &crate::aggregate::WindowSlot<'_>, value: &[u8]) {
+            self.seen
+                .borrow_mut()
+                .push(String::from_utf8_lossy(value).into_owned());
+        }
+        fn field_approved(&self, _: &str, _: &FieldPath) -> bool {
+            true
+        }
+        fn seal(&self, value: &[u8], _: Option<&str>) -> Option<String> {
             let v = String::from_utf8_lossy(value).into_owned();
             self.seen.borrow_mut().push(v.clone());
             Some(format!("dw1.{}", v.len()))
@@ -725,7 +733,42 @@ fn value_actions_check_their_parameters() {
             "give 2 labels",
         ),
         ("action = \"truncate_time\"\nunit = \"week\"", "not one of"),
-        ("action = \"aggregate\"", "unknown action"),
+        ("action = \"aggregate\"", "needs \"fn\""),
+        (
+            "action = \"aggregate\"\nfn = \"median\"\nwindow = \"1h\"",
+            "not one of",
+        ),
+        (
+            "action = \"aggregate\"\nfn = \"sum\"\nwindow = \"10ms\"",
+            "from 1s to 31d",
+        ),
+        ("action = \"aggregate\"\nfn = \"sum\"", "needs \"window\""),
+        (
+            "action = \"round\"\nstep = 1\nwindow = \"1h\"",
+            "takes no \"window\"",
+        ),
+        (
+            "action = \"coarsen_location\"",
+            "needs \"decimals or geohash\"",
+        ),
+        ("action = \"coarsen_location\"\ngeohash = 13", "1 to 12"),
+        (
+            "action = \"coarsen_location\"\ngeohash = 5\ndecimals = 2",
+            "not both",
+        ),
+        (
+            "action = \"seal\"\nrecipient = \"bob\"",
+            "not an age public key",
+        ),
+        (
+            "action = \"share\"\nrecipient = \"bob\"",
+            "takes no \"recipient\"",
+        ),
+        (
+            "action = \"share\"\ninterval = \"1m\"",
+            "takes no \"interval\"",
+        ),
+        ("action = \"frobnicate\"", "unknown action"),
     ] {
         let e = Policy::parse(&rule(extra)).expect_err(extra);
         assert!(e.message.contains(needle), "{extra}: {e}");
@@ -737,7 +780,11 @@ fn value_actions_check_their_parameters() {
 fn seal_goes_through_the_context_and_is_withheld_without_one() {
     struct Fake;
     impl transform::Context for Fake {
-        fn seal(&self, value: &[u8]) -> Option<String> {
+        fn accumulate(&self, _: &crate::aggregate::WindowSlot<'_>, _: &[u8]) {}
+        fn field_approved(&self, _: &str, _: &FieldPath) -> bool {
+            true
+        }
+        fn seal(&self, value: &[u8], _: Option<&str>) -> Option<String> {
             Some(format!("dw1.sealed({})", String::from_utf8_lossy(value)))
         }
         fn pseudonym(&self, _: &str, _: &[u8]) -> Option<String> {
@@ -780,7 +827,11 @@ action = "share"
 fn pseudonyms_come_from_the_context_per_destination() {
     struct Fake;
     impl transform::Context for Fake {
-        fn seal(&self, _: &[u8]) -> Option<String> {
+        fn accumulate(&self, _: &crate::aggregate::WindowSlot<'_>, _: &[u8]) {}
+        fn field_approved(&self, _: &str, _: &FieldPath) -> bool {
+            true
+        }
+        fn seal(&self, _: &[u8], _: Option<&str>) -> Option<String> {
             None
         }
         fn pseudonym(&self, destination: &str, value: &[u8]) -> Option<String> {
@@ -848,7 +899,11 @@ fn rate_limit_asks_the_context_once_per_field_and_destination() {
     use std::cell::RefCell;
     struct Clocked(RefCell<Vec<String>>);
     impl transform::Context for Clocked {
-        fn seal(&self, _: &[u8]) -> Option<String> {
+        fn accumulate(&self, _: &crate::aggregate::WindowSlot<'_>, _: &[u8]) {}
+        fn field_approved(&self, _: &str, _: &FieldPath) -> bool {
+            true
+        }
+        fn seal(&self, _: &[u8], _: Option<&str>) -> Option<String> {
             None
         }
         fn pseudonym(&self, _: &str, _: &[u8]) -> Option<String> {

@@ -11,26 +11,35 @@
 //! - `truncate_time { unit }`: an RFC 3339 time, or unix seconds or
 //!   milliseconds, cut down to the second, minute, hour or day;
 //! - `coarsen_location { decimals }`: each coordinate (a number within
-//!   ±180) to that many decimals;
+//!   ±180) to that many decimals; `coarsen_location { geohash }`: a
+//!   latitude and longitude pair to one geohash cell (evaluation finds the
+//!   pair: sibling fields, or a `[lat, lon]` array);
 //! - `rate_limit { interval }`: the value as it is, at most once per
 //!   interval per field and destination (the [`Context`] keeps time);
-//! - `seal`: the value (its JSON text) sealed to the user's public key, by
-//!   the caller's [`Context`]: this crate holds no key and draws no
-//!   randomness;
+//! - `seal`: the value (its JSON text) sealed to the user's public key, or
+//!   to the rule's `recipient`, by the caller's [`Context`]: this crate
+//!   holds no key and draws no randomness;
 //! - `pseudonymize`: a keyed hash of the value, the key per destination,
-//!   also by the [`Context`].
+//!   also by the [`Context`];
+//! - `aggregate { fn, window }`: the value goes to the [`Context`]'s
+//!   window instead of out (see [`crate::aggregate`]).
 
 use serde_json::value::RawValue;
 
+use crate::aggregate::{AggregateFn, WindowSlot};
 use crate::json::Json;
+use crate::path::FieldPath;
 use crate::rule::Action;
 
-/// What evaluation needs from outside a pure function: sealing needs the
-/// user's public key and fresh randomness, which the gateway holds.
+/// What evaluation needs from outside a pure function: keys, randomness,
+/// the clock, window state and the field inventory, which the gateway
+/// holds.
 pub trait Context {
-    /// `value` (a JSON text) sealed to the user's key, as a `dw1.` string;
-    /// `None` when it cannot be (no keys yet): the field is then withheld.
-    fn seal(&self, value: &[u8]) -> Option<String>;
+    /// `value` (a JSON text) sealed to `recipient` (an age recipient from
+    /// the rule), or to the user's own key as a `dw1.` string when there is
+    /// none. `None` when it cannot be (no keys yet): the field is then
+    /// withheld.
+    fn seal(&self, value: &[u8], recipient: Option<&str>) -> Option<String>;
 
     /// A pseudonym for `value` (a JSON text) for `destination`: the same
     /// value gives the same pseudonym for one destination, and unrelated
@@ -42,14 +51,31 @@ pub trait Context {
     /// `interval_ms`; answering yes counts as sending it. The caller holds
     /// the clock and the memory of what was sent.
     fn allow_once_per(&self, key: &str, interval_ms: u64) -> bool;
+
+    /// Adds `value` (a JSON text) to the window `slot` names. The value is
+    /// not sent now; the caller sends the window's result when it ends.
+    fn accumulate(&self, slot: &WindowSlot<'_>, value: &[u8]);
+
+    /// Whether the user approved `field` of `device` (or the device sent
+    /// it before the quarantine began). A field that is not approved is
+    /// shared only by a rule that names it without a wildcard.
+    fn field_approved(&self, device: &str, field: &FieldPath) -> bool;
 }
 
-/// No keys, no randomness: `seal` withholds.
+/// No keys, no clock, no inventory: `seal`, `pseudonymize`, `rate_limit`
+/// and `aggregate` withhold, and every field counts as approved (the
+/// quarantine is the caller's).
 pub struct NoContext;
 
 impl Context for NoContext {
-    fn seal(&self, _: &[u8]) -> Option<String> {
+    fn seal(&self, _: &[u8], _: Option<&str>) -> Option<String> {
         None
+    }
+
+    fn accumulate(&self, _: &WindowSlot<'_>, _: &[u8]) {}
+
+    fn field_approved(&self, _: &str, _: &FieldPath) -> bool {
+        true
     }
 
     fn pseudonym(&self, _: &str, _: &[u8]) -> Option<String> {
@@ -112,13 +138,69 @@ pub enum Transform {
         labels: Vec<String>,
     },
     TruncateTime(TimeUnit),
-    /// Each coordinate to this many decimals (2 ≈ 1 km, 3 ≈ 110 m).
-    CoarsenLocation {
-        decimals: u32,
-    },
+    CoarsenLocation(Coarsen),
     RateLimit {
         interval_ms: u64,
     },
+    Aggregate {
+        func: AggregateFn,
+        window_ms: u64,
+    },
+    /// Sealed to someone other than the user: an age X25519 recipient
+    /// (`age1…`), checked for its shape here and for its key by the caller.
+    SealTo {
+        recipient: String,
+    },
+}
+
+/// How coarse `coarsen_location` makes a location.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Coarsen {
+    /// Each coordinate to this many decimals (2 ≈ 1 km, 3 ≈ 110 m).
+    Decimals(u32),
+    /// The pair to a geohash of this many characters (5 ≈ 5 km, 6 ≈ 1 km).
+    Geohash(u32),
+}
+
+/// Whether `text` has the shape of an age X25519 recipient: `age1` and 58
+/// bech32 characters.
+pub fn is_age_recipient(text: &str) -> bool {
+    const BECH32: &str = "qpzry9x8gf2tvdw0s3jn54khce6mua7l";
+    text.len() == 62 && text.starts_with("age1") && text[4..].chars().all(|c| BECH32.contains(c))
+}
+
+/// The geohash cell of (`lat`, `lon`), `chars` characters long; `None`
+/// outside the globe.
+pub fn geohash(lat: f64, lon: f64, chars: u32) -> Option<String> {
+    const ALPHABET: &[u8; 32] = b"0123456789bcdefghjkmnpqrstuvwxyz";
+    if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
+        return None;
+    }
+    let (mut lat_lo, mut lat_hi) = (-90.0f64, 90.0f64);
+    let (mut lon_lo, mut lon_hi) = (-180.0f64, 180.0f64);
+    let mut out = String::with_capacity(chars as usize);
+    let mut even = true;
+    for _ in 0..chars {
+        let mut idx = 0usize;
+        for _ in 0..5 {
+            let (lo, hi, v) = if even {
+                (&mut lon_lo, &mut lon_hi, lon)
+            } else {
+                (&mut lat_lo, &mut lat_hi, lat)
+            };
+            let mid = (*lo + *hi) / 2.0;
+            idx <<= 1;
+            if v >= mid {
+                idx |= 1;
+                *lo = mid;
+            } else {
+                *hi = mid;
+            }
+            even = !even;
+        }
+        out.push(ALPHABET[idx] as char);
+    }
+    Some(out)
 }
 
 /// The decimals needed to write multiples of `step` exactly.
@@ -137,7 +219,7 @@ fn scalar(text: &str) -> Option<Json> {
         .map(Json::Scalar)
 }
 
-fn number(leaf: &Json) -> Option<f64> {
+pub(crate) fn number(leaf: &Json) -> Option<f64> {
     match leaf {
         Json::Scalar(raw) => {
             let t = raw.get().trim();
@@ -159,8 +241,12 @@ pub fn apply(
     destination: &str,
 ) -> Option<Json> {
     match (action, transform) {
-        (Action::Seal, _) => {
-            let sealed = ctx.seal(&leaf.to_vec())?;
+        (Action::Seal, t) => {
+            let recipient = match t {
+                Some(Transform::SealTo { recipient }) => Some(recipient.as_str()),
+                _ => None,
+            };
+            let sealed = ctx.seal(&leaf.to_vec(), recipient)?;
             scalar(&serde_json::to_string(&sealed).ok()?)
         }
         (Action::Pseudonymize, _) => {
@@ -184,9 +270,14 @@ pub fn apply(
             scalar(&serde_json::to_string(labels.get(i)?).ok()?)
         }
         (Action::TruncateTime, Some(Transform::TruncateTime(unit))) => truncate_time(leaf, *unit),
-        (Action::CoarsenLocation, Some(Transform::CoarsenLocation { decimals })) => {
+        (
+            Action::CoarsenLocation,
+            Some(Transform::CoarsenLocation(Coarsen::Decimals(decimals))),
+        ) => {
             // Latitude and longitude, as sibling fields, an object or a
             // [lat, lon] array: each leaf the rule covers is one number.
+            // (A geohash needs the pair: evaluation handles it, and a lone
+            // coordinate under one falls through to withheld.)
             let n = number(leaf)?;
             if !(-180.0..=180.0).contains(&n) {
                 return None;
@@ -334,7 +425,7 @@ mod tests {
 
     #[test]
     fn coarsen_location() {
-        let two = Transform::CoarsenLocation { decimals: 2 };
+        let two = Transform::CoarsenLocation(Coarsen::Decimals(2));
         assert_eq!(
             out(Action::CoarsenLocation, Some(&two), "52.37021").as_deref(),
             Some("52.37")
@@ -349,6 +440,31 @@ mod tests {
             "not a coordinate"
         );
         assert_eq!(out(Action::CoarsenLocation, Some(&two), "\"52.3\""), None);
+    }
+
+    #[test]
+    fn geohash_cells() {
+        // The reference point of the geohash literature.
+        assert_eq!(
+            geohash(57.64911, 10.40744, 11).as_deref(),
+            Some("u4pruydqqvj")
+        );
+        assert_eq!(geohash(52.3702, 4.8952, 5).as_deref(), Some("u173z"));
+        assert_eq!(geohash(-33.8688, 151.2093, 6).as_deref(), Some("r3gx2f"));
+        assert_eq!(geohash(91.0, 0.0, 5), None);
+        assert_eq!(geohash(0.0, 180.5, 5), None);
+        // A lone coordinate under a geohash rule is withheld, not sent.
+        let gh = Transform::CoarsenLocation(Coarsen::Geohash(5));
+        assert_eq!(out(Action::CoarsenLocation, Some(&gh), "52.37"), None);
+    }
+
+    #[test]
+    fn age_recipients_are_recognised_by_shape() {
+        let r = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+        assert!(is_age_recipient(r));
+        assert!(!is_age_recipient(&r[..61]));
+        assert!(!is_age_recipient(&r.replace("age1", "agf1")));
+        assert!(!is_age_recipient(&r.replace('q', "b")), "b is not bech32");
     }
 
     #[test]

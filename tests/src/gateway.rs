@@ -275,9 +275,10 @@ pub fn config_for(data_dir: &Path, cloud: &Cloud, policy: Option<&Path>, extra: 
     )
 }
 
-/// A policy that shares every field of every device with every destination.
-pub const SHARE_ALL: &str =
-    "[[rule]]\ndevice = \"*\"\nfield = \"*\"\ndestination = \"*\"\naction = \"share\"\n";
+/// A policy that shares every field of every device with every destination,
+/// new fields included (no quarantine).
+pub const SHARE_ALL: &str = "[quarantine]\nexempt = [\"*\"]\n\n\
+     [[rule]]\ndevice = \"*\"\nfield = \"*\"\ndestination = \"*\"\naction = \"share\"\n";
 
 /// Writes `text` as `policy.toml` in `dir` and returns its path.
 pub fn write_policy(dir: &Path, text: &str) -> Result<PathBuf> {

@@ -109,6 +109,8 @@ impl Operations {
         // Forgotten first, so that it cannot log back in; its sessions end
         // before the flush, so the disk's pace does not keep them open.
         registry.remove(id)?;
+        // A device added again under this id starts with every field new.
+        self.forget_fields(Some(id))?;
         let (sessions_closed, retained_dropped) = match &self.live {
             Some(live) => (
                 live.broker.disconnect_device(id).await,

@@ -24,6 +24,10 @@ pub struct DeleteReport {
     pub policy_versions_removed: u64,
     #[serde(default)]
     pub keys_removed: bool,
+    /// Field names forgotten from the inventory (a whole delete or a wipe):
+    /// whatever the device sends next is held as new.
+    #[serde(default)]
+    pub fields_forgotten: u64,
 }
 
 impl DeleteReport {
@@ -43,6 +47,7 @@ impl DeleteReport {
             devices_removed: 0,
             policy_versions_removed: 0,
             keys_removed: false,
+            fields_forgotten: 0,
         }
     }
 }
@@ -115,15 +120,15 @@ impl Operations {
         .map_err(|e| OpError::runtime(format!("the delete task failed: {e}")))??;
         // What waits to leave and what the broker keeps go with a whole
         // delete; a time range concerns history only.
-        let (outbox_entries, retained) = if whole {
+        let (outbox_entries, retained, fields) = if whole {
             let outbox = self.purge_outboxes(Some(device))?;
             let retained = match (&self.live, &registered) {
                 (Some(live), Some(d)) => live.broker.drop_retained(&d.publish).await,
                 _ => 0,
             };
-            (outbox, retained)
+            (outbox, retained, self.forget_fields(Some(device))?)
         } else {
-            (0, 0)
+            (0, 0, 0)
         };
         self.flush().await?;
         tracing::info!(
@@ -133,12 +138,9 @@ impl Operations {
             outbox_entries,
             "history deleted"
         );
-        Ok(DeleteReport::of(
-            Some(device),
-            report,
-            outbox_entries,
-            retained,
-        ))
+        let mut report = DeleteReport::of(Some(device), report, outbox_entries, retained);
+        report.fields_forgotten = fields;
+        Ok(report)
     }
 
     /// Deletes all history and everything waiting to leave. With
@@ -186,6 +188,7 @@ impl Operations {
             }
         }
         let mut wiped = DeleteReport::of(None, report, outbox_entries, retained);
+        wiped.fields_forgotten = self.forget_fields(None)?;
         if factory {
             for device in self.registry()?.list() {
                 self.device_remove(&device.id).await?;

@@ -8,14 +8,15 @@
 //! - [`server`]: the control socket a running gateway serves.
 //! - [`client`]: the CLI side: through the socket when a gateway runs,
 //!   on the store directly when none does.
-//! - `devices`, `policy`, `status`, `keys`, `export`, `erase`: the
-//!   operations themselves.
+//! - `devices`, `policy`, `fields`, `status`, `keys`, `export`, `erase`:
+//!   the operations themselves.
 
 pub mod client;
 mod devices;
 mod erase;
 mod export;
 mod export_csv;
+mod fields;
 mod keys;
 pub mod lock;
 mod policy;
@@ -37,6 +38,7 @@ use crate::uplink::LinkState;
 pub use devices::{AddedDevice, DeviceInfo, RemovedDevice};
 pub use erase::DeleteReport;
 pub use export::{ndjson_line, ExportFormat, ExportRequest, ExportSummary};
+pub use fields::{FieldList, FieldsApproved};
 pub use keys::{InitReport, Passphrase, PassphraseChanged};
 pub use policy::policy_at_start;
 pub use policy::{
@@ -251,6 +253,12 @@ impl Operations {
                 )?)
             }
             Request::KeyRecord => self.key_record(),
+            Request::Fields { device, pending } => {
+                json(self.fields_list(device.as_deref(), pending)?)
+            }
+            Request::FieldsApprove { device, field } => {
+                json(self.fields_approve(&device, field.as_deref()).await?)
+            }
             Request::Delete {
                 device,
                 since_ms,

@@ -53,6 +53,8 @@ pub struct PolicyVersionInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldPreview {
     pub field: String,
+    /// The action, or `held`: the rule would share it, but the field is
+    /// new and waits for the user's approval.
     pub action: String,
     /// The deciding rule ("rule temp-to-vendor (line 7, column 1)"), or
     /// none: default deny.
@@ -77,12 +79,28 @@ pub struct PolicyPreview {
 }
 
 /// A preview shows where a sealed value goes without sealing it (a real
-/// one would differ at every send anyway).
-struct PreviewContext;
+/// one would differ at every send anyway), and which fields the quarantine
+/// holds, from the same inventory the pipeline asks.
+struct PreviewContext {
+    fields: Option<Arc<crate::store::FieldInventory>>,
+}
 
 impl policy::transform::Context for PreviewContext {
-    fn seal(&self, _: &[u8]) -> Option<String> {
-        Some("dw1.(sealed to your key when sent)".into())
+    fn seal(&self, _: &[u8], recipient: Option<&str>) -> Option<String> {
+        Some(match recipient {
+            None => "dw1.(sealed to your key when sent)".into(),
+            Some(r) => format!("age.(sealed to {r} when sent)"),
+        })
+    }
+
+    /// A preview adds to no window: the value leaves only as the window's
+    /// result.
+    fn accumulate(&self, _: &policy::aggregate::WindowSlot<'_>, _: &[u8]) {}
+
+    fn field_approved(&self, device: &str, field: &policy::FieldPath) -> bool {
+        self.fields
+            .as_ref()
+            .is_some_and(|f| f.is_approved(device, field))
     }
 
     fn pseudonym(&self, destination: &str, _: &[u8]) -> Option<String> {
@@ -95,14 +113,27 @@ impl policy::transform::Context for PreviewContext {
     }
 }
 
-/// Parses `text` and checks it against the configured destinations.
+/// Parses `text` and checks it against the configured destinations, and
+/// that every `seal` recipient is a real age key (the policy crate checks
+/// only its shape).
 pub(crate) fn validate(config: &Config, text: &str, name: &str) -> Result<Policy, OpError> {
-    Policy::parse(text)
+    let policy = Policy::parse(text)
         .and_then(|p| {
             p.check_destinations(&config.destination_names())
                 .map(|()| p)
         })
-        .map_err(|e| OpError::input(format!("{name}: {e}")))
+        .map_err(|e| OpError::input(format!("{name}: {e}")))?;
+    for rule in policy.rules() {
+        if let Some(policy::transform::Transform::SealTo { recipient }) = &rule.transform {
+            if let Err(e) = recipient.parse::<age::x25519::Recipient>() {
+                return Err(OpError::input(format!(
+                    "{name}: policy error at {}: recipient {recipient:?} is not a valid age public key: {e}",
+                    rule.position
+                )));
+            }
+        }
+    }
+    Ok(policy)
 }
 
 fn in_force(version: &PolicyVersion, config: &Config) -> Result<ActivePolicy, OpError> {
@@ -338,7 +369,9 @@ impl Operations {
                 payload,
             },
             &names,
-            &PreviewContext,
+            &PreviewContext {
+                fields: self.store.as_ref().map(Store::fields),
+            },
         );
         let destinations = eval
             .outputs
@@ -355,7 +388,11 @@ impl Operations {
                     .zip(&out.decisions)
                     .map(|(field, d)| FieldPreview {
                         field: field.to_string(),
-                        action: d.action.as_str().to_string(),
+                        action: if d.held {
+                            "held".to_string()
+                        } else {
+                            d.action.as_str().to_string()
+                        },
                         rule: d.rule.and_then(|id| {
                             policy
                                 .rule(id)

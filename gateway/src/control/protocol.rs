@@ -179,6 +179,19 @@ pub enum Request {
     },
     /// The stored key record, for `decrypt` to unlock on the user's side.
     KeyRecord,
+    /// The field inventory: one device's or all, only held ones if `pending`.
+    Fields {
+        #[serde(default)]
+        device: Option<String>,
+        #[serde(default)]
+        pending: bool,
+    },
+    /// Releases one held field, or every held field of the device.
+    FieldsApprove {
+        device: String,
+        #[serde(default)]
+        field: Option<String>,
+    },
     Delete {
         device: String,
         #[serde(default)]

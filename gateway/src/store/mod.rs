@@ -10,6 +10,7 @@
 //! an fsync is shared by all messages in flight.
 
 mod durability;
+mod fields;
 mod history;
 mod outbox;
 mod pads;
@@ -29,6 +30,7 @@ pub use pads::Pad;
 const USER_KEYS: &[u8] = b"user";
 
 pub use durability::Durability;
+pub use fields::{ApproveOutcome, FieldInfo, FieldInventory, MAX_FIELDS_PER_DEVICE};
 pub use history::{
     period_name, period_of, HistoryReader, HistoryRecord, HistoryStore, NewRecord, ReadRange,
     PERIOD_MS,
@@ -71,6 +73,8 @@ pub struct Store {
     /// One per store, shared by the pipeline and the operations: deletes
     /// and appends coordinate through it.
     history: Arc<HistoryStore>,
+    /// One per store too: the pipeline and the operations share it.
+    fields: Arc<FieldInventory>,
     key_changes: Arc<std::sync::Mutex<()>>,
 }
 
@@ -132,10 +136,12 @@ impl Store {
             durability.dirty(),
             Arc::clone(&pads),
         )?);
+        let fields = Arc::new(FieldInventory::open(db.open_tree("fields")?)?);
         let store = Self {
             db,
             durability,
             history,
+            fields,
             key_changes: Arc::default(),
         };
         let keys = store.load_keys()?;
@@ -295,6 +301,10 @@ impl Store {
 
     pub fn tree(&self, name: &str) -> Result<sled::Tree, StoreError> {
         Ok(self.db.open_tree(name)?)
+    }
+
+    pub fn fields(&self) -> Arc<FieldInventory> {
+        Arc::clone(&self.fields)
     }
 
     pub fn history(&self) -> Arc<HistoryStore> {

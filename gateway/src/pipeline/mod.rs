@@ -5,6 +5,19 @@
 //! task, before the device gets its PUBACK. [`Pipeline::handle`] returns
 //! only when the history record and every outbox entry are durable (for
 //! QoS 1), so an acknowledged message survives a crash.
+//!
+//! - [`context`]: what the policy's actions need (keys, clock, windows,
+//!   the field inventory), as [`SendContext`];
+//! - [`last_seen`]: each device's last message, for `preview --last`.
+//!
+//! Besides messages, a tick sends the windows of `aggregate` that ended
+//! ([`Pipeline::send_closed_windows`]).
+
+mod context;
+mod last_seen;
+
+pub use context::{seal_to_age, RateLimits, SendContext, AGE_VALUE_PREFIX};
+pub use last_seen::LastSeen;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,7 +28,8 @@ use policy::{Message, Policy};
 use tokio::sync::Notify;
 
 use crate::config::{MAX_TOPIC_BYTES, UPLINK_MAX_PACKET_BYTES};
-use crate::store::{Durability, HistoryStore, NewRecord, Outbox, StoreError};
+use crate::store::{Durability, FieldInventory, HistoryStore, NewRecord, Outbox, StoreError};
+use crate::windows::Windows;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -49,128 +63,6 @@ pub struct Lane {
     pub wake: Arc<Notify>,
 }
 
-/// A policy with the version number it was stored under (0: no policy was
-/// ever applied, so nothing is shared).
-/// What the policy's `seal` and `pseudonymize` actions need: the user's
-/// public key (until `init` there is none, and sealed fields are withheld)
-/// and each destination's pseudonym key.
-pub struct SendContext<'a> {
-    pub recipient: Option<crate::keys::PublicKey>,
-    pub pseudonym_keys: &'a std::collections::HashMap<String, ring::hmac::Key>,
-    pub limits: &'a RateLimits,
-    pub now_ms: u64,
-}
-
-/// When each `rate_limit`ed value last left: bounded, the stalest go first.
-#[derive(Default)]
-pub struct RateLimits(std::sync::Mutex<std::collections::HashMap<String, u64>>);
-
-/// Each device's last message, for `policy preview --last`: in memory
-/// only (never on disk), bounded in bytes; the stalest go first.
-#[derive(Default)]
-pub struct LastSeen(std::sync::Mutex<LastSeenInner>);
-
-#[derive(Default)]
-struct LastSeenInner {
-    by_device: std::collections::HashMap<String, (u64, String, Vec<u8>)>,
-    bytes: usize,
-    next: u64,
-}
-
-/// Bytes of last messages kept, all devices together.
-const MAX_LAST_SEEN_BYTES: usize = 4 << 20;
-
-impl LastSeen {
-    fn note(&self, device: &str, topic: &str, payload: &[u8]) {
-        let size = device.len() + topic.len() + payload.len();
-        if size > MAX_LAST_SEEN_BYTES / 16 {
-            return;
-        }
-        let mut s = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let order = s.next;
-        s.next += 1;
-        // The usual case, a device seen before: its buffers are reused, so
-        // the hot path allocates nothing here.
-        if let Some((o, t, p)) = s.by_device.get_mut(device) {
-            let old = device.len() + t.len() + p.len();
-            *o = order;
-            t.clear();
-            t.push_str(topic);
-            p.clear();
-            p.extend_from_slice(payload);
-            s.bytes = s.bytes - old + size;
-        } else {
-            s.bytes += size;
-            s.by_device.insert(
-                device.to_string(),
-                (order, topic.to_string(), payload.to_vec()),
-            );
-        }
-        // The one just noted is the newest: it is never the one dropped.
-        while s.bytes > MAX_LAST_SEEN_BYTES {
-            let Some(stalest) = s
-                .by_device
-                .iter()
-                .min_by_key(|(_, v)| v.0)
-                .map(|(k, _)| k.clone())
-            else {
-                break;
-            };
-            if let Some((_, t, p)) = s.by_device.remove(&stalest) {
-                s.bytes -= stalest.len() + t.len() + p.len();
-            }
-        }
-    }
-
-    /// (topic, payload) of `device`'s last message since start.
-    pub fn get(&self, device: &str) -> Option<(String, Vec<u8>)> {
-        let s = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        s.by_device
-            .get(device)
-            .map(|(_, t, p)| (t.clone(), p.clone()))
-    }
-}
-
-/// Values tracked at most (rule × device × destination × field).
-const MAX_RATE_KEYS: usize = 65_536;
-
-impl RateLimits {
-    fn allow(&self, key: &str, interval_ms: u64, now_ms: u64) -> bool {
-        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(t) = last.get(key) {
-            if now_ms < t.saturating_add(interval_ms) {
-                return false;
-            }
-        } else if last.len() >= MAX_RATE_KEYS {
-            if let Some(stalest) = last.iter().min_by_key(|(_, t)| **t).map(|(k, _)| k.clone()) {
-                last.remove(&stalest);
-            }
-        }
-        last.insert(key.to_string(), now_ms);
-        true
-    }
-}
-
-impl policy::transform::Context for SendContext<'_> {
-    fn seal(&self, value: &[u8]) -> Option<String> {
-        crate::keys::seal::seal_value(self.recipient.as_ref()?, value).ok()
-    }
-
-    fn allow_once_per(&self, key: &str, interval_ms: u64) -> bool {
-        self.limits.allow(key, interval_ms, self.now_ms)
-    }
-
-    fn pseudonym(&self, destination: &str, value: &[u8]) -> Option<String> {
-        let key = self.pseudonym_keys.get(destination)?;
-        let tag = ring::hmac::sign(key, value);
-        let hex: String = tag.as_ref()[..12]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        Some(format!("ps-{hex}"))
-    }
-}
-
 /// How a message arrived, as history keeps it.
 #[derive(Debug, Clone, Copy)]
 pub struct Kept {
@@ -178,6 +70,8 @@ pub struct Kept {
     pub retain: bool,
 }
 
+/// A policy with the version number it was stored under (0: no policy was
+/// ever applied, so nothing is shared).
 #[derive(Debug, Default)]
 pub struct ActivePolicy {
     pub version: u64,
@@ -199,6 +93,9 @@ pub struct Pipeline {
     /// HMAC keys of `pseudonymize`, one per destination.
     pseudonym_keys: std::collections::HashMap<String, ring::hmac::Key>,
     rate_limits: RateLimits,
+    /// Every field each device sent, and which the user approved.
+    fields: Arc<FieldInventory>,
+    windows: Windows,
     pub last_seen: LastSeen,
 }
 
@@ -210,6 +107,7 @@ impl Pipeline {
         durability: Arc<Durability>,
         default_keep: policy::retention::Keep,
         pseudonym_keys: std::collections::HashMap<String, ring::hmac::Key>,
+        fields: Arc<FieldInventory>,
     ) -> Self {
         let names = lanes.iter().map(|l| l.name.clone()).collect();
         Self {
@@ -222,6 +120,8 @@ impl Pipeline {
             malformed: Default::default(),
             pseudonym_keys,
             rate_limits: RateLimits::default(),
+            fields,
+            windows: Windows::default(),
             last_seen: LastSeen::default(),
         }
     }
@@ -290,6 +190,7 @@ impl Pipeline {
         let durable = kept.qos > 0;
         self.last_seen.note(device, topic, payload);
         let active = self.policy.load();
+        let now = now_ms();
         let eval = active.policy.evaluate_with(
             &Message {
                 device,
@@ -301,9 +202,20 @@ impl Pipeline {
                 recipient: self.history.public_key(),
                 pseudonym_keys: &self.pseudonym_keys,
                 limits: &self.rate_limits,
-                now_ms: now_ms(),
+                windows: &self.windows,
+                fields: &self.fields,
+                now_ms: now,
             },
         );
+        let held: Vec<bool> = (0..eval.fields.len())
+            .map(|i| {
+                eval.outputs
+                    .iter()
+                    .any(|o| o.decisions.get(i).is_some_and(|d| d.held))
+            })
+            .collect();
+        self.fields
+            .observe(device, &eval.fields, &held, payload, now);
         if eval.malformed {
             // Forwarded nowhere (every output is empty); kept, and counted.
             self.malformed
@@ -314,7 +226,6 @@ impl Pipeline {
             .policy
             .history_payload(device, payload, self.default_keep);
         drop(active);
-        let now = now_ms();
         if let Some(stored) = stored {
             self.history
                 .append(&NewRecord {
@@ -346,67 +257,54 @@ impl Pipeline {
     }
 }
 
+impl Pipeline {
+    /// Queues the message of every `aggregate` window that ended by
+    /// `now_ms`, and makes it durable.
+    pub async fn send_closed_windows(&self, now_ms: u64) -> Result<usize, PipelineError> {
+        let closed = self.windows.close_due(now_ms);
+        let mut sent = 0;
+        for c in &closed {
+            let Some(lane) = self.lanes.iter().find(|l| l.name == c.destination) else {
+                continue;
+            };
+            lane.outbox
+                .push(&c.device, &c.topic, &c.payload, now_ms)
+                .inspect_err(|_| self.durability.check_now())?;
+            lane.wake.notify_one();
+            sent += 1;
+        }
+        if sent > 0 {
+            self.durability.sync().await?;
+        }
+        Ok(sent)
+    }
+
+    /// Forgets what is held in memory about `device`: its open windows and
+    /// its last message (its history is being deleted).
+    pub fn forget_device(&self, device: &str) {
+        self.windows.forget_device(device);
+        self.last_seen.forget(device);
+    }
+
+    /// Sends closed windows once a second until shutdown.
+    pub async fn run_windows(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            if let Err(e) = self.send_closed_windows(now_ms()).await {
+                tracing::warn!(error = %crate::control::with_causes(&e), "aggregate windows could not be queued");
+            }
+        }
+    }
+}
+
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use policy::transform::Context;
-
-    #[test]
-    fn pseudonyms_are_stable_per_destination_and_differ_across() {
-        let key = |b: u8| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[b; 32]);
-        let keys = [("a".to_string(), key(1)), ("b".to_string(), key(2))]
-            .into_iter()
-            .collect();
-        let limits = RateLimits::default();
-        let ctx = SendContext {
-            recipient: None,
-            pseudonym_keys: &keys,
-            limits: &limits,
-            now_ms: 1000,
-        };
-        let p = |d: &str, v: &str| ctx.pseudonym(d, v.as_bytes()).expect("pseudonym");
-        assert_eq!(p("a", "\"alice\""), p("a", "\"alice\""));
-        assert_ne!(p("a", "\"alice\""), p("a", "\"bob\""));
-        assert_ne!(p("a", "\"alice\""), p("b", "\"alice\""));
-        assert!(p("a", "\"alice\"").starts_with("ps-") && p("a", "x").len() == 27);
-        assert!(ctx.pseudonym("unknown", b"1").is_none());
-        assert!(ctx.seal(b"1").is_none(), "no key before init: withheld");
-    }
-
-    #[test]
-    fn last_messages_stay_within_their_byte_bound() {
-        let last = LastSeen::default();
-        last.note("a", "t", b"1");
-        last.note("a", "t", b"22");
-        assert_eq!(last.get("a"), Some(("t".into(), b"22".to_vec())));
-        let big = vec![b'x'; MAX_LAST_SEEN_BYTES / 32];
-        for i in 0..100 {
-            last.note(&format!("d{i}"), "t", &big);
-        }
-        let bytes = last.0.lock().expect("lock").bytes;
-        assert!(bytes <= MAX_LAST_SEEN_BYTES, "{bytes}");
-        assert!(last.get("d99").is_some() && last.get("d0").is_none());
-        last.note("huge", "t", &vec![0; MAX_LAST_SEEN_BYTES]);
-        assert!(last.get("huge").is_none(), "too large to keep");
-    }
-
-    #[test]
-    fn a_rate_limited_value_leaves_once_per_interval() {
-        let limits = RateLimits::default();
-        assert!(limits.allow("k", 60_000, 0));
-        assert!(!limits.allow("k", 60_000, 59_999));
-        assert!(limits.allow("other", 60_000, 59_999));
-        assert!(limits.allow("k", 60_000, 60_000));
-        for i in 0..(MAX_RATE_KEYS + 10) {
-            limits.allow(&format!("flood-{i}"), 1, i as u64);
-        }
-        assert!(limits.0.lock().expect("lock").len() <= MAX_RATE_KEYS);
-    }
 }
