@@ -292,6 +292,12 @@ fn status(s: &StatusReport) -> String {
             s.malformed_messages
         ));
     }
+    if s.held_fields > 0 {
+        out.push_str(&format!(
+            "held fields: {} new fields wait for your approval before a wildcard rule shares them (`dataward fields --pending`)\n",
+            s.held_fields
+        ));
+    }
     out.push_str(&format!("store: {} on disk\n", bytes(s.store_bytes)));
     for d in &s.destinations {
         out.push_str(&format!(

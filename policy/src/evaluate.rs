@@ -95,13 +95,14 @@ pub(crate) fn evaluate<S: AsRef<str>>(
         Body::Malformed => Vec::new(),
     };
 
-    // Only the rules about this device can decide anything.
-    let for_device: Vec<(RuleId, &SharingRule)> = policy
+    // Only the rules about this device can decide anything; their ranks
+    // are worked out once per message, not once per field.
+    let for_device: Vec<Candidate<'_>> = policy
         .rules
         .iter()
         .enumerate()
         .filter(|(_, r)| r.device.selects(msg.device, &policy.groups) && r.covers_topic(msg.topic))
-        .map(|(i, r)| (RuleId(i), r))
+        .map(|(i, r)| (RuleId(i), r, r.rank()))
         .collect();
 
     // Asked once per field, not per destination: the inventory is the
@@ -119,9 +120,9 @@ pub(crate) fn evaluate<S: AsRef<str>>(
         .iter()
         .map(|dest| {
             let dest = dest.as_ref();
-            let candidates: Vec<&(RuleId, &SharingRule)> = for_device
+            let candidates: Vec<&Candidate<'_>> = for_device
                 .iter()
-                .filter(|(_, r)| r.destination.selects(dest))
+                .filter(|(_, r, _)| r.destination.selects(dest))
                 .collect();
             let decisions: Vec<Decision> = fields
                 .iter()
@@ -141,7 +142,8 @@ pub(crate) fn evaluate<S: AsRef<str>>(
                     // Shared scalars leave exactly as the device wrote them;
                     // transformed ones as their action makes them.
                     Body::Structured(v) => {
-                        filter_value(v, &decisions, &mut 0, &out).map(|kept| kept.to_vec())
+                        let mut buf = Vec::with_capacity(msg.payload.len());
+                        write_filtered(v, &decisions, &mut 0, &out, &mut buf).then_some(buf)
                     }
                     Body::Opaque => opaque(msg.payload, &decisions, &out),
                     Body::Malformed => None,
@@ -167,26 +169,22 @@ pub(crate) fn evaluate<S: AsRef<str>>(
 /// The most specific matching rule decides; a field that is not approved
 /// is held from every rule that does not name it (see
 /// [`FieldPattern::names`](crate::FieldPattern::names)).
-fn decide(candidates: &[&(RuleId, &SharingRule)], field: &FieldPath, approved: bool) -> Decision {
-    let mut best: Option<(crate::rule::Rank, RuleId, Action)> = None;
-    for (id, rule) in candidates {
-        if !rule.field.matches(field) {
-            continue;
-        }
-        let rank = rule.rank();
+type Candidate<'a> = (RuleId, &'a SharingRule, crate::rule::Rank);
+
+fn decide(candidates: &[&Candidate<'_>], field: &FieldPath, approved: bool) -> Decision {
+    let mut best: Option<&Candidate<'_>> = None;
+    for c in candidates {
+        let (_, rule, rank) = c;
         // Validation rejects ties, so `>` picks the one winner; file order
         // breaks any tie that slipped through, deterministically.
-        if best.as_ref().is_none_or(|(b, _, _)| rank > *b) {
-            best = Some((rank, *id, rule.action));
+        if best.is_none_or(|(_, _, b)| rank > b) && rule.field.matches(field) {
+            best = Some(c);
         }
     }
     match best {
-        Some((_, id, action)) => {
-            let names_it = candidates
-                .iter()
-                .find(|(i, _)| *i == id)
-                .is_some_and(|(_, r)| r.field.names(field));
-            let held = action.sends() && !approved && !names_it;
+        Some((id, rule, _)) => {
+            let (id, action) = (*id, rule.action);
+            let held = action.sends() && !approved && !rule.field.names(field);
             Decision {
                 rule: Some(id),
                 action: if held { Action::Drop } else { action },
@@ -202,7 +200,7 @@ fn decide(candidates: &[&(RuleId, &SharingRule)], field: &FieldPath, approved: b
 }
 
 /// Leaves are scalars and empty containers; traversal order here and in
-/// [`filter_value`] must be the same.
+/// [`write_filtered`] must be the same.
 fn collect_leaves(v: &Json, prefix: &mut Vec<Segment>, out: &mut Vec<FieldPath>) {
     match v {
         Json::Object(m) if !m.is_empty() => {
@@ -260,8 +258,6 @@ fn opaque(payload: &[u8], decisions: &[Decision], out: &Out<'_>) -> Option<Vec<u
     }
 }
 
-/// Rebuilds `v` with only the shared leaves, each as its action makes it.
-/// Containers left empty vanish; array elements keep their relative order.
 /// What a leaf's action needs: the rules (for parameters), the caller's
 /// context, and the destination the output is for.
 struct Out<'a> {
@@ -339,29 +335,63 @@ impl Out<'_> {
     }
 }
 
-fn filter_value(v: &Json, decisions: &[Decision], idx: &mut usize, out: &Out<'_>) -> Option<Json> {
+/// Writes `v` to `buf` with only the shared leaves, each as its action
+/// makes it; returns whether anything was written. A container left empty
+/// vanishes (what was begun for it is taken back); array elements keep
+/// their relative order. Written straight to bytes: a shared leaf is
+/// copied as the device wrote it, with no tree in between.
+fn write_filtered(
+    v: &Json,
+    decisions: &[Decision],
+    idx: &mut usize,
+    out: &Out<'_>,
+    buf: &mut Vec<u8>,
+) -> bool {
     match v {
         Json::Object(m) if !m.is_empty() => {
+            let start = buf.len();
+            buf.push(b'{');
+            let mut any = false;
             let pair = geohash_pair(m, decisions, *idx, out);
-            let mut kept: Vec<(String, Json)> = Vec::with_capacity(m.len());
             for (i, (k, child)) in m.iter().enumerate() {
-                match &pair {
+                let mark = buf.len();
+                if any {
+                    buf.push(b',');
+                }
+                let wrote = match &pair {
                     // The pair leaves as one cell, where the latitude stood.
                     Some((lat, _, cell)) if i == *lat => {
                         *idx += 1;
-                        if let Some(cell) = cell {
-                            kept.push(("geohash".to_string(), cell.clone()));
+                        match cell {
+                            Some(c) => {
+                                crate::json::write_key(buf, "geohash");
+                                c.write(buf);
+                                true
+                            }
+                            None => false,
                         }
                     }
-                    Some((_, lon, _)) if i == *lon => *idx += 1,
+                    Some((_, lon, _)) if i == *lon => {
+                        *idx += 1;
+                        false
+                    }
                     _ => {
-                        if let Some(c) = filter_value(child, decisions, idx, out) {
-                            kept.push((k.clone(), c));
-                        }
+                        crate::json::write_key(buf, k);
+                        write_filtered(child, decisions, idx, out, buf)
                     }
+                };
+                if wrote {
+                    any = true;
+                } else {
+                    buf.truncate(mark);
                 }
             }
-            (!kept.is_empty()).then_some(Json::Object(kept))
+            if any {
+                buf.push(b'}');
+            } else {
+                buf.truncate(start);
+            }
+            any
         }
         Json::Array(a) if !a.is_empty() => {
             // `[lat, lon]` under a geohash: one cell in place of the array.
@@ -372,21 +402,53 @@ fn filter_value(v: &Json, decisions: &[Decision], idx: &mut usize, out: &Out<'_>
                     out.geohash_of(decisions, lon_ix),
                 ) {
                     *idx += 2;
-                    return cell(&a[0], &a[1], p1.min(p2));
+                    return match cell(&a[0], &a[1], p1.min(p2)) {
+                        Some(c) => {
+                            c.write(buf);
+                            true
+                        }
+                        None => false,
+                    };
                 }
             }
-            let kept: Vec<Json> = a
-                .iter()
-                .filter_map(|c| filter_value(c, decisions, idx, out))
-                .collect();
-            (!kept.is_empty()).then_some(Json::Array(kept))
+            let start = buf.len();
+            buf.push(b'[');
+            let mut any = false;
+            for child in a {
+                let mark = buf.len();
+                if any {
+                    buf.push(b',');
+                }
+                if write_filtered(child, decisions, idx, out, buf) {
+                    any = true;
+                } else {
+                    buf.truncate(mark);
+                }
+            }
+            if any {
+                buf.push(b']');
+            } else {
+                buf.truncate(start);
+            }
+            any
         }
         leaf => {
             let index = *idx;
-            let decision = decisions.get(index);
             *idx += 1;
-            let d = decision?;
-            out.apply(d.action, d, leaf, index)
+            let Some(d) = decisions.get(index) else {
+                return false;
+            };
+            if d.action == Action::Share {
+                leaf.write(buf);
+                return true;
+            }
+            match out.apply(d.action, d, leaf, index) {
+                Some(j) => {
+                    j.write(buf);
+                    true
+                }
+                None => false,
+            }
         }
     }
 }

@@ -57,6 +57,13 @@ impl PartialEq for Json {
     }
 }
 
+/// Appends `"key":`, the key escaped as JSON requires.
+pub fn write_key(out: &mut Vec<u8>, key: &str) {
+    // Writing to a Vec cannot fail, and a &str always serialises.
+    let _ = serde_json::to_writer(&mut *out, key);
+    out.push(b':');
+}
+
 impl Json {
     /// Parses a whole payload; trailing data or invalid JSON is an error,
     /// and so is nesting deeper than [`MAX_DEPTH`] (each level is parsed on
@@ -79,9 +86,7 @@ impl Json {
                     if i > 0 {
                         out.push(b',');
                     }
-                    // A key from a parsed document always serialises.
-                    out.extend_from_slice(serde_json::to_string(k).unwrap_or_default().as_bytes());
-                    out.push(b':');
+                    write_key(out, k);
                     v.write(out);
                 }
                 out.push(b'}');

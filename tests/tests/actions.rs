@@ -1,7 +1,8 @@
-//! The actions that need more than one message or someone else's key, end
-//! to end against a real mosquitto: `aggregate` (one message per window,
-//! sent by the gateway's tick), `coarsen_location` to a geohash, and `seal`
-//! to an age recipient, opened with the `age` tool.
+//! The actions that need more than one message, a pair of values or
+//! someone else's key, end to end against a real mosquitto: `aggregate`
+//! (one message per window, sent by the gateway's tick), `coarsen_location`
+//! (decimals, and a geohash), `rate_limit`, and `seal` to an age
+//! recipient, opened with the `age` tool.
 
 use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -78,7 +79,7 @@ async fn aggregates_arrive_once_per_window_with_the_right_values() -> Result<()>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_geohash_and_a_value_sealed_to_someone_else() -> Result<()> {
+async fn locations_coarsened_rates_limited_and_a_value_sealed_to_someone_else() -> Result<()> {
     let (dir, data, cloud) = scratch()?;
     let tracker = add_device(&data, "tracker", "generic")?;
     let key_file = dir.path().join("friend.key");
@@ -99,7 +100,9 @@ async fn a_geohash_and_a_value_sealed_to_someone_else() -> Result<()> {
         dir.path(),
         &format!(
             "[[rule]]\ndevice = \"tracker\"\nfield = \"pos\"\ndestination = \"vendor_cloud\"\naction = \"coarsen_location\"\ngeohash = 5\n\n\
-             [[rule]]\ndevice = \"tracker\"\nfield = \"exact\"\ndestination = \"vendor_cloud\"\naction = \"seal\"\nrecipient = \"{recipient}\"\n"
+             [[rule]]\ndevice = \"tracker\"\nfield = \"exact\"\ndestination = \"vendor_cloud\"\naction = \"seal\"\nrecipient = \"{recipient}\"\n\n\
+             [[rule]]\ndevice = \"tracker\"\nfield = \"near\"\ndestination = \"vendor_cloud\"\naction = \"coarsen_location\"\ndecimals = 2\n\n\
+             [[rule]]\ndevice = \"tracker\"\nfield = \"beat\"\ndestination = \"vendor_cloud\"\naction = \"rate_limit\"\ninterval = \"1h\"\n"
         ),
     )?;
     let gw = Gateway::start(dir.path(), &config_for(&data, &cloud, Some(&policy), ""))?;
@@ -107,15 +110,24 @@ async fn a_geohash_and_a_value_sealed_to_someone_else() -> Result<()> {
     publish_each(
         &gw,
         &tracker,
-        &[r#"{"pos":{"lat":52.3702,"lon":4.8952},"exact":[52.370216,4.895168]}"#.into()],
+        &[
+            r#"{"pos":{"lat":52.3702,"lon":4.8952},"exact":[52.370216,4.895168],"beat":1}"#.into(),
+            r#"{"near":[52.370216,-4.895168],"beat":2}"#.into(),
+        ],
     )?;
     let got = collect(Some(&sub), &mut events, Duration::from_secs(10), |g| {
-        !g.is_empty()
+        g.len() >= 2
     })
     .await;
-    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got.len(), 2, "{got:?}");
+    // The second: the location to two decimals; `beat` waits an hour.
+    assert_eq!(
+        String::from_utf8_lossy(&got[1].1),
+        r#"{"near":[52.37,-4.90]}"#
+    );
     let v: serde_json::Value = serde_json::from_slice(&got[0].1)?;
     assert_eq!(v["pos"], serde_json::json!({"geohash": "u173z"}), "{v}");
+    assert_eq!(v["beat"], 1, "the first value of the hour goes");
     let received = String::from_utf8_lossy(&got[0].1);
     assert!(!received.contains("52.37"), "{received}");
 

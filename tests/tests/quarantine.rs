@@ -89,6 +89,9 @@ async fn a_new_field_stays_held_until_approved_then_flows() -> Result<()> {
         "{p}"
     );
 
+    let status = cli_json(&data, &["status"])?;
+    assert_eq!(status["held_fields"], 1, "{status}");
+
     // Approved: it flows.
     let approved = cli_json(&data, &["fields", "approve", "plug", "ssid"])?;
     assert_eq!(approved["approved"][0], "ssid");

@@ -44,6 +44,9 @@ pub struct StatusReport {
     /// in history, forwarded nowhere.
     #[serde(default)]
     pub malformed_messages: u64,
+    /// New fields a wildcard rule would share, held until approved.
+    #[serde(default)]
+    pub held_fields: usize,
 }
 
 pub const NOT_KEPT: &str =
@@ -109,6 +112,10 @@ impl Operations {
                 .live
                 .as_ref()
                 .map_or(0, |l| l.pipeline.malformed_count()),
+            held_fields: self
+                .store
+                .as_ref()
+                .map_or(0, |s| s.fields().list(None, true).len()),
             history: match &self.store {
                 Some(store) if store.history().keeps_history() => {
                     "kept, encrypted to your key (reading it needs your passphrase)".into()
