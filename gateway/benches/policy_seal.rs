@@ -55,6 +55,7 @@ fn bench(c: &mut Criterion) {
         })
         .collect();
     let limits = RateLimits::default();
+    let destinations = store.destinations();
     let windows = Windows::default();
     let ctx = SendContext {
         recipient: Some(pk),
@@ -62,6 +63,7 @@ fn bench(c: &mut Criterion) {
         limits: &limits,
         windows: &windows,
         fields: &fields,
+        destinations: &destinations,
         now_ms: 0,
     };
     let with_seal = sealed.evaluate_with(&msg, &dests, &ctx);

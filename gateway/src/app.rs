@@ -128,20 +128,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         uplinks.push(uplink);
     }
     drop(cmd_tx);
-    let history = store.history();
     let pipeline = Arc::new(Pipeline::new(
         policy,
-        history,
+        &store,
         lanes,
-        Arc::clone(&durability),
         config.store.retention(),
         config
             .destinations
             .iter()
             .map(|d| Ok((d.name.clone(), store.pseudonym_key(&d.name)?)))
             .collect::<Result<_, crate::store::StoreError>>()?,
-        store.fields(),
     ));
+    for name in store.destinations().settle(&config.destination_names())? {
+        tracing::warn!(destination = %name, "a new destination: rules for every destination (\"*\") do not reach it until you approve it (dataward destinations approve {name}); rules that name it apply");
+    }
 
     let broker = Arc::new(
         Broker::start(

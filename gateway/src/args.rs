@@ -74,6 +74,14 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<FieldsCommand>,
     },
+    /// The configured destinations; one added after the first start gets
+    /// nothing from rules for every destination ("*") until you approve it
+    Destinations {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        action: Option<DestinationsCommand>,
+    },
     /// Set up your keys: a passphrase, your key pair and a one-time recovery key.
     /// Until then, no history is kept
     Init {
@@ -220,6 +228,15 @@ pub enum DeviceCommand {
         #[command(flatten)]
         common: Common,
         id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DestinationsCommand {
+    /// Let rules for every destination ("*") reach this one
+    Approve {
+        /// The destination's name in the config
+        name: String,
     },
 }
 

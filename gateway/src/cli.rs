@@ -6,9 +6,9 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::control::{
-    AddedDevice, AppliedPolicy, CheckedPolicy, DeleteReport, DeviceInfo, ExportSummary, FieldList,
-    FieldsApproved, InitReport, OpError, PassphraseChanged, PolicyPreview, PolicyVersionInfo,
-    RemovedDevice, Request, StatusReport,
+    AddedDevice, AppliedPolicy, CheckedPolicy, DeleteReport, DestinationApproval, DeviceInfo,
+    ExportSummary, FieldList, FieldsApproved, InitReport, OpError, PassphraseChanged,
+    PolicyPreview, PolicyVersionInfo, RemovedDevice, Request, StatusReport,
 };
 
 fn typed<T: DeserializeOwned>(v: &Value) -> Result<T, OpError> {
@@ -138,6 +138,33 @@ pub fn render(request: &Request, reply: &Value) -> Result<String, OpError> {
         }
         Request::KeyRecord => format!("{reply:#}\n"),
         Request::Fields { pending, .. } => fields(&typed(reply)?, *pending),
+        Request::Destinations => {
+            let list: Vec<DestinationApproval> = typed(reply)?;
+            if list.is_empty() {
+                "no destinations are configured: nothing leaves\n".to_string()
+            } else {
+                list.iter()
+                    .map(|d| {
+                        format!(
+                            "{}\t{}\n",
+                            d.name,
+                            if d.approved {
+                                "approved: rules for every destination (\"*\") reach it"
+                            } else {
+                                "NEW: only rules that name it reach it (`dataward destinations approve NAME`)"
+                            }
+                        )
+                    })
+                    .collect()
+            }
+        }
+        Request::DestinationApprove { .. } => {
+            let d: DestinationApproval = typed(reply)?;
+            format!(
+                "{}: approved; rules for every destination (\"*\") reach it from the next message on\n",
+                d.name
+            )
+        }
         Request::FieldsApprove { .. } => {
             let a: FieldsApproved = typed(reply)?;
             if a.approved.is_empty() {
@@ -344,6 +371,12 @@ fn preview(p: &PolicyPreview) -> String {
         match &d.payload {
             Some(payload) => out.push_str(&format!("{} receives: {payload}\n", d.destination)),
             None => out.push_str(&format!("{} receives nothing\n", d.destination)),
+        }
+        if d.new_destination {
+            out.push_str(&format!(
+                "  (a new destination: rules for every destination do not reach it until `dataward destinations approve {}`)\n",
+                d.destination
+            ));
         }
         for f in &d.fields {
             out.push_str(&format!(

@@ -18,7 +18,8 @@ mod args;
 mod prompt;
 
 use args::{
-    Cli, Command, Common, DeviceCommand, FieldsCommand, FormatArg, PassphraseCommand, PolicyCommand,
+    Cli, Command, Common, DestinationsCommand, DeviceCommand, FieldsCommand, FormatArg,
+    PassphraseCommand, PolicyCommand,
 };
 
 fn main() -> ExitCode {
@@ -208,6 +209,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             None => (common, Request::Fields { device, pending }, None),
             Some(FieldsCommand::Approve { device, field, .. }) => {
                 (common, Request::FieldsApprove { device, field }, None)
+            }
+        },
+        Command::Destinations { common, action } => match action {
+            None => (common, Request::Destinations, None),
+            Some(DestinationsCommand::Approve { name }) => {
+                (common, Request::DestinationApprove { name }, None)
             }
         },
         Command::Init {

@@ -8,7 +8,7 @@ use crate::json::Json;
 use crate::transform::{Coarsen, Context, Transform};
 
 use crate::path::{FieldPath, Segment};
-use crate::rule::{Action, RuleId, SharingRule};
+use crate::rule::{Action, DestinationSelector, RuleId, SharingRule};
 use crate::Policy;
 
 /// A message as the policy sees it: who sent it and what it says.
@@ -46,6 +46,9 @@ pub struct DestinationOutput {
     pub payload: Option<Vec<u8>>,
     /// One decision per entry of [`Evaluation::fields`], in the same order.
     pub decisions: Vec<Decision>,
+    /// The destination is new: rules for every destination (`*`) did not
+    /// reach it, only rules that name it.
+    pub held: bool,
 }
 
 /// The result of evaluating one message against one policy.
@@ -120,9 +123,13 @@ pub(crate) fn evaluate<S: AsRef<str>>(
         .iter()
         .map(|dest| {
             let dest = dest.as_ref();
+            let approved_dest = ctx.destination_approved(dest);
             let candidates: Vec<&Candidate<'_>> = for_device
                 .iter()
-                .filter(|(_, r, _)| r.destination.selects(dest))
+                .filter(|(_, r, _)| {
+                    r.destination.selects(dest)
+                        && (approved_dest || matches!(r.destination, DestinationSelector::Named(_)))
+                })
                 .collect();
             let decisions: Vec<Decision> = fields
                 .iter()
@@ -155,6 +162,7 @@ pub(crate) fn evaluate<S: AsRef<str>>(
                 destination: dest.to_string(),
                 payload,
                 decisions,
+                held: !approved_dest,
             }
         })
         .collect();

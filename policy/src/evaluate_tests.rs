@@ -18,6 +18,7 @@ type Added = (String, String, AggregateFn, u64, String);
 #[derive(Default)]
 struct Inventory {
     approved: BTreeSet<String>,
+    new_destinations: BTreeSet<String>,
     windows: RefCell<Vec<Added>>,
 }
 
@@ -43,6 +44,9 @@ impl transform::Context for Inventory {
     fn field_approved(&self, device: &str, field: &FieldPath) -> bool {
         self.approved
             .contains(&format!("{device}/{}", field.generic()))
+    }
+    fn destination_approved(&self, destination: &str) -> bool {
+        !self.new_destinations.contains(destination)
     }
 }
 
@@ -334,4 +338,20 @@ fn the_documented_energy_meter_keeps_readings_home() {
             ("utility", "power_w", AggregateFn::Max, 3_600_000),
         ]
     );
+}
+
+#[test]
+fn a_new_destination_gets_only_what_rules_naming_it_share() {
+    let mut inv = Inventory::default();
+    inv.new_destinations.insert("utility".into());
+    let policy = "[quarantine]\nexempt = [\"*\"]\n\n\
+        [[rule]]\ndevice = \"*\"\nfield = \"*\"\ndestination = \"*\"\naction = \"share\"\n\n\
+        [[rule]]\ndevice = \"meter\"\nfield = \"kwh\"\ndestination = \"utility\"\naction = \"share\"\n";
+    let e = eval(policy, &inv, "meter", r#"{"kwh":3,"ssid":"home"}"#);
+    assert_eq!(out(&e, "vendor_cloud"), Some(r#"{"kwh":3,"ssid":"home"}"#));
+    assert_eq!(out(&e, "utility"), Some(r#"{"kwh":3}"#));
+    assert!(e.outputs[1].held && !e.outputs[0].held);
+    inv.new_destinations.clear();
+    let e = eval(policy, &inv, "meter", r#"{"kwh":3,"ssid":"home"}"#);
+    assert_eq!(out(&e, "utility"), Some(r#"{"kwh":3,"ssid":"home"}"#));
 }

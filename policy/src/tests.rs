@@ -560,6 +560,9 @@ mod properties {
             self.unapproved_prefix
                 .is_none_or(|p| !field.generic().starts_with(p))
         }
+        fn destination_approved(&self, _: &str) -> bool {
+            true
+        }
         fn seal(&self, value: &[u8], _: Option<&str>) -> Option<String> {
             let v = String::from_utf8_lossy(value).into_owned();
             self.seen.borrow_mut().push(v.clone());
@@ -836,6 +839,9 @@ fn seal_goes_through_the_context_and_is_withheld_without_one() {
         fn field_approved(&self, _: &str, _: &FieldPath) -> bool {
             true
         }
+        fn destination_approved(&self, _: &str) -> bool {
+            true
+        }
         fn seal(&self, value: &[u8], _: Option<&str>) -> Option<String> {
             Some(format!("dw1.sealed({})", String::from_utf8_lossy(value)))
         }
@@ -881,6 +887,9 @@ fn pseudonyms_come_from_the_context_per_destination() {
     impl transform::Context for Fake {
         fn accumulate(&self, _: &crate::aggregate::WindowSlot<'_>, _: &[u8]) {}
         fn field_approved(&self, _: &str, _: &FieldPath) -> bool {
+            true
+        }
+        fn destination_approved(&self, _: &str) -> bool {
             true
         }
         fn seal(&self, _: &[u8], _: Option<&str>) -> Option<String> {
@@ -953,6 +962,9 @@ fn rate_limit_asks_the_context_once_per_field_and_destination() {
     impl transform::Context for Clocked {
         fn accumulate(&self, _: &crate::aggregate::WindowSlot<'_>, _: &[u8]) {}
         fn field_approved(&self, _: &str, _: &FieldPath) -> bool {
+            true
+        }
+        fn destination_approved(&self, _: &str) -> bool {
             true
         }
         fn seal(&self, _: &[u8], _: Option<&str>) -> Option<String> {

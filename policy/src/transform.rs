@@ -60,11 +60,16 @@ pub trait Context {
     /// it before the quarantine began). A field that is not approved is
     /// shared only by a rule that names it without a wildcard.
     fn field_approved(&self, device: &str, field: &FieldPath) -> bool;
+
+    /// Whether rules for every destination (`*`) reach `destination`: a
+    /// destination the user has not approved gets only what rules naming
+    /// it share.
+    fn destination_approved(&self, destination: &str) -> bool;
 }
 
 /// No keys, no clock, no inventory: `seal`, `pseudonymize`, `rate_limit`
-/// and `aggregate` withhold, and every field counts as approved (the
-/// quarantine is the caller's).
+/// and `aggregate` withhold, and every field and destination counts as
+/// approved (the quarantine is the caller's).
 pub struct NoContext;
 
 impl Context for NoContext {
@@ -75,6 +80,10 @@ impl Context for NoContext {
     fn accumulate(&self, _: &WindowSlot<'_>, _: &[u8]) {}
 
     fn field_approved(&self, _: &str, _: &FieldPath) -> bool {
+        true
+    }
+
+    fn destination_approved(&self, _: &str) -> bool {
         true
     }
 

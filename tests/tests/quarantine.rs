@@ -181,3 +181,60 @@ fn walk(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>> {
     }
     Ok(out)
 }
+
+/// A destination added to the config after the first start gets nothing
+/// from rules for every destination until approved; rules naming it apply
+/// at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_destination_waits_for_approval() -> Result<()> {
+    let (dir, data, cloud) = scratch()?;
+    let meter = add_device(&data, "meter", "generic")?;
+    let policy = write_policy(
+        dir.path(),
+        "[quarantine]\nexempt = [\"*\"]\n\n\
+         [[rule]]\ndevice = \"*\"\nfield = \"*\"\ndestination = \"*\"\naction = \"share\"\n\n\
+         [[rule]]\ndevice = \"meter\"\nfield = \"kwh\"\ndestination = \"utility\"\naction = \"share\"\n",
+    )?;
+    // First start: one destination, approved by that start.
+    let first = config_for(&data, &cloud, None, "");
+    let gw = Gateway::start(dir.path(), &first)?;
+    assert!(gw.stop()?.success());
+    let utility = format!(
+        "[[destination]]\nname = \"utility\"\nurl = \"{}\"\ntopic_prefix = \"utility/\"\n",
+        cloud.url()
+    );
+    let config = config_for(&data, &cloud, Some(&policy), &utility);
+    let listed = cli_json(
+        &data,
+        &[
+            "destinations",
+            "--config",
+            &write_config(dir.path(), &config)?,
+        ],
+    )?;
+    assert_eq!(listed[1]["name"], "utility");
+    assert_eq!(listed[1]["approved"], false, "{listed}");
+    let gw = Gateway::start(dir.path(), &config)?;
+    gw.wait_for_log("new destination", Duration::from_secs(5))?;
+    let mut sub = cloud_subscriber(&cloud, "utility/#", "sub-new-dest").await?;
+    let payload = r#"{"kwh":3,"ssid":"home"}"#;
+    assert_eq!(
+        send(&gw, &meter, &mut sub, payload).await?.as_deref(),
+        Some(r#"{"kwh":3}"#)
+    );
+    cli_ok(&data, &["destinations", "approve", "utility"])?;
+    assert_eq!(
+        send(&gw, &meter, &mut sub, payload).await?.as_deref(),
+        Some(payload)
+    );
+    assert!(gw.stop()?.success());
+    Ok(())
+}
+
+/// Writes `config` beside the data directory, for CLI commands that must
+/// see the same destinations as the gateway.
+fn write_config(dir: &std::path::Path, config: &str) -> Result<String> {
+    let p = dir.join("cli-config.toml");
+    std::fs::write(&p, config)?;
+    Ok(p.to_string_lossy().into_owned())
+}

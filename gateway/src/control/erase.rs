@@ -205,6 +205,8 @@ impl Operations {
             }
             store.remove_keys()?;
             wiped.keys_removed = true;
+            // As new: the next start approves the configured destinations.
+            store.destinations().forget_all()?;
         }
         self.flush().await?;
         tracing::warn!(

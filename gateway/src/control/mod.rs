@@ -8,19 +8,19 @@
 //! - [`server`]: the control socket a running gateway serves.
 //! - [`client`]: the CLI side: through the socket when a gateway runs,
 //!   on the store directly when none does.
-//! - `devices`, `policy`, `fields`, `status`, `keys`, `export`, `erase`:
-//!   the operations themselves.
+//! - `devices`, `policy`, `quarantine`, `status`, `keys`, `export`,
+//!   `erase`: the operations themselves.
 
 pub mod client;
 mod devices;
 mod erase;
 mod export;
 mod export_csv;
-mod fields;
 mod keys;
 pub mod lock;
 mod policy;
 pub mod protocol;
+mod quarantine;
 pub mod server;
 mod status;
 
@@ -38,13 +38,13 @@ use crate::uplink::LinkState;
 pub use devices::{AddedDevice, DeviceInfo, RemovedDevice};
 pub use erase::DeleteReport;
 pub use export::{ndjson_line, ExportFormat, ExportRequest, ExportSummary};
-pub use fields::{FieldList, FieldsApproved};
 pub use keys::{InitReport, Passphrase, PassphraseChanged};
 pub use policy::policy_at_start;
 pub use policy::{
     AppliedPolicy, CheckedPolicy, FieldPreview, PolicyPreview, PolicyVersionInfo, PreviewOutput,
 };
 pub use protocol::Request;
+pub use quarantine::{DestinationApproval, FieldList, FieldsApproved};
 pub use status::{DestinationStatus, StatusReport};
 
 /// Whether a failed request was the user's doing (exit code 2) or not (1).
@@ -259,6 +259,8 @@ impl Operations {
             Request::FieldsApprove { device, field } => {
                 json(self.fields_approve(&device, field.as_deref()).await?)
             }
+            Request::Destinations => json(self.destinations_list()?),
+            Request::DestinationApprove { name } => json(self.destination_approve(&name).await?),
             Request::Delete {
                 device,
                 since_ms,

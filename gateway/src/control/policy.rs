@@ -67,6 +67,10 @@ pub struct PreviewOutput {
     /// What the destination would receive; none: the message is not sent.
     pub payload: Option<String>,
     pub fields: Vec<FieldPreview>,
+    /// A new destination: rules for every destination (`*`) do not reach
+    /// it until approved.
+    #[serde(default)]
+    pub new_destination: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +87,7 @@ pub struct PolicyPreview {
 /// holds, from the same inventory the pipeline asks.
 struct PreviewContext {
     fields: Option<Arc<crate::store::FieldInventory>>,
+    destinations: Option<Arc<crate::store::DestinationApprovals>>,
 }
 
 impl policy::transform::Context for PreviewContext {
@@ -101,6 +106,12 @@ impl policy::transform::Context for PreviewContext {
         self.fields
             .as_ref()
             .is_some_and(|f| f.is_approved(device, field))
+    }
+
+    fn destination_approved(&self, destination: &str) -> bool {
+        self.destinations
+            .as_ref()
+            .is_none_or(|d| d.is_approved(destination))
     }
 
     fn pseudonym(&self, destination: &str, _: &[u8]) -> Option<String> {
@@ -371,6 +382,7 @@ impl Operations {
             &names,
             &PreviewContext {
                 fields: self.store.as_ref().map(Store::fields),
+                destinations: self.store.as_ref().map(Store::destinations),
             },
         );
         let destinations = eval
@@ -378,6 +390,7 @@ impl Operations {
             .iter()
             .map(|out| PreviewOutput {
                 destination: out.destination.clone(),
+                new_destination: out.held,
                 payload: out
                     .payload
                     .as_ref()

@@ -186,6 +186,11 @@ pub enum Request {
         #[serde(default)]
         pending: bool,
     },
+    /// The configured destinations, and which `*` rules reach.
+    Destinations,
+    DestinationApprove {
+        name: String,
+    },
     /// Releases one held field, or every held field of the device.
     FieldsApprove {
         device: String,

@@ -10,7 +10,7 @@ use base64::Engine;
 use policy::aggregate::WindowSlot;
 use policy::FieldPath;
 
-use crate::store::FieldInventory;
+use crate::store::{DestinationApprovals, FieldInventory};
 use crate::windows::Windows;
 
 pub struct SendContext<'a> {
@@ -21,6 +21,7 @@ pub struct SendContext<'a> {
     pub limits: &'a RateLimits,
     pub windows: &'a Windows,
     pub fields: &'a FieldInventory,
+    pub destinations: &'a DestinationApprovals,
     pub now_ms: u64,
 }
 
@@ -62,6 +63,10 @@ impl policy::transform::Context for SendContext<'_> {
 
     fn field_approved(&self, device: &str, field: &FieldPath) -> bool {
         self.fields.is_approved(device, field)
+    }
+
+    fn destination_approved(&self, destination: &str) -> bool {
+        self.destinations.is_approved(destination)
     }
 
     fn allow_once_per(&self, key: &str, interval_ms: u64) -> bool {
@@ -116,12 +121,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let store = crate::store::Store::open(dir.path()).expect("store");
         let fields = store.fields();
+        let destinations = store.destinations();
         let ctx = SendContext {
             recipient: None,
             pseudonym_keys: &keys,
             limits: &limits,
             windows: &windows,
             fields: &fields,
+            destinations: &destinations,
             now_ms: 1000,
         };
         let p = |d: &str, v: &str| ctx.pseudonym(d, v.as_bytes()).expect("pseudonym");

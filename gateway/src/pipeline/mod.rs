@@ -28,7 +28,10 @@ use policy::{Message, Policy};
 use tokio::sync::Notify;
 
 use crate::config::{MAX_TOPIC_BYTES, UPLINK_MAX_PACKET_BYTES};
-use crate::store::{Durability, FieldInventory, HistoryStore, NewRecord, Outbox, StoreError};
+use crate::store::{
+    DestinationApprovals, Durability, FieldInventory, HistoryStore, NewRecord, Outbox, Store,
+    StoreError,
+};
 use crate::windows::Windows;
 
 #[derive(Debug, thiserror::Error)]
@@ -95,32 +98,34 @@ pub struct Pipeline {
     rate_limits: RateLimits,
     /// Every field each device sent, and which the user approved.
     fields: Arc<FieldInventory>,
+    /// The destinations rules for `*` reach.
+    approved_destinations: Arc<DestinationApprovals>,
     windows: Windows,
     pub last_seen: LastSeen,
 }
 
 impl Pipeline {
+    /// The pipeline over `store`'s history, durability and inventories.
     pub fn new(
         policy: ActivePolicy,
-        history: Arc<HistoryStore>,
+        store: &Store,
         lanes: Vec<Lane>,
-        durability: Arc<Durability>,
         default_keep: policy::retention::Keep,
         pseudonym_keys: std::collections::HashMap<String, ring::hmac::Key>,
-        fields: Arc<FieldInventory>,
     ) -> Self {
         let names = lanes.iter().map(|l| l.name.clone()).collect();
         Self {
             policy: ArcSwap::from_pointee(policy),
-            history,
+            history: store.history(),
             lanes,
             names,
-            durability,
+            durability: Arc::clone(&store.durability),
             default_keep,
             malformed: Default::default(),
             pseudonym_keys,
             rate_limits: RateLimits::default(),
-            fields,
+            fields: store.fields(),
+            approved_destinations: store.destinations(),
             windows: Windows::default(),
             last_seen: LastSeen::default(),
         }
@@ -204,6 +209,7 @@ impl Pipeline {
                 limits: &self.rate_limits,
                 windows: &self.windows,
                 fields: &self.fields,
+                destinations: &self.approved_destinations,
                 now_ms: now,
             },
         );

@@ -9,6 +9,7 @@
 //! every writer that arrived before it started (group commit), so the cost of
 //! an fsync is shared by all messages in flight.
 
+mod destinations;
 mod durability;
 mod fields;
 mod history;
@@ -29,6 +30,7 @@ pub use pads::Pad;
 
 const USER_KEYS: &[u8] = b"user";
 
+pub use destinations::DestinationApprovals;
 pub use durability::Durability;
 pub use fields::{ApproveOutcome, FieldInfo, FieldInventory, MAX_FIELDS_PER_DEVICE};
 pub use history::{
@@ -75,6 +77,7 @@ pub struct Store {
     history: Arc<HistoryStore>,
     /// One per store too: the pipeline and the operations share it.
     fields: Arc<FieldInventory>,
+    destinations: Arc<DestinationApprovals>,
     key_changes: Arc<std::sync::Mutex<()>>,
 }
 
@@ -137,11 +140,15 @@ impl Store {
             Arc::clone(&pads),
         )?);
         let fields = Arc::new(FieldInventory::open(db.open_tree("fields")?)?);
+        let destinations = Arc::new(DestinationApprovals::open(
+            db.open_tree("approved_destinations")?,
+        )?);
         let store = Self {
             db,
             durability,
             history,
             fields,
+            destinations,
             key_changes: Arc::default(),
         };
         let keys = store.load_keys()?;
@@ -305,6 +312,10 @@ impl Store {
 
     pub fn fields(&self) -> Arc<FieldInventory> {
         Arc::clone(&self.fields)
+    }
+
+    pub fn destinations(&self) -> Arc<DestinationApprovals> {
+        Arc::clone(&self.destinations)
     }
 
     pub fn history(&self) -> Arc<HistoryStore> {

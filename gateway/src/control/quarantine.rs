@@ -1,6 +1,8 @@
-//! `fields`: what each device sends, and the quarantine's approvals. A
-//! field a device never sent before is held from every wildcard rule until
-//! the user approves it here.
+//! The quarantine's approvals: `fields` (what each device sends; a field a
+//! device never sent before is held from every wildcard rule until the
+//! user approves it) and `destinations` (one added to the config after the
+//! first start gets nothing from `destination = "*"` rules until
+//! approved).
 
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +14,13 @@ pub struct FieldList {
     pub fields: Vec<FieldInfo>,
     /// Samples and counts come from the running gateway's memory only.
     pub running: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DestinationApproval {
+    pub name: String,
+    /// Rules for every destination (`*`) reach it.
+    pub approved: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -76,6 +85,39 @@ impl Operations {
         Ok(FieldsApproved {
             device: device.to_string(),
             approved,
+        })
+    }
+
+    /// The configured destinations and whether `*` rules reach them.
+    pub fn destinations_list(&self) -> Result<Vec<DestinationApproval>, OpError> {
+        let approvals = self.store.as_ref().map(|s| s.destinations());
+        Ok(self
+            .config
+            .destination_names()
+            .into_iter()
+            .map(|name| DestinationApproval {
+                approved: approvals.as_ref().is_none_or(|a| a.is_approved(&name)),
+                name,
+            })
+            .collect())
+    }
+
+    /// Lets rules for every destination reach `name`, from the next
+    /// message on.
+    pub async fn destination_approve(&self, name: &str) -> Result<DestinationApproval, OpError> {
+        if !self.config.destination_names().iter().any(|n| n == name) {
+            return Err(OpError::input(format!(
+                "{name:?} is not a configured destination (configured: {})",
+                self.config.destination_names().join(", ")
+            )));
+        }
+        if self.store()?.destinations().approve(name)? {
+            self.flush().await?;
+            tracing::info!(destination = %name, "destination approved for rules that name every destination");
+        }
+        Ok(DestinationApproval {
+            name: name.to_string(),
+            approved: true,
         })
     }
 
