@@ -139,6 +139,19 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .map(|d| Ok((d.name.clone(), store.pseudonym_key(&d.name)?)))
             .collect::<Result<_, crate::store::StoreError>>()?,
     ));
+    let ledger = store.ledger();
+    ledger.configure(
+        config
+            .destinations
+            .iter()
+            .filter(|d| d.ledger == crate::config::LedgerDetail::Detailed)
+            .map(|d| d.name.clone()),
+        config.ledger.record_egress,
+    );
+    let recovered = ledger.recover(crate::pipeline::now_ms())?;
+    if recovered > 0 {
+        tracing::info!(buckets = recovered, "ledger buckets left open by the last run were closed");
+    }
     for name in store.destinations().settle(&config.destination_names())? {
         tracing::warn!(destination = %name, "a new destination: rules for every destination (\"*\") do not reach it until you approve it (dataward destinations approve {name}); rules that name it apply");
     }
@@ -180,9 +193,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             ),
         )
     });
-    let windows_task = supervisor.spawn(
-        "aggregate windows",
-        Arc::clone(&pipeline).run_windows(shutdown_rx.clone()),
+    let tick_task = supervisor.spawn(
+        "tick (aggregate windows, ledger buckets)",
+        Arc::clone(&pipeline).run_tick(shutdown_rx.clone()),
     );
     let retention_task = supervisor.spawn(
         "retention",
@@ -190,6 +203,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             store.history(),
             Arc::clone(&pipeline),
             config.store.retention(),
+            (store.ledger(), config.ledger.retention_ms()),
             shutdown_rx.clone(),
         ),
     );
@@ -301,7 +315,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     http_task.join().await;
     retention_task.join().await;
-    windows_task.join().await;
+    tick_task.join().await;
     committer.join().await;
     store.flush().context("final flush of the store")?;
     drop(lock);

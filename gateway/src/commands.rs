@@ -11,6 +11,8 @@ use crate::devices::{Device, DeviceRegistry};
 use crate::pipeline::Pipeline;
 use crate::uplink::InboundCommand;
 
+use crate::ledger::EntryBody;
+
 /// Why a command was not relayed.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -82,27 +84,82 @@ pub async fn route(
     broker: Arc<Broker>,
 ) {
     let mut budget = CommandBudget::default();
+    let mut refusals = RefusalRecords::default();
     while let Some(cmd) = rx.recv().await {
+        let now = std::time::Instant::now();
         match check(&registry, &pipeline.policy().policy, &cmd) {
             Ok(receivers)
-                if !receivers.iter().all(|d| {
-                    budget.take(&d.id, cmd.payload.len().max(1), std::time::Instant::now())
-                }) =>
+                if !receivers
+                    .iter()
+                    .all(|d| budget.take(&d.id, cmd.payload.len().max(1), now)) =>
             {
                 tracing::warn!(destination = %cmd.destination, topic = ?crate::short(&cmd.topic), "command dropped: over the device's command rate ({} KiB/s)", BYTES_PER_SEC as u64 / 1024);
+                refusals.record(pipeline.ledger(), &cmd, "over the device's command rate", now);
             }
-            Ok(_) => match broker.publish(&cmd.topic, &cmd.payload, true).await {
+            Ok(receivers) => match broker.publish(&cmd.topic, &cmd.payload, true).await {
                 Ok(()) => {
-                    tracing::info!(destination = %cmd.destination, topic = ?crate::short(&cmd.topic), "command relayed to device")
+                    tracing::info!(destination = %cmd.destination, topic = ?crate::short(&cmd.topic), "command relayed to device");
+                    pipeline.ledger().note(EntryBody::CommandRelayed {
+                        destination: cmd.destination.clone(),
+                        topic: crate::short(&cmd.topic).to_string(),
+                        devices: receivers.iter().map(|d| d.id.clone()).collect(),
+                    });
                 }
                 Err(e) => {
-                    tracing::warn!(destination = %cmd.destination, topic = ?crate::short(&cmd.topic), error = %e, "command not delivered")
+                    tracing::warn!(destination = %cmd.destination, topic = ?crate::short(&cmd.topic), error = %e, "command not delivered");
+                    refusals.record(pipeline.ledger(), &cmd, "not delivered", now);
                 }
             },
             Err(reason) => {
-                tracing::warn!(destination = %cmd.destination, topic = ?crate::short(&cmd.topic), ?reason, "command dropped: no rule allows it")
+                tracing::warn!(destination = %cmd.destination, topic = ?crate::short(&cmd.topic), ?reason, "command dropped: no rule allows it");
+                refusals.record(pipeline.ledger(), &cmd, &format!("{reason:?}"), now);
             }
         }
+    }
+}
+
+/// Refused commands enter the ledger at most [`REFUSALS_PER_MINUTE`] a
+/// minute per destination, so a cloud sending junk cannot fill the disk;
+/// the next recorded refusal says how many were left out.
+const REFUSALS_PER_MINUTE: u32 = 60;
+
+#[derive(Default)]
+struct RefusalRecords {
+    by_destination: std::collections::HashMap<String, (std::time::Instant, u32, u64)>,
+}
+
+impl RefusalRecords {
+    fn record(
+        &mut self,
+        ledger: &crate::ledger::Ledger,
+        cmd: &InboundCommand,
+        why: &str,
+        now: std::time::Instant,
+    ) {
+        // One entry per destination name the config knows: bounded.
+        let slot = self
+            .by_destination
+            .entry(cmd.destination.clone())
+            .or_insert((now, 0, 0));
+        if now.duration_since(slot.0) >= std::time::Duration::from_secs(60) {
+            *slot = (now, 0, slot.2);
+        }
+        if slot.1 >= REFUSALS_PER_MINUTE {
+            slot.2 += 1;
+            return;
+        }
+        slot.1 += 1;
+        let left_out = std::mem::take(&mut slot.2);
+        let reason = if left_out > 0 {
+            format!("{why} ({left_out} more refused before this one were not recorded one by one)")
+        } else {
+            why.to_string()
+        };
+        ledger.note(EntryBody::CommandRefused {
+            destination: cmd.destination.clone(),
+            topic: crate::short(&cmd.topic).to_string(),
+            reason,
+        });
     }
 }
 

@@ -14,7 +14,10 @@
 //! - [`windows`]: the open windows of `aggregate`, sent when they end.
 //! - [`store`]: sled behind small interfaces: encrypted history and its
 //!   crypto-shredding, outboxes, group commit, the field inventory.
-//! - [`retention`]: the hourly sweep that deletes history past its retention.
+//! - [`ledger`]: the tamper-evident record of what left and of every act
+//!   of control.
+//! - [`retention`]: the hourly sweep that deletes history past its
+//!   retention, and prunes the ledger.
 //! - [`uplink`]: one MQTT client per destination, fed from its outbox.
 //! - [`commands`]: cloud → device commands, allowed only by a rule.
 //! - [`control`]: the operations layer: everything a user can ask for,
@@ -33,6 +36,7 @@ pub mod config;
 pub mod control;
 pub mod devices;
 pub mod keys;
+pub mod ledger;
 pub mod pipeline;
 pub mod retention;
 pub mod store;

@@ -2,7 +2,9 @@
 //! then every hour, every day of history older than its device's retention
 //! (the policy's `[[retain]]`, else the config's `history_retention`) is
 //! crypto-shredded, like a delete. The sweep itself takes the time as an
-//! argument, so a test drives it with any clock.
+//! argument, so a test drives it with any clock. The same task keeps the
+//! ledger: a checkpoint a day, and entries past `[ledger] retention`
+//! pruned at a checkpoint.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +39,7 @@ pub async fn run(
     history: Arc<HistoryStore>,
     pipeline: Arc<Pipeline>,
     default: Keep,
+    ledger: (Arc<crate::ledger::Ledger>, Option<u64>),
     mut stop: watch::Receiver<bool>,
 ) {
     // Deletes a crash interrupted are finished first.
@@ -71,6 +74,16 @@ pub async fn run(
             Err(e) => {
                 tracing::error!(error = %e, "the retention sweep failed; it runs again in an hour")
             }
+        }
+        // The ledger: a daily checkpoint, and entries past its retention.
+        let (l, keep) = (Arc::clone(&ledger.0), ledger.1);
+        match tokio::task::spawn_blocking(move || l.maintain(crate::pipeline::now_ms(), keep)).await {
+            Ok(Ok(pruned)) if pruned > 0 => {
+                tracing::info!(entries = pruned, "ledger entries past their retention pruned")
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "ledger maintenance failed"),
+            Err(e) => tracing::error!(error = %e, "ledger maintenance failed"),
         }
         tokio::select! {
             _ = tokio::time::sleep(EVERY) => {}

@@ -24,6 +24,7 @@ pub struct Closed {
     pub destination: String,
     pub payload: Vec<u8>,
     pub end_ms: u64,
+    pub window_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -120,6 +121,7 @@ impl Windows {
                     destination: group.destination,
                     payload,
                     end_ms,
+                    window_ms: group.window_ms,
                 });
             }
         }

@@ -59,6 +59,29 @@ pub struct DestinationConfig {
     pub max_inflight: u16,
     #[serde(default = "default_keepalive")]
     pub keep_alive_secs: u64,
+    /// Who receives the data: an organisation ("Acme Inc."), for the
+    /// sharing statement and the ledger's readers.
+    #[serde(default)]
+    pub recipient: Option<String>,
+    /// What the recipient uses it for, in the user's words.
+    #[serde(default)]
+    pub purpose: Option<String>,
+    /// Where the recipient is: a country code ("US", "DE").
+    #[serde(default)]
+    pub country: Option<String>,
+    /// `summary` (the default: counts per minute) or `detailed` (an entry
+    /// per message as well).
+    #[serde(default)]
+    pub ledger: LedgerDetail,
+}
+
+/// How much of a destination's egress the ledger records.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LedgerDetail {
+    #[default]
+    Summary,
+    Detailed,
 }
 
 /// Where a destination lives, parsed from its `mqtt://` / `mqtts://` URL.

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 mod destination;
 
-pub use destination::{DestinationConfig, Endpoint, Secret};
+pub use destination::{DestinationConfig, Endpoint, LedgerDetail, Secret};
 
 /// The largest packet an uplink sends to, or takes from, a destination.
 pub const UPLINK_MAX_PACKET_BYTES: usize = 1 << 20;
@@ -60,6 +60,8 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub store: StoreConfig,
+    #[serde(default)]
+    pub ledger: LedgerConfig,
     #[serde(default, rename = "destination")]
     pub destinations: Vec<DestinationConfig>,
     /// The file this was read from; none for the embedded defaults.
@@ -148,6 +150,47 @@ fn default_retention() -> String {
     "90d".into()
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerConfig {
+    /// How long ledger entries are kept: a duration ("365d") or
+    /// "forever". Pruning cuts at a daily checkpoint, so up to a day more
+    /// is kept.
+    #[serde(default = "default_ledger_retention")]
+    pub retention: String,
+    /// Record egress at all. Only to measure the ledger's cost: with it
+    /// off, nothing says what left.
+    #[serde(default = "yes")]
+    pub record_egress: bool,
+}
+
+impl LedgerConfig {
+    /// Milliseconds to keep, or none for ever.
+    pub fn retention_ms(&self) -> Option<u64> {
+        match policy::retention::Keep::parse(&self.retention) {
+            Some(policy::retention::Keep::For(ms)) => Some(ms),
+            _ => None,
+        }
+    }
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        Self {
+            retention: default_ledger_retention(),
+            record_egress: true,
+        }
+    }
+}
+
+fn default_ledger_retention() -> String {
+    "365d".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
 fn default_data_dir() -> PathBuf {
     PathBuf::from("./dataward-data")
 }
@@ -233,6 +276,7 @@ impl Default for Config {
             mqtt: MqttConfig::default(),
             http: HttpConfig::default(),
             store: StoreConfig::default(),
+            ledger: LedgerConfig::default(),
             destinations: Vec::new(),
             source: None,
         }
@@ -341,6 +385,39 @@ impl Config {
                     self.store.history_retention
                 ),
             ));
+        }
+        if !matches!(
+            policy::retention::Keep::parse(&self.ledger.retention),
+            Some(policy::retention::Keep::For(_) | policy::retention::Keep::Forever)
+        ) {
+            let (line, column) = at("retention");
+            return Err((
+                line,
+                column,
+                format!(
+                    "[ledger] retention {:?} is not \"forever\" or a duration such as \"365d\"",
+                    self.ledger.retention
+                ),
+            ));
+        }
+        for d in &self.destinations {
+            for (key, v) in [
+                ("recipient", &d.recipient),
+                ("purpose", &d.purpose),
+                ("country", &d.country),
+            ] {
+                if v.as_deref().is_some_and(|t| has_control_chars(t) || t.len() > 200) {
+                    let (line, column) = at(key);
+                    return Err((
+                        line,
+                        column,
+                        format!(
+                            "destination {:?}: {key} may hold at most 200 bytes and no control characters",
+                            d.name
+                        ),
+                    ));
+                }
+            }
         }
         if self.mqtt.max_packet_bytes as usize > UPLINK_MAX_PACKET_BYTES {
             let (line, column) = at("max_packet_bytes");

@@ -75,6 +75,11 @@ impl Operations {
                 .map_err(|e| OpError::runtime(format!("device add task failed: {e}")))??;
         self.flush().await?;
         tracing::info!(device = %device.id, "device added");
+        self.record(crate::ledger::EntryBody::DeviceAdded {
+            device: device.id.clone(),
+            name: device.name.clone(),
+        })
+        .await;
         Ok(AddedDevice {
             device: DeviceInfo::from(&device),
             password: password.as_str().to_string(),
@@ -119,6 +124,10 @@ impl Operations {
             None => (0, 0),
         };
         self.flush().await?;
+        self.record(crate::ledger::EntryBody::DeviceRemoved {
+            device: id.to_string(),
+        })
+        .await;
         tracing::info!(device = %id, sessions_closed, retained_dropped, "device removed");
         Ok(RemovedDevice {
             id: id.to_string(),

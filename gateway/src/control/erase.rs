@@ -140,6 +140,15 @@ impl Operations {
         );
         let mut report = DeleteReport::of(Some(device), report, outbox_entries, retained);
         report.fields_forgotten = fields;
+        self.record(crate::ledger::EntryBody::Deleted {
+            by: super::actor(),
+            device: Some(device.to_string()),
+            since_ms,
+            until_ms,
+            records: report.history.records,
+            factory: false,
+        })
+        .await;
         Ok(report)
     }
 
@@ -209,6 +218,15 @@ impl Operations {
             store.destinations().forget_all()?;
         }
         self.flush().await?;
+        self.record(crate::ledger::EntryBody::Deleted {
+            by: super::actor(),
+            device: None,
+            since_ms: None,
+            until_ms: None,
+            records: wiped.history.records,
+            factory,
+        })
+        .await;
         tracing::warn!(
             factory,
             records = wiped.history.records,

@@ -74,8 +74,35 @@ impl Unreadable {
 }
 
 impl Operations {
-    /// Writes the history to `out`. Blocking: run it off the async runtime.
+    /// Writes the history to `out`, and records in the ledger who exported
+    /// what. Blocking: run it off the async runtime.
     pub fn export(
+        &self,
+        req: &ExportRequest,
+        out: &mut dyn Write,
+    ) -> Result<ExportSummary, OpError> {
+        let summary = self.export_to(req, out)?;
+        if let Ok(store) = self.store() {
+            store.ledger().note(crate::ledger::EntryBody::Export {
+                by: super::actor(),
+                device: req.device.clone(),
+                since_ms: req.since_ms,
+                until_ms: req.until_ms,
+                format: match req.format {
+                    ExportFormat::Ndjson => "ndjson".into(),
+                    ExportFormat::Csv => "csv".into(),
+                },
+                records: summary.records,
+                encrypted: req.encrypt_to.is_some(),
+            });
+            if let Err(e) = store.flush() {
+                tracing::error!(error = %e, "the export's ledger event could not be flushed");
+            }
+        }
+        Ok(summary)
+    }
+
+    fn export_to(
         &self,
         req: &ExportRequest,
         out: &mut dyn Write,

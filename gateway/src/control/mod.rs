@@ -301,3 +301,31 @@ impl Operations {
 pub(crate) fn now_ms() -> u64 {
     crate::pipeline::now_ms()
 }
+
+tokio::task_local! {
+    /// Who a request came from, as the ledger records it.
+    pub(crate) static ACTOR: String;
+}
+
+/// Who is asking: the control socket's peer, or this command line.
+pub(crate) fn actor() -> String {
+    ACTOR.try_with(Clone::clone).unwrap_or_else(|_| {
+        // SAFETY: geteuid has no failure mode and touches no memory.
+        let uid = unsafe { libc::geteuid() };
+        format!("command line, uid {uid}")
+    })
+}
+
+impl Operations {
+    /// Records an act of control that already happened, and makes it
+    /// durable; a failure is logged (the act stands).
+    pub(crate) async fn record(&self, body: crate::ledger::EntryBody) {
+        let Ok(store) = self.store() else {
+            return;
+        };
+        store.ledger().note(body);
+        if let Err(e) = self.flush().await {
+            tracing::error!(error = %e.message, "a ledger event could not be flushed");
+        }
+    }
+}

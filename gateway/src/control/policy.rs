@@ -175,7 +175,11 @@ pub fn policy_at_start(config: &Config, store: &Store) -> Result<ActivePolicy, O
         let last_read = versions.latest_from_file(&key)?;
         if last_read.as_ref().map(|v| v.text.as_str()) != Some(text.as_str()) {
             validate(config, &text, &key)?;
-            let v = versions.append(PolicySource::ConfigFile { path: key }, &text, now_ms())?;
+            let v = versions.append(PolicySource::ConfigFile { path: key.clone() }, &text, now_ms())?;
+            store.ledger().note(crate::ledger::EntryBody::PolicyApplied {
+                version: v.version,
+                source: format!("policy file {key}"),
+            });
             store.flush()?;
             tracing::info!(version = v.version, file = %path.display(), "policy file stored as a new version");
         }
@@ -280,6 +284,11 @@ impl Operations {
             });
         }
         tracing::info!(version = stored.version, source = %stored.source, "policy applied");
+        self.record(crate::ledger::EntryBody::PolicyApplied {
+            version: stored.version,
+            source: stored.source.to_string(),
+        })
+        .await;
         Ok(AppliedPolicy {
             version: stored.version,
             changed: true,

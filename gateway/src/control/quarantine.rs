@@ -81,6 +81,11 @@ impl Operations {
         self.flush().await?;
         if !approved.is_empty() {
             tracing::info!(device = %device, fields = approved.len(), "fields approved");
+            self.record(crate::ledger::EntryBody::FieldsApproved {
+                device: device.to_string(),
+                fields: approved.clone(),
+            })
+            .await;
         }
         Ok(FieldsApproved {
             device: device.to_string(),
@@ -114,6 +119,10 @@ impl Operations {
         if self.store()?.destinations().approve(name)? {
             self.flush().await?;
             tracing::info!(destination = %name, "destination approved for rules that name every destination");
+            self.record(crate::ledger::EntryBody::DestinationApproved {
+                destination: name.to_string(),
+            })
+            .await;
         }
         Ok(DestinationApproval {
             name: name.to_string(),

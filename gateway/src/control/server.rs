@@ -123,8 +123,8 @@ async fn send_error(stream: &mut UnixStream, e: &OpError) -> std::io::Result<()>
 }
 
 async fn serve(stream: &mut UnixStream, ops: Arc<Operations>) {
-    match stream.peer_cred() {
-        Ok(cred) if peer_allowed(cred.uid()) => {}
+    let uid = match stream.peer_cred() {
+        Ok(cred) if peer_allowed(cred.uid()) => cred.uid(),
         Ok(cred) => {
             tracing::warn!(uid = cred.uid(), pid = ?cred.pid(), "control connection refused: not the gateway's user or root");
             let e = OpError::runtime(format!(
@@ -138,7 +138,14 @@ async fn serve(stream: &mut UnixStream, ops: Arc<Operations>) {
             tracing::warn!(error = %e, "control connection refused: cannot read the peer's credentials");
             return;
         }
-    }
+    };
+    // Who asked, for the ledger's record of exports and deletes.
+    super::ACTOR
+        .scope(format!("control socket, uid {uid}"), serve_request(stream, ops))
+        .await
+}
+
+async fn serve_request(stream: &mut UnixStream, ops: Arc<Operations>) {
     let request = match tokio::time::timeout(
         REQUEST_DEADLINE,
         protocol::read_frame(stream, protocol::MAX_REQUEST_BYTES),
@@ -251,12 +258,13 @@ async fn stream_export(
         return send_error(stream, &OpError::runtime("not a streamed request")).await;
     };
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
+    let by = super::actor();
     let worker = tokio::task::spawn_blocking(move || {
         let mut sink = ChunkSender {
             tx,
             buf: Vec::with_capacity(protocol::CHUNK_BYTES),
         };
-        ops.export(&export, &mut sink)
+        super::ACTOR.sync_scope(by, || ops.export(&export, &mut sink))
     });
     let mut client_gone = None;
     while let Some(chunk) = rx.recv().await {

@@ -32,6 +32,7 @@ use crate::store::{
     DestinationApprovals, Durability, FieldInventory, HistoryStore, NewRecord, Outbox, Store,
     StoreError,
 };
+use crate::ledger::{EntryBody, Ledger, SentField};
 use crate::windows::Windows;
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +101,7 @@ pub struct Pipeline {
     fields: Arc<FieldInventory>,
     /// The destinations rules for `*` reach.
     approved_destinations: Arc<DestinationApprovals>,
+    ledger: Arc<Ledger>,
     windows: Windows,
     pub last_seen: LastSeen,
 }
@@ -126,6 +128,7 @@ impl Pipeline {
             rate_limits: RateLimits::default(),
             fields: store.fields(),
             approved_destinations: store.destinations(),
+            ledger: store.ledger(),
             windows: Windows::default(),
             last_seen: LastSeen::default(),
         }
@@ -176,6 +179,11 @@ impl Pipeline {
             }
         }
         Ok(())
+    }
+
+    /// The ledger this pipeline records egress in.
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
     }
 
     /// The destinations, in the order evaluation outputs come in.
@@ -231,7 +239,6 @@ impl Pipeline {
         let stored = active
             .policy
             .history_payload(device, payload, self.default_keep);
-        drop(active);
         if let Some(stored) = stored {
             self.history
                 .append(&NewRecord {
@@ -249,6 +256,24 @@ impl Pipeline {
                 lane.outbox
                     .push(device, topic, p, now)
                     .inspect_err(|_| self.durability.check_now())?;
+                // What left, by which rule: field names only, never values.
+                let sent: Vec<SentField<'_>> = eval
+                    .fields
+                    .iter()
+                    .zip(&out.decisions)
+                    .filter(|(_, d)| d.is_shared() && d.action != policy::Action::Aggregate)
+                    .map(|(f, d)| SentField {
+                        field: f.generic(),
+                        rule: d
+                            .rule
+                            .and_then(|id| active.policy.rule(id))
+                            .map_or("", |r| r.id.as_str()),
+                        action: d.action.as_str(),
+                    })
+                    .collect();
+                self.ledger
+                    .egress(&lane.name, device, active.version, topic, now, p, &sent)
+                    .inspect_err(|_| self.durability.check_now())?;
                 // Sent while the flush runs, not after it: the cloud may see
                 // a message before it is durable here. A crash in between
                 // means no PUBACK, so the device sends again: a duplicate at
@@ -256,6 +281,7 @@ impl Pipeline {
                 lane.wake.notify_one();
             }
         }
+        drop(active);
         if durable {
             self.durability.sync().await?;
         }
@@ -276,6 +302,14 @@ impl Pipeline {
             lane.outbox
                 .push(&c.device, &c.topic, &c.payload, now_ms)
                 .inspect_err(|_| self.durability.check_now())?;
+            self.ledger.note(EntryBody::Aggregate {
+                destination: c.destination.clone(),
+                device: c.device.clone(),
+                bytes: c.payload.len() as u64,
+                digest: crate::ledger::entry::hex(&crate::ledger::entry::sha256(&c.payload)),
+                window_start_ms: c.end_ms.saturating_sub(c.window_ms),
+                window_end_ms: c.end_ms,
+            });
             lane.wake.notify_one();
             sent += 1;
         }
@@ -292,17 +326,36 @@ impl Pipeline {
         self.last_seen.forget(device);
     }
 
-    /// Sends closed windows once a second until shutdown.
-    pub async fn run_windows(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    /// Once a second until shutdown: sends the `aggregate` windows that
+    /// ended, and closes the ledger's buckets whose minute is over. At
+    /// shutdown, the open buckets are closed too (what left is recorded
+    /// before the gateway stops).
+    pub async fn run_tick(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.changed() => return,
-            }
-            if let Err(e) = self.send_closed_windows(now_ms()).await {
+            let stopping = tokio::select! {
+                _ = tick.tick() => false,
+                _ = shutdown.changed() => true,
+            };
+            let now = now_ms();
+            if let Err(e) = self.send_closed_windows(now).await {
                 tracing::warn!(error = %crate::control::with_causes(&e), "aggregate windows could not be queued");
+            }
+            let until = if stopping { u64::MAX } else { now };
+            match self.ledger.close_due(until) {
+                Ok(0) => {}
+                Ok(_) => {
+                    if let Err(e) = self.durability.sync().await {
+                        tracing::warn!(error = %crate::control::with_causes(&e), "ledger entries not flushed");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %crate::control::with_causes(&e), "ledger buckets could not be closed")
+                }
+            }
+            if stopping {
+                return;
             }
         }
     }

@@ -78,6 +78,7 @@ pub struct Store {
     /// One per store too: the pipeline and the operations share it.
     fields: Arc<FieldInventory>,
     destinations: Arc<DestinationApprovals>,
+    ledger: Arc<crate::ledger::Ledger>,
     key_changes: Arc<std::sync::Mutex<()>>,
 }
 
@@ -143,12 +144,14 @@ impl Store {
         let destinations = Arc::new(DestinationApprovals::open(
             db.open_tree("approved_destinations")?,
         )?);
+        let ledger = Arc::new(crate::ledger::Ledger::open(&db, durability.dirty())?);
         let store = Self {
             db,
             durability,
             history,
             fields,
             destinations,
+            ledger,
             key_changes: Arc::default(),
         };
         let keys = store.load_keys()?;
@@ -314,6 +317,10 @@ impl Store {
         Arc::clone(&self.fields)
     }
 
+    pub fn ledger(&self) -> Arc<crate::ledger::Ledger> {
+        Arc::clone(&self.ledger)
+    }
+
     pub fn destinations(&self) -> Arc<DestinationApprovals> {
         Arc::clone(&self.destinations)
     }
@@ -323,7 +330,13 @@ impl Store {
     }
 
     pub fn outbox(&self, destination: &str, max_entries: u64) -> Result<Outbox, StoreError> {
-        Outbox::open(&self.db, destination, max_entries, self.durability.dirty())
+        Outbox::open(
+            &self.db,
+            destination,
+            max_entries,
+            self.durability.dirty(),
+            self.ledger(),
+        )
     }
 
     pub fn policy_versions(&self) -> Result<PolicyVersions, StoreError> {

@@ -40,6 +40,9 @@ pub struct Outbox {
     dead: sled::Tree,
     dead_count: AtomicU64,
     dirty: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    destination: String,
+    /// Entries that will never leave are recorded there.
+    ledger: std::sync::Arc<crate::ledger::Ledger>,
 }
 
 impl Outbox {
@@ -48,6 +51,7 @@ impl Outbox {
         destination: &str,
         max_entries: u64,
         dirty: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        ledger: std::sync::Arc<crate::ledger::Ledger>,
     ) -> Result<Self, StoreError> {
         let tree = db.open_tree(format!("outbox/{destination}"))?;
         upgrade_format(db, &tree, destination)?;
@@ -71,6 +75,8 @@ impl Outbox {
             oldest_bound: AtomicU64::new(oldest),
             count: AtomicU64::new(count),
             max_entries: max_entries.max(1),
+            destination: destination.to_string(),
+            ledger,
         })
     }
 
@@ -126,6 +132,11 @@ impl Outbox {
                 quota = self.max_entries,
                 "outbox over quota: oldest entries dropped"
             );
+            self.ledger.note(crate::ledger::EntryBody::OutboxDropped {
+                destination: self.destination.clone(),
+                entries: dropped,
+                reason: format!("over the outbox quota of {} entries", self.max_entries),
+            });
         }
         Ok(())
     }
@@ -234,6 +245,14 @@ impl Outbox {
             self.count.fetch_sub(1, Ordering::AcqRel);
             self.dead_count.fetch_add(1, Ordering::AcqRel);
             self.dirty.store(true, Ordering::Release);
+            self.ledger.note(crate::ledger::EntryBody::OutboxDropped {
+                destination: self.destination.clone(),
+                entries: 1,
+                reason: format!(
+                    "set aside as a dead letter: {}",
+                    String::from_utf8_lossy(reason)
+                ),
+            });
         }
         Ok(moved)
     }

@@ -466,6 +466,10 @@ mod tests {
             command_prefix: None,
             max_inflight: 8,
             keep_alive_secs: 30,
+            recipient: None,
+            purpose: None,
+            country: None,
+            ledger: Default::default(),
         };
         assert!(tls_config(&cfg).is_err());
     }

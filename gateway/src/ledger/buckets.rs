@@ -1,0 +1,199 @@
+//! Egress buckets: what one destination received of one device in one
+//! minute under one policy version. A bucket is open while its minute
+//! runs; every message updates it in memory and in the `ledger_open` tree
+//! (with the message's own group commit, so a crash loses no count), and
+//! the tick closes it into the chain once the minute is over.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use super::entry::{chain_digest, hex, EntryBody, FieldEgress};
+use crate::store::StoreError;
+
+pub const BUCKET_MS: u64 = 60_000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    destination: String,
+    device: String,
+    policy_version: u64,
+    minute_ms: u64,
+}
+
+impl Key {
+    fn bytes(&self) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.destination.len() + self.device.len() + 18);
+        k.extend_from_slice(&self.minute_ms.to_be_bytes());
+        k.extend_from_slice(self.destination.as_bytes());
+        k.push(0);
+        k.extend_from_slice(self.device.as_bytes());
+        k.push(0);
+        k.extend_from_slice(&self.policy_version.to_be_bytes());
+        k
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Open {
+    destination: String,
+    device: String,
+    policy_version: u64,
+    minute_ms: u64,
+    first_ms: u64,
+    last_ms: u64,
+    messages: u64,
+    bytes: u64,
+    digest: [u8; 32],
+    /// field → (rule, action, count)
+    fields: BTreeMap<String, (String, String, u64)>,
+}
+
+impl Open {
+    fn close(self) -> EntryBody {
+        EntryBody::Egress {
+            destination: self.destination,
+            device: self.device,
+            policy_version: self.policy_version,
+            minute_ms: self.minute_ms,
+            first_ms: self.first_ms,
+            last_ms: self.last_ms,
+            messages: self.messages,
+            bytes: self.bytes,
+            digest: hex(&self.digest),
+            fields: self
+                .fields
+                .into_iter()
+                .map(|(field, (rule, action, count))| FieldEgress {
+                    field,
+                    rule,
+                    action,
+                    count,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One shared field of a message, as the ledger notes it.
+pub struct SentField<'a> {
+    pub field: String,
+    pub rule: &'a str,
+    pub action: &'a str,
+}
+
+pub struct Buckets {
+    tree: sled::Tree,
+    open: Mutex<HashMap<Key, Open>>,
+    dirty: Arc<AtomicBool>,
+}
+
+impl Buckets {
+    pub fn open(db: &sled::Db, dirty: Arc<AtomicBool>) -> Result<Self, StoreError> {
+        Ok(Self {
+            tree: db.open_tree("ledger_open")?,
+            open: Mutex::new(HashMap::new()),
+            dirty,
+        })
+    }
+
+    /// Adds one message as queued for `destination`.
+    pub fn record(
+        &self,
+        destination: &str,
+        device: &str,
+        policy_version: u64,
+        now_ms: u64,
+        payload: &[u8],
+        fields: &[SentField<'_>],
+    ) -> Result<(), StoreError> {
+        let key = Key {
+            destination: destination.to_string(),
+            device: device.to_string(),
+            policy_version,
+            minute_ms: now_ms - now_ms % BUCKET_MS,
+        };
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let bucket = open.entry(key.clone()).or_insert_with(|| Open {
+            destination: key.destination.clone(),
+            device: key.device.clone(),
+            policy_version,
+            minute_ms: key.minute_ms,
+            first_ms: now_ms,
+            last_ms: now_ms,
+            messages: 0,
+            bytes: 0,
+            digest: [0; 32],
+            fields: BTreeMap::new(),
+        });
+        bucket.last_ms = now_ms;
+        bucket.messages += 1;
+        bucket.bytes += payload.len() as u64;
+        bucket.digest = chain_digest(&bucket.digest, payload);
+        let mut seen: Vec<&str> = Vec::with_capacity(fields.len());
+        for f in fields {
+            // Array elements share one name: counted once per message.
+            if seen.contains(&f.field.as_str()) {
+                continue;
+            }
+            seen.push(&f.field);
+            let e = bucket
+                .fields
+                .entry(f.field.clone())
+                .or_insert_with(|| (f.rule.to_string(), f.action.to_string(), 0));
+            e.2 += 1;
+        }
+        let state = serde_json::to_vec(bucket)
+            .map_err(|e| StoreError::Corrupt(format!("a ledger bucket: {e}")))?;
+        self.tree.insert(key.bytes(), state)?;
+        self.dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Takes the buckets whose minute ended by `now_ms` (all of them with
+    /// `u64::MAX`), oldest first, leaving them in `ledger_open` until
+    /// [`Buckets::forget_closed`]: they leave it once in the chain.
+    pub fn take_due(&self, now_ms: u64) -> Vec<(Vec<u8>, EntryBody)> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let due: Vec<Key> = open
+            .keys()
+            .filter(|k| k.minute_ms.saturating_add(BUCKET_MS) <= now_ms)
+            .cloned()
+            .collect();
+        let mut out: Vec<(u64, Vec<u8>, EntryBody)> = due
+            .into_iter()
+            .filter_map(|k| open.remove(&k).map(|b| (k.minute_ms, k.bytes(), b.close())))
+            .collect();
+        out.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        out.into_iter().map(|(_, k, b)| (k, b)).collect()
+    }
+
+    /// Buckets a crash left open (in `ledger_open`, not in memory): read
+    /// back at start, to be closed into the chain.
+    pub fn recover(&self) -> Result<Vec<(Vec<u8>, EntryBody)>, StoreError> {
+        let mut out = Vec::new();
+        for kv in self.tree.iter() {
+            let (k, v) = kv?;
+            match serde_json::from_slice::<Open>(&v) {
+                Ok(b) => out.push((k.to_vec(), b.close())),
+                Err(e) => {
+                    tracing::error!(error = %e, "an open ledger bucket is unreadable: dropped");
+                    self.tree.remove(k)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn forget_closed(&self, key: &[u8]) -> Result<(), StoreError> {
+        self.tree.remove(key)?;
+        Ok(())
+    }
+
+    /// Buckets open now.
+    pub fn open_count(&self) -> usize {
+        self.open.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}

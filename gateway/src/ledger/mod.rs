@@ -1,0 +1,231 @@
+//! The egress ledger: a tamper-evident record of what left the home, to
+//! whom, under which rule and policy version, and of every act of control
+//! (policy applied, devices added and removed, fields approved, exports,
+//! deletes, dropped outbox entries, commands relayed and refused).
+//!
+//! - [`entry`]: what an entry says.
+//! - [`chain`]: the append-only hash chain, its head anchor, checkpoints,
+//!   verification and pruning.
+//! - [`buckets`]: egress counted per minute × destination × device ×
+//!   policy version, closed into the chain when the minute ends.
+//! - [`summary`]: counts per day × destination × device × field, kept as
+//!   buckets close.
+//!
+//! Values never enter the ledger: only field names, counts, sizes and
+//! digests of what was sent.
+
+pub mod buckets;
+pub mod chain;
+pub mod entry;
+pub mod summary;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+pub use buckets::{SentField, BUCKET_MS};
+pub use chain::Verdict;
+pub use entry::{Entry, EntryBody, FieldEgress};
+pub use summary::{SummaryRow, DAY_MS};
+
+use crate::store::StoreError;
+
+/// A checkpoint is appended when the last one is older than this.
+const CHECKPOINT_EVERY_MS: u64 = DAY_MS;
+
+pub struct Ledger {
+    chain: chain::Chain,
+    buckets: buckets::Buckets,
+    summary: summary::Summary,
+    /// Destinations whose every message gets an entry of its own.
+    detailed: RwLock<HashSet<String>>,
+    /// Off only to measure the ledger's cost (`[ledger] record_egress`).
+    record_egress: AtomicBool,
+}
+
+impl Ledger {
+    pub(crate) fn open(db: &sled::Db, dirty: Arc<AtomicBool>) -> Result<Self, StoreError> {
+        Ok(Self {
+            chain: chain::Chain::open(db, Arc::clone(&dirty))?,
+            buckets: buckets::Buckets::open(db, Arc::clone(&dirty))?,
+            summary: summary::Summary::open(db, dirty)?,
+            detailed: RwLock::default(),
+            record_egress: AtomicBool::new(true),
+        })
+    }
+
+    /// The running gateway's settings: which destinations are detailed,
+    /// and whether egress is recorded at all.
+    pub fn configure(&self, detailed: impl IntoIterator<Item = String>, record_egress: bool) {
+        *self.detailed.write().unwrap_or_else(|e| e.into_inner()) = detailed.into_iter().collect();
+        self.record_egress.store(record_egress, Ordering::Relaxed);
+    }
+
+    /// Records an act of control now.
+    pub fn event(&self, body: EntryBody) -> Result<u64, StoreError> {
+        self.chain.append(body, crate::pipeline::now_ms())
+    }
+
+    /// [`Ledger::event`], for callers whose act already happened: a
+    /// failure to record it is logged, not returned.
+    pub fn note(&self, body: EntryBody) {
+        let kind = body.kind();
+        if let Err(e) = self.event(body) {
+            tracing::error!(kind, error = %crate::control::with_causes(&e), "could not record a ledger event");
+        }
+    }
+
+    /// One message queued for `destination`, with the fields it carries.
+    pub fn egress(
+        &self,
+        destination: &str,
+        device: &str,
+        policy_version: u64,
+        topic: &str,
+        now_ms: u64,
+        payload: &[u8],
+        fields: &[SentField<'_>],
+    ) -> Result<(), StoreError> {
+        if !self.record_egress.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        self.buckets
+            .record(destination, device, policy_version, now_ms, payload, fields)?;
+        let detailed = self
+            .detailed
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(destination);
+        if detailed {
+            self.chain.append(
+                EntryBody::Message {
+                    destination: destination.to_string(),
+                    device: device.to_string(),
+                    policy_version,
+                    topic: topic.to_string(),
+                    bytes: payload.len() as u64,
+                    digest: entry::hex(&entry::sha256(payload)),
+                    fields: fields
+                        .iter()
+                        .map(|f| FieldEgress {
+                            field: f.field.clone(),
+                            rule: f.rule.to_string(),
+                            action: f.action.to_string(),
+                            count: 1,
+                        })
+                        .collect(),
+                },
+                now_ms,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Closes the buckets whose minute ended into the chain and the
+    /// summary; returns how many.
+    pub fn close_due(&self, now_ms: u64) -> Result<usize, StoreError> {
+        let due = self.buckets.take_due(now_ms);
+        let n = due.len();
+        for (key, body) in due {
+            self.summary.count(&body)?;
+            self.chain.append(body, now_ms)?;
+            self.buckets.forget_closed(&key)?;
+        }
+        Ok(n)
+    }
+
+    /// At start: closes the buckets a crash or a stop left open, unless a
+    /// crash came after one was already in the chain.
+    pub fn recover(&self, now_ms: u64) -> Result<usize, StoreError> {
+        let open = self.buckets.recover()?;
+        let Some(earliest) = open.iter().filter_map(|(_, b)| bucket_minute(b)).min() else {
+            return Ok(0);
+        };
+        let already: Vec<Entry> = self.chain.since(earliest)?;
+        let mut n = 0;
+        for (key, body) in open {
+            let in_chain = already.iter().any(|e| same_bucket(&e.body, &body));
+            if !in_chain {
+                self.summary.count(&body)?;
+                self.chain.append(body, now_ms)?;
+                n += 1;
+            }
+            self.buckets.forget_closed(&key)?;
+        }
+        Ok(n)
+    }
+
+    /// Hourly: a checkpoint once a day, and entries older than
+    /// `retention_ms` pruned at a checkpoint.
+    pub fn maintain(&self, now_ms: u64, retention_ms: Option<u64>) -> Result<u64, StoreError> {
+        let last = self.chain.last_checkpoint_ms()?;
+        if last.is_none_or(|t| now_ms.saturating_sub(t) >= CHECKPOINT_EVERY_MS) {
+            let entries = self.chain.len();
+            self.chain.append(EntryBody::Checkpoint { entries }, now_ms)?;
+        }
+        let Some(keep) = retention_ms else {
+            return Ok(0);
+        };
+        let cut = now_ms.saturating_sub(keep);
+        let removed = self.chain.prune(cut)?;
+        self.summary.prune(cut / DAY_MS)?;
+        Ok(removed)
+    }
+
+    pub fn verify(&self) -> Result<Verdict, StoreError> {
+        self.chain.verify()
+    }
+
+    pub fn since(&self, since_ms: u64) -> Result<Vec<Entry>, StoreError> {
+        self.chain.since(since_ms)
+    }
+
+    pub fn summary_since(&self, since_ms: u64) -> Result<Vec<SummaryRow>, StoreError> {
+        self.summary.since(since_ms / DAY_MS)
+    }
+
+    pub fn entries(&self) -> u64 {
+        self.chain.len()
+    }
+
+    pub fn stored_bytes(&self) -> u64 {
+        self.chain.stored_bytes()
+    }
+
+    #[cfg(test)]
+    pub(crate) fn raw_entries(&self) -> &sled::Tree {
+        self.chain.raw()
+    }
+}
+
+fn bucket_minute(body: &EntryBody) -> Option<u64> {
+    match body {
+        EntryBody::Egress { minute_ms, .. } => Some(*minute_ms),
+        _ => None,
+    }
+}
+
+fn same_bucket(a: &EntryBody, b: &EntryBody) -> bool {
+    match (a, b) {
+        (
+            EntryBody::Egress {
+                destination: d1,
+                device: v1,
+                policy_version: p1,
+                minute_ms: m1,
+                ..
+            },
+            EntryBody::Egress {
+                destination: d2,
+                device: v2,
+                policy_version: p2,
+                minute_ms: m2,
+                ..
+            },
+        ) => d1 == d2 && v1 == v2 && p1 == p2 && m1 == m2,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests;
