@@ -150,7 +150,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     );
     let recovered = ledger.recover(crate::pipeline::now_ms())?;
     if recovered > 0 {
-        tracing::info!(buckets = recovered, "ledger buckets left open by the last run were closed");
+        tracing::info!(
+            buckets = recovered,
+            "ledger buckets left open by the last run were closed"
+        );
     }
     for name in store.destinations().settle(&config.destination_names())? {
         tracing::warn!(destination = %name, "a new destination: rules for every destination (\"*\") do not reach it until you approve it (dataward destinations approve {name}); rules that name it apply");

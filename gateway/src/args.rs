@@ -82,6 +82,27 @@ pub enum Command {
         #[command(subcommand)]
         action: Option<DestinationsCommand>,
     },
+    /// What left the home, to whom, under which rule; and every act of control
+    Ledger {
+        #[command(flatten)]
+        common: Common,
+        /// From this time: RFC 3339 UTC, a date, or a duration ago (7d)
+        #[arg(long)]
+        since: Option<String>,
+        /// Only entries about this destination
+        #[arg(long)]
+        destination: Option<String>,
+        /// Only entries about this device
+        #[arg(long)]
+        device: Option<String>,
+        #[command(subcommand)]
+        action: Option<LedgerCommand>,
+    },
+    /// The policy in force, in plain words: per device and destination, what leaves and in which form
+    Statement {
+        #[command(flatten)]
+        common: Common,
+    },
     /// Set up your keys: a passphrase, your key pair and a one-time recovery key.
     /// Until then, no history is kept
     Init {
@@ -228,6 +249,26 @@ pub enum DeviceCommand {
         #[command(flatten)]
         common: Common,
         id: String,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum LedgerCommand {
+    /// Check the hash chain: "intact", or the first broken entry
+    Verify,
+    /// Counts per day, destination, device and field
+    Summary {
+        /// From this time (default: 7 days ago)
+        #[arg(long = "since", id = "summary_since")]
+        since: Option<String>,
+    },
+    /// What one destination was sent: what the recipient has about you
+    Received {
+        #[arg(long = "destination", id = "received_destination")]
+        destination: String,
+        /// From this time (default: everything in the ledger)
+        #[arg(long = "since", id = "received_since")]
+        since: Option<String>,
     },
 }
 

@@ -94,7 +94,12 @@ pub async fn route(
                     .all(|d| budget.take(&d.id, cmd.payload.len().max(1), now)) =>
             {
                 tracing::warn!(destination = %cmd.destination, topic = ?crate::short(&cmd.topic), "command dropped: over the device's command rate ({} KiB/s)", BYTES_PER_SEC as u64 / 1024);
-                refusals.record(pipeline.ledger(), &cmd, "over the device's command rate", now);
+                refusals.record(
+                    pipeline.ledger(),
+                    &cmd,
+                    "over the device's command rate",
+                    now,
+                );
             }
             Ok(receivers) => match broker.publish(&cmd.topic, &cmd.payload, true).await {
                 Ok(()) => {

@@ -19,7 +19,7 @@ mod prompt;
 
 use args::{
     Cli, Command, Common, DestinationsCommand, DeviceCommand, FieldsCommand, FormatArg,
-    PassphraseCommand, PolicyCommand,
+    LedgerCommand, PassphraseCommand, PolicyCommand,
 };
 
 fn main() -> ExitCode {
@@ -211,6 +211,38 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 (common, Request::FieldsApprove { device, field }, None)
             }
         },
+        Command::Ledger {
+            common,
+            since,
+            destination,
+            device,
+            action,
+        } => {
+            let request = match action {
+                None => Request::Ledger {
+                    since_ms: time_range(since, None)?.0,
+                    destination,
+                    device,
+                },
+                Some(LedgerCommand::Verify) => Request::LedgerVerify,
+                Some(LedgerCommand::Summary { since: s }) => Request::LedgerSummary {
+                    since_ms: Some(
+                        time_range(s.or(since).or(Some("7d".into())), None)?
+                            .0
+                            .unwrap_or(0),
+                    ),
+                },
+                Some(LedgerCommand::Received {
+                    destination,
+                    since: s,
+                }) => Request::LedgerReceived {
+                    destination,
+                    since_ms: time_range(s.or(since), None)?.0,
+                },
+            };
+            (common, request, None)
+        }
+        Command::Statement { common } => (common, Request::Statement, None),
         Command::Destinations { common, action } => match action {
             None => (common, Request::Destinations, None),
             Some(DestinationsCommand::Approve { name }) => {

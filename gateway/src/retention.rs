@@ -77,9 +77,13 @@ pub async fn run(
         }
         // The ledger: a daily checkpoint, and entries past its retention.
         let (l, keep) = (Arc::clone(&ledger.0), ledger.1);
-        match tokio::task::spawn_blocking(move || l.maintain(crate::pipeline::now_ms(), keep)).await {
+        match tokio::task::spawn_blocking(move || l.maintain(crate::pipeline::now_ms(), keep)).await
+        {
             Ok(Ok(pruned)) if pruned > 0 => {
-                tracing::info!(entries = pruned, "ledger entries past their retention pruned")
+                tracing::info!(
+                    entries = pruned,
+                    "ledger entries past their retention pruned"
+                )
             }
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::error!(error = %e, "ledger maintenance failed"),

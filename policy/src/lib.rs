@@ -19,6 +19,7 @@
 //!   are never stored.
 //! - [`aggregate`]: the windows of `aggregate`, and the message a closed
 //!   window sends.
+//! - [`statement`]: the policy in plain words, per device and destination.
 //!
 //! The quarantine for new fields is decided here too: a field the caller's
 //! inventory has not approved is shared only by a rule that names it (or a
@@ -31,6 +32,7 @@ mod parse;
 pub mod path;
 pub mod retention;
 pub mod rule;
+pub mod statement;
 pub mod topic;
 pub mod transform;
 

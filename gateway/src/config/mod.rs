@@ -406,7 +406,9 @@ impl Config {
                 ("purpose", &d.purpose),
                 ("country", &d.country),
             ] {
-                if v.as_deref().is_some_and(|t| has_control_chars(t) || t.len() > 200) {
+                if v.as_deref()
+                    .is_some_and(|t| has_control_chars(t) || t.len() > 200)
+                {
                     let (line, column) = at(key);
                     return Err((
                         line,

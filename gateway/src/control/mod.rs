@@ -8,8 +8,8 @@
 //! - [`server`]: the control socket a running gateway serves.
 //! - [`client`]: the CLI side: through the socket when a gateway runs,
 //!   on the store directly when none does.
-//! - `devices`, `policy`, `quarantine`, `status`, `keys`, `export`,
-//!   `erase`: the operations themselves.
+//! - `devices`, `policy`, `quarantine`, `ledger`, `status`, `keys`,
+//!   `export`, `erase`: the operations themselves.
 
 pub mod client;
 mod devices;
@@ -17,6 +17,7 @@ mod erase;
 mod export;
 mod export_csv;
 mod keys;
+mod ledger;
 pub mod lock;
 mod policy;
 pub mod protocol;
@@ -39,6 +40,7 @@ pub use devices::{AddedDevice, DeviceInfo, RemovedDevice};
 pub use erase::DeleteReport;
 pub use export::{ndjson_line, ExportFormat, ExportRequest, ExportSummary};
 pub use keys::{InitReport, Passphrase, PassphraseChanged};
+pub use ledger::{LedgerListing, Received, ReceivedDevice, ReceivedField};
 pub use policy::policy_at_start;
 pub use policy::{
     AppliedPolicy, CheckedPolicy, FieldPreview, PolicyPreview, PolicyVersionInfo, PreviewOutput,
@@ -260,6 +262,24 @@ impl Operations {
                 json(self.fields_approve(&device, field.as_deref()).await?)
             }
             Request::Destinations => json(self.destinations_list()?),
+            Request::Ledger {
+                since_ms,
+                destination,
+                device,
+            } => json(self.ledger_list(
+                since_ms.unwrap_or(0),
+                destination.as_deref(),
+                device.as_deref(),
+            )?),
+            Request::LedgerVerify => json(self.ledger_verify()?),
+            Request::LedgerSummary { since_ms } => {
+                json(self.ledger_summary(since_ms.unwrap_or(0))?)
+            }
+            Request::LedgerReceived {
+                destination,
+                since_ms,
+            } => json(self.ledger_received(&destination, since_ms.unwrap_or(0))?),
+            Request::Statement => json(self.statement()?),
             Request::DestinationApprove { name } => json(self.destination_approve(&name).await?),
             Request::Delete {
                 device,

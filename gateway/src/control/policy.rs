@@ -175,11 +175,17 @@ pub fn policy_at_start(config: &Config, store: &Store) -> Result<ActivePolicy, O
         let last_read = versions.latest_from_file(&key)?;
         if last_read.as_ref().map(|v| v.text.as_str()) != Some(text.as_str()) {
             validate(config, &text, &key)?;
-            let v = versions.append(PolicySource::ConfigFile { path: key.clone() }, &text, now_ms())?;
-            store.ledger().note(crate::ledger::EntryBody::PolicyApplied {
-                version: v.version,
-                source: format!("policy file {key}"),
-            });
+            let v = versions.append(
+                PolicySource::ConfigFile { path: key.clone() },
+                &text,
+                now_ms(),
+            )?;
+            store
+                .ledger()
+                .note(crate::ledger::EntryBody::PolicyApplied {
+                    version: v.version,
+                    source: format!("policy file {key}"),
+                });
             store.flush()?;
             tracing::info!(version = v.version, file = %path.display(), "policy file stored as a new version");
         }
@@ -434,7 +440,7 @@ impl Operations {
 
     /// The policy in force: the running pipeline's (shared, not copied),
     /// or the latest stored version.
-    fn active_policy(&self) -> Result<Arc<ActivePolicy>, OpError> {
+    pub(super) fn active_policy(&self) -> Result<Arc<ActivePolicy>, OpError> {
         if let Some(live) = &self.live {
             return Ok(live.pipeline.policy());
         }

@@ -188,6 +188,28 @@ pub enum Request {
     },
     /// The configured destinations, and which `*` rules reach.
     Destinations,
+    /// Ledger entries from `since_ms`, optionally for one destination or
+    /// device (the newest 10,000 at most).
+    Ledger {
+        #[serde(default)]
+        since_ms: Option<u64>,
+        #[serde(default)]
+        destination: Option<String>,
+        #[serde(default)]
+        device: Option<String>,
+    },
+    LedgerVerify,
+    LedgerSummary {
+        #[serde(default)]
+        since_ms: Option<u64>,
+    },
+    LedgerReceived {
+        destination: String,
+        #[serde(default)]
+        since_ms: Option<u64>,
+    },
+    /// The policy in force, in plain words.
+    Statement,
     DestinationApprove {
         name: String,
     },

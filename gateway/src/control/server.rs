@@ -141,7 +141,10 @@ async fn serve(stream: &mut UnixStream, ops: Arc<Operations>) {
     };
     // Who asked, for the ledger's record of exports and deletes.
     super::ACTOR
-        .scope(format!("control socket, uid {uid}"), serve_request(stream, ops))
+        .scope(
+            format!("control socket, uid {uid}"),
+            serve_request(stream, ops),
+        )
         .await
 }
 

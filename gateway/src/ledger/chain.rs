@@ -126,10 +126,11 @@ impl Chain {
 
     /// Checks every link from the base to the head anchor.
     pub fn verify(&self) -> Result<Verdict, StoreError> {
-        let (mut expect_seq, mut expect_prev) = match self.anchors.get(BASE)?.and_then(|b| anchor(&b)) {
-            Some(base) => base,
-            None => (0, [0u8; 32]),
-        };
+        let (mut expect_seq, mut expect_prev) =
+            match self.anchors.get(BASE)?.and_then(|b| anchor(&b)) {
+                Some(base) => base,
+                None => (0, [0u8; 32]),
+            };
         let from = expect_seq;
         let mut checked = 0;
         let broken = |at: u64, why: String, checked: u64| Verdict {
@@ -154,10 +155,18 @@ impl Chain {
                 ));
             }
             let Ok(entry) = serde_json::from_slice::<Entry>(&v) else {
-                return Ok(broken(seq, format!("entry {seq} is corrupt: not a ledger entry"), checked));
+                return Ok(broken(
+                    seq,
+                    format!("entry {seq} is corrupt: not a ledger entry"),
+                    checked,
+                ));
             };
             if entry.seq != seq {
-                return Ok(broken(seq, format!("entry {seq} was altered: it says it is entry {}", entry.seq), checked));
+                return Ok(broken(
+                    seq,
+                    format!("entry {seq} was altered: it says it is entry {}", entry.seq),
+                    checked,
+                ));
             }
             if entry.prev != hex(&expect_prev) {
                 let why = if seq == from {
@@ -168,7 +177,11 @@ impl Chain {
                         seq - 1
                     )
                 };
-                return Ok(broken(seq.saturating_sub(u64::from(seq != from)), why, checked));
+                return Ok(broken(
+                    seq.saturating_sub(u64::from(seq != from)),
+                    why,
+                    checked,
+                ));
             }
             expect_prev = sha256(&v);
             expect_seq = seq + 1;
@@ -202,7 +215,8 @@ impl Chain {
     /// Entries from the first one at or after `since_ms`, in order. Times
     /// only grow along the chain, so the start is found by bisection.
     pub fn since(&self, since_ms: u64) -> Result<Vec<Entry>, StoreError> {
-        let (Some((first, _)), Some((last, _))) = (self.entries.first()?, self.entries.last()?) else {
+        let (Some((first, _)), Some((last, _))) = (self.entries.first()?, self.entries.last()?)
+        else {
             return Ok(Vec::new());
         };
         let (mut lo, mut hi) = (key_seq(&first), key_seq(&last) + 1);

@@ -161,7 +161,8 @@ impl Ledger {
         let last = self.chain.last_checkpoint_ms()?;
         if last.is_none_or(|t| now_ms.saturating_sub(t) >= CHECKPOINT_EVERY_MS) {
             let entries = self.chain.len();
-            self.chain.append(EntryBody::Checkpoint { entries }, now_ms)?;
+            self.chain
+                .append(EntryBody::Checkpoint { entries }, now_ms)?;
         }
         let Some(keep) = retention_ms else {
             return Ok(0);

@@ -46,7 +46,12 @@ fn add(tree: &sled::Tree, k: Vec<u8>, n: u64) -> Result<(), StoreError> {
         if let Some(o) = old.filter(|o| o.len() == 8) {
             v.copy_from_slice(o);
         }
-        Some(u64::from_le_bytes(v).saturating_add(n).to_le_bytes().to_vec())
+        Some(
+            u64::from_le_bytes(v)
+                .saturating_add(n)
+                .to_le_bytes()
+                .to_vec(),
+        )
     })?;
     Ok(())
 }
@@ -91,8 +96,10 @@ impl Summary {
             let mut d = [0u8; 8];
             d.copy_from_slice(&k[..8]);
             let mut parts = k[8..].split(|b| *b == 0);
-            let text = |p: Option<&[u8]>| String::from_utf8_lossy(p.unwrap_or_default()).into_owned();
-            let (destination, device, field) = (text(parts.next()), text(parts.next()), text(parts.next()));
+            let text =
+                |p: Option<&[u8]>| String::from_utf8_lossy(p.unwrap_or_default()).into_owned();
+            let (destination, device, field) =
+                (text(parts.next()), text(parts.next()), text(parts.next()));
             let mut c = [0u8; 8];
             c.copy_from_slice(&v);
             out.push(SummaryRow {

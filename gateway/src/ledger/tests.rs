@@ -56,7 +56,8 @@ fn a_corrupt_entry_and_a_cut_tail_are_detected_even_after_more_appends() {
             l.event(event(i)).expect("append");
         }
         let raw = l.raw_entries();
-        raw.insert(2u64.to_be_bytes(), b"{not json".to_vec()).expect("tamper");
+        raw.insert(2u64.to_be_bytes(), b"{not json".to_vec())
+            .expect("tamper");
         let v = l.verify().expect("verify");
         assert_eq!(v.broken_at, Some(2), "{v:?}");
     }
@@ -91,10 +92,22 @@ fn buckets_close_per_minute_with_counts_and_a_digest_anyone_can_recompute() {
         if i == 1 {
             fields.push(field("h", "r-h"));
         }
-        l.egress("cloud", "thermo", 3, "x/t", t0 + i as u64 * 1000, p, &fields)
-            .expect("egress");
+        l.egress(
+            "cloud",
+            "thermo",
+            3,
+            "x/t",
+            t0 + i as u64 * 1000,
+            p,
+            &fields,
+        )
+        .expect("egress");
     }
-    assert_eq!(l.close_due(t0 + 59_999).expect("close"), 0, "the minute runs");
+    assert_eq!(
+        l.close_due(t0 + 59_999).expect("close"),
+        0,
+        "the minute runs"
+    );
     assert_eq!(l.close_due(t0 + 60_000).expect("close"), 1);
     let entries = l.since(0).expect("read");
     let EntryBody::Egress {

@@ -28,11 +28,11 @@ use policy::{Message, Policy};
 use tokio::sync::Notify;
 
 use crate::config::{MAX_TOPIC_BYTES, UPLINK_MAX_PACKET_BYTES};
+use crate::ledger::{EntryBody, Ledger, SentField};
 use crate::store::{
     DestinationApprovals, Durability, FieldInventory, HistoryStore, NewRecord, Outbox, Store,
     StoreError,
 };
-use crate::ledger::{EntryBody, Ledger, SentField};
 use crate::windows::Windows;
 
 #[derive(Debug, thiserror::Error)]

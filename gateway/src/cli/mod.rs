@@ -2,6 +2,8 @@
 //! the text a person reads. `--json` prints the answer itself, which is
 //! the same whether the gateway was running or not.
 
+mod ledger;
+
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
@@ -138,6 +140,18 @@ pub fn render(request: &Request, reply: &Value) -> Result<String, OpError> {
         }
         Request::KeyRecord => format!("{reply:#}\n"),
         Request::Fields { pending, .. } => fields(&typed(reply)?, *pending),
+        Request::Ledger { .. } => ledger::listing(&typed(reply)?),
+        Request::LedgerVerify => ledger::verdict(&typed(reply)?),
+        Request::LedgerSummary { .. } => ledger::summary(&typed::<Vec<_>>(reply)?),
+        Request::LedgerReceived { .. } => ledger::received(&typed(reply)?),
+        Request::Statement => {
+            let s: policy::statement::Statement = typed(reply)?;
+            if s.lines.is_empty() {
+                "no devices or no destinations: nothing leaves\n".to_string()
+            } else {
+                s.text()
+            }
+        }
         Request::Destinations => {
             let list: Vec<DestinationApproval> = typed(reply)?;
             if list.is_empty() {
