@@ -146,6 +146,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             .iter()
             .filter(|d| d.ledger == crate::config::LedgerDetail::Detailed)
             .map(|d| d.name.clone()),
+        config.ledger.bucket_ms(),
         config.ledger.record_egress,
     );
     let recovered = ledger.recover(crate::pipeline::now_ms())?;

@@ -213,7 +213,7 @@ fn duration(ms: u64) -> String {
         (1_000, "second", "seconds"),
     ];
     for (size, one, many) in UNITS {
-        if ms >= size && ms % size == 0 {
+        if ms >= size && ms.is_multiple_of(size) {
             let n = ms / size;
             return if n == 1 {
                 one.to_string()

@@ -158,6 +158,11 @@ pub struct LedgerConfig {
     /// is kept.
     #[serde(default = "default_ledger_retention")]
     pub retention: String,
+    /// The span of an egress entry: what one destination received of one
+    /// device in that time is one entry. From "1m" to "1d"; shorter is
+    /// finer and larger on disk.
+    #[serde(default = "default_ledger_bucket")]
+    pub bucket: String,
     /// Record egress at all. Only to measure the ledger's cost: with it
     /// off, nothing says what left.
     #[serde(default = "yes")]
@@ -165,6 +170,12 @@ pub struct LedgerConfig {
 }
 
 impl LedgerConfig {
+    /// The bucket span, as validated at load.
+    pub fn bucket_ms(&self) -> u64 {
+        policy::retention::parse_duration_ms(&self.bucket)
+            .unwrap_or(crate::ledger::DEFAULT_BUCKET_MS)
+    }
+
     /// Milliseconds to keep, or none for ever.
     pub fn retention_ms(&self) -> Option<u64> {
         match policy::retention::Keep::parse(&self.retention) {
@@ -178,6 +189,7 @@ impl Default for LedgerConfig {
     fn default() -> Self {
         Self {
             retention: default_ledger_retention(),
+            bucket: default_ledger_bucket(),
             record_egress: true,
         }
     }
@@ -185,6 +197,10 @@ impl Default for LedgerConfig {
 
 fn default_ledger_retention() -> String {
     "365d".into()
+}
+
+fn default_ledger_bucket() -> String {
+    "1h".into()
 }
 
 fn yes() -> bool {
@@ -397,6 +413,19 @@ impl Config {
                 format!(
                     "[ledger] retention {:?} is not \"forever\" or a duration such as \"365d\"",
                     self.ledger.retention
+                ),
+            ));
+        }
+        if !policy::retention::parse_duration_ms(&self.ledger.bucket)
+            .is_some_and(|ms| (60_000..=86_400_000).contains(&ms) && ms % 60_000 == 0)
+        {
+            let (line, column) = at("bucket");
+            return Err((
+                line,
+                column,
+                format!(
+                    "[ledger] bucket {:?} is not a whole number of minutes from \"1m\" to \"1d\"",
+                    self.ledger.bucket
                 ),
             ));
         }

@@ -1,6 +1,6 @@
 //! Egress buckets: what one destination received of one device in one
-//! minute under one policy version. A bucket is open while its minute
-//! runs; every message updates it in memory and in the `ledger_open` tree
+//! span of time (an hour by default; `[ledger] bucket`) under one policy
+//! version. A bucket is open while its span runs; every message updates it in memory and in the `ledger_open` tree
 //! (with the message's own group commit, so a crash loses no count), and
 //! the tick closes it into the chain once the minute is over.
 
@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use super::entry::{chain_digest, hex, EntryBody, FieldEgress};
 use crate::store::StoreError;
 
-pub const BUCKET_MS: u64 = 60_000;
+/// The default span of a bucket.
+pub const DEFAULT_BUCKET_MS: u64 = 3_600_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
@@ -42,6 +43,8 @@ struct Open {
     device: String,
     policy_version: u64,
     minute_ms: u64,
+    #[serde(default = "default_span")]
+    span_ms: u64,
     first_ms: u64,
     last_ms: u64,
     messages: u64,
@@ -49,6 +52,13 @@ struct Open {
     digest: [u8; 32],
     /// field → (rule, action, count)
     fields: BTreeMap<String, (String, String, u64)>,
+    /// Changed since last written to `ledger_open`.
+    #[serde(skip)]
+    unsaved: bool,
+}
+
+fn default_span() -> u64 {
+    DEFAULT_BUCKET_MS
 }
 
 impl Open {
@@ -86,6 +96,7 @@ pub struct SentField<'a> {
 
 pub struct Buckets {
     tree: sled::Tree,
+    span_ms: std::sync::atomic::AtomicU64,
     open: Mutex<HashMap<Key, Open>>,
     dirty: Arc<AtomicBool>,
 }
@@ -94,9 +105,15 @@ impl Buckets {
     pub fn open(db: &sled::Db, dirty: Arc<AtomicBool>) -> Result<Self, StoreError> {
         Ok(Self {
             tree: db.open_tree("ledger_open")?,
+            span_ms: std::sync::atomic::AtomicU64::new(DEFAULT_BUCKET_MS),
             open: Mutex::new(HashMap::new()),
             dirty,
         })
+    }
+
+    /// The span of new buckets (open ones keep theirs).
+    pub fn set_span(&self, span_ms: u64) {
+        self.span_ms.store(span_ms.max(1000), Ordering::Relaxed);
     }
 
     /// Adds one message as queued for `destination`.
@@ -113,20 +130,23 @@ impl Buckets {
             destination: destination.to_string(),
             device: device.to_string(),
             policy_version,
-            minute_ms: now_ms - now_ms % BUCKET_MS,
+            minute_ms: now_ms - now_ms % self.span_ms.load(Ordering::Relaxed),
         };
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let span_ms = self.span_ms.load(Ordering::Relaxed);
         let bucket = open.entry(key.clone()).or_insert_with(|| Open {
             destination: key.destination.clone(),
             device: key.device.clone(),
             policy_version,
             minute_ms: key.minute_ms,
+            span_ms,
             first_ms: now_ms,
             last_ms: now_ms,
             messages: 0,
             bytes: 0,
             digest: [0; 32],
             fields: BTreeMap::new(),
+            unsaved: true,
         });
         bucket.last_ms = now_ms;
         bucket.messages += 1;
@@ -145,10 +165,20 @@ impl Buckets {
                 .or_insert_with(|| (f.rule.to_string(), f.action.to_string(), 0));
             e.2 += 1;
         }
-        let state = serde_json::to_vec(bucket)
-            .map_err(|e| StoreError::Corrupt(format!("a ledger bucket: {e}")))?;
-        self.tree.insert(key.bytes(), state)?;
+        bucket.unsaved = true;
         self.dirty.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Writes the buckets changed since the last call.
+    pub fn persist_dirty(&self) -> Result<(), StoreError> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        for (key, bucket) in open.iter_mut().filter(|(_, b)| b.unsaved) {
+            let state = serde_json::to_vec(bucket)
+                .map_err(|e| StoreError::Corrupt(format!("a ledger bucket: {e}")))?;
+            self.tree.insert(key.bytes(), state)?;
+            bucket.unsaved = false;
+        }
         Ok(())
     }
 
@@ -158,9 +188,9 @@ impl Buckets {
     pub fn take_due(&self, now_ms: u64) -> Vec<(Vec<u8>, EntryBody)> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let due: Vec<Key> = open
-            .keys()
-            .filter(|k| k.minute_ms.saturating_add(BUCKET_MS) <= now_ms)
-            .cloned()
+            .iter()
+            .filter(|(k, b)| k.minute_ms.saturating_add(b.span_ms) <= now_ms)
+            .map(|(k, _)| k.clone())
             .collect();
         let mut out: Vec<(u64, Vec<u8>, EntryBody)> = due
             .into_iter()

@@ -119,18 +119,18 @@ impl Chain {
         Ok(entry.seq)
     }
 
-    /// Entries appended (the next number).
-    pub fn len(&self) -> u64 {
+    /// The number the next entry gets: entries ever appended.
+    pub fn next_seq(&self) -> u64 {
         self.tip.lock().unwrap_or_else(|e| e.into_inner()).next
     }
 
     /// Checks every link from the base to the head anchor.
     pub fn verify(&self) -> Result<Verdict, StoreError> {
-        let (mut expect_seq, mut expect_prev) =
-            match self.anchors.get(BASE)?.and_then(|b| anchor(&b)) {
-                Some(base) => base,
-                None => (0, [0u8; 32]),
-            };
+        let (mut expect_seq, mut expect_prev) = self
+            .anchors
+            .get(BASE)?
+            .and_then(|b| anchor(&b))
+            .unwrap_or_default();
         let from = expect_seq;
         let mut checked = 0;
         let broken = |at: u64, why: String, checked: u64| Verdict {

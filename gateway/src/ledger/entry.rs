@@ -34,13 +34,13 @@ pub struct FieldEgress {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EntryBody {
-    /// What one destination received of one device in one minute, under
-    /// one policy version.
+    /// What one destination received of one device in one span of time
+    /// (`[ledger] bucket`), under one policy version.
     Egress {
         destination: String,
         device: String,
         policy_version: u64,
-        /// The minute (unix ms) the bucket covers.
+        /// Where the bucket's span starts (unix ms).
         minute_ms: u64,
         first_ms: u64,
         last_ms: u64,

@@ -6,8 +6,9 @@
 //! - [`entry`]: what an entry says.
 //! - [`chain`]: the append-only hash chain, its head anchor, checkpoints,
 //!   verification and pruning.
-//! - [`buckets`]: egress counted per minute × destination × device ×
-//!   policy version, closed into the chain when the minute ends.
+//! - [`buckets`]: egress counted per span of time (an hour by default) ×
+//!   destination × device × policy version, closed into the chain when the
+//!   span ends.
 //! - [`summary`]: counts per day × destination × device × field, kept as
 //!   buckets close.
 //!
@@ -23,7 +24,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
-pub use buckets::{SentField, BUCKET_MS};
+pub use buckets::{SentField, DEFAULT_BUCKET_MS};
 pub use chain::Verdict;
 pub use entry::{Entry, EntryBody, FieldEgress};
 pub use summary::{SummaryRow, DAY_MS};
@@ -32,6 +33,19 @@ use crate::store::StoreError;
 
 /// A checkpoint is appended when the last one is older than this.
 const CHECKPOINT_EVERY_MS: u64 = DAY_MS;
+
+/// One message as queued for a destination.
+#[derive(Clone, Copy)]
+pub struct Sent<'a> {
+    pub destination: &'a str,
+    pub device: &'a str,
+    pub policy_version: u64,
+    pub topic: &'a str,
+    pub now_ms: u64,
+    /// Exactly as queued.
+    pub payload: &'a [u8],
+    pub fields: &'a [SentField<'a>],
+}
 
 pub struct Ledger {
     chain: chain::Chain,
@@ -55,9 +69,15 @@ impl Ledger {
     }
 
     /// The running gateway's settings: which destinations are detailed,
-    /// and whether egress is recorded at all.
-    pub fn configure(&self, detailed: impl IntoIterator<Item = String>, record_egress: bool) {
+    /// the span of an egress bucket, and whether egress is recorded at all.
+    pub fn configure(
+        &self,
+        detailed: impl IntoIterator<Item = String>,
+        bucket_ms: u64,
+        record_egress: bool,
+    ) {
         *self.detailed.write().unwrap_or_else(|e| e.into_inner()) = detailed.into_iter().collect();
+        self.buckets.set_span(bucket_ms);
         self.record_egress.store(record_egress, Ordering::Relaxed);
     }
 
@@ -75,17 +95,17 @@ impl Ledger {
         }
     }
 
-    /// One message queued for `destination`, with the fields it carries.
-    pub fn egress(
-        &self,
-        destination: &str,
-        device: &str,
-        policy_version: u64,
-        topic: &str,
-        now_ms: u64,
-        payload: &[u8],
-        fields: &[SentField<'_>],
-    ) -> Result<(), StoreError> {
+    /// One message queued for a destination, with the fields it carries.
+    pub fn egress(&self, sent: &Sent<'_>) -> Result<(), StoreError> {
+        let Sent {
+            destination,
+            device,
+            policy_version,
+            topic,
+            now_ms,
+            payload,
+            fields,
+        } = *sent;
         if !self.record_egress.load(Ordering::Relaxed) {
             return Ok(());
         }
@@ -119,6 +139,15 @@ impl Ledger {
             )?;
         }
         Ok(())
+    }
+
+    /// Writes the open buckets that changed since the last call: run at
+    /// the start of every group commit, so a crash loses no count of a
+    /// message that was acknowledged.
+    pub fn persist_open(&self) {
+        if let Err(e) = self.buckets.persist_dirty() {
+            tracing::error!(error = %crate::control::with_causes(&e), "open ledger buckets could not be written");
+        }
     }
 
     /// Closes the buckets whose minute ended into the chain and the
@@ -160,7 +189,7 @@ impl Ledger {
     pub fn maintain(&self, now_ms: u64, retention_ms: Option<u64>) -> Result<u64, StoreError> {
         let last = self.chain.last_checkpoint_ms()?;
         if last.is_none_or(|t| now_ms.saturating_sub(t) >= CHECKPOINT_EVERY_MS) {
-            let entries = self.chain.len();
+            let entries = self.chain.next_seq();
             self.chain
                 .append(EntryBody::Checkpoint { entries }, now_ms)?;
         }
@@ -186,7 +215,7 @@ impl Ledger {
     }
 
     pub fn entries(&self) -> u64 {
-        self.chain.len()
+        self.chain.next_seq()
     }
 
     pub fn stored_bytes(&self) -> u64 {

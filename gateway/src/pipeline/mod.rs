@@ -28,7 +28,7 @@ use policy::{Message, Policy};
 use tokio::sync::Notify;
 
 use crate::config::{MAX_TOPIC_BYTES, UPLINK_MAX_PACKET_BYTES};
-use crate::ledger::{EntryBody, Ledger, SentField};
+use crate::ledger::{EntryBody, Ledger, Sent, SentField};
 use crate::store::{
     DestinationApprovals, Durability, FieldInventory, HistoryStore, NewRecord, Outbox, Store,
     StoreError,
@@ -272,7 +272,15 @@ impl Pipeline {
                     })
                     .collect();
                 self.ledger
-                    .egress(&lane.name, device, active.version, topic, now, p, &sent)
+                    .egress(&Sent {
+                        destination: &lane.name,
+                        device,
+                        policy_version: active.version,
+                        topic,
+                        now_ms: now,
+                        payload: p,
+                        fields: &sent,
+                    })
                     .inspect_err(|_| self.durability.check_now())?;
                 // Sent while the flush runs, not after it: the cloud may see
                 // a message before it is durable here. A crash in between

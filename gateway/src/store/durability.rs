@@ -31,7 +31,13 @@ pub struct Durability {
     written: AtomicU64,
     kick: Notify,
     flushed: watch::Sender<Flushed>,
+    /// Run at the start of every flush: state kept in memory between
+    /// commits (the ledger's open buckets) is written then, once per group
+    /// commit instead of once per message.
+    before_flush: std::sync::RwLock<Option<BeforeFlush>>,
 }
+
+type BeforeFlush = Arc<dyn Fn() + Send + Sync>;
 
 impl Durability {
     pub(super) fn new(db: sled::Db) -> Self {
@@ -46,7 +52,19 @@ impl Durability {
             written: AtomicU64::new(0),
             kick: Notify::new(),
             flushed,
+            before_flush: std::sync::RwLock::new(None),
         }
+    }
+
+    pub(super) fn set_before_flush(&self, f: BeforeFlush) {
+        *self.before_flush.write().unwrap_or_else(|e| e.into_inner()) = Some(f);
+    }
+
+    fn hook(&self) -> Option<BeforeFlush> {
+        self.before_flush
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Waits until everything this task wrote before the call is on disk.
@@ -107,7 +125,15 @@ impl Durability {
             #[cfg(debug_assertions)]
             test_fault::committer_flush();
             let db = self.db.clone();
-            let result = match tokio::task::spawn_blocking(move || db.flush()).await {
+            let hook = self.hook();
+            let result = match tokio::task::spawn_blocking(move || {
+                if let Some(h) = hook {
+                    h();
+                }
+                db.flush()
+            })
+            .await
+            {
                 Ok(Ok(_)) => None,
                 Ok(Err(e)) => Some(e.to_string()),
                 Err(e) => Some(format!("flush task failed: {e}")),
@@ -124,6 +150,9 @@ impl Durability {
             });
         }
         let target = self.written.load(Ordering::SeqCst);
+        if let Some(h) = self.hook() {
+            h();
+        }
         let error = self.db.flush().err().map(|e| e.to_string());
         self.flushed.send_replace(Flushed {
             covered: target,

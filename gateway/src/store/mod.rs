@@ -145,6 +145,8 @@ impl Store {
             db.open_tree("approved_destinations")?,
         )?);
         let ledger = Arc::new(crate::ledger::Ledger::open(&db, durability.dirty())?);
+        let l = Arc::clone(&ledger);
+        durability.set_before_flush(Arc::new(move || l.persist_open()));
         let store = Self {
             db,
             durability,
@@ -363,6 +365,7 @@ impl Store {
 
     /// Blocking flush, for shutdown and for CLI commands.
     pub fn flush(&self) -> Result<(), StoreError> {
+        self.ledger.persist_open();
         self.db.flush()?;
         Ok(())
     }

@@ -42,6 +42,10 @@ struct Args {
     /// history kept), alternating, twice each
     #[arg(long)]
     compare_history: bool,
+    /// Only compare dataward's throughput with the egress ledger on (the
+    /// normal case) and off, history kept in both, alternating, twice each
+    #[arg(long)]
+    compare_ledger: bool,
 }
 
 fn now_us() -> u64 {
@@ -326,12 +330,51 @@ struct Dataward {
 }
 
 async fn start_dataward(cloud: &Cloud, devices: usize) -> Result<Dataward> {
-    start_dataward_with(cloud, devices, true).await
+    start_dataward_with(cloud, devices, true, "").await
 }
 
 /// A gateway with `devices` registered; with `history`, the user's keys are
 /// set up, so history is kept, encrypted.
-async fn start_dataward_with(cloud: &Cloud, devices: usize, history: bool) -> Result<Dataward> {
+/// Two set-ups of dataward, alternating, twice each, under the same load:
+/// (label, history kept, config lines added).
+async fn compare(args: &Args, variants: [(&str, bool, &str); 2], ratio: &str) -> Result<()> {
+    let mut rates = [Vec::new(), Vec::new()];
+    for _round in 0..2 {
+        for (i, (label, history, extra)) in variants.iter().enumerate() {
+            let cloud = Cloud::start()?;
+            let dw = start_dataward_with(&cloud, args.devices, *history, extra).await?;
+            let rec = Arc::new(Mutex::new(Received::default()));
+            let _sub = cloud_listener(&cloud, "home/#", Arc::clone(&rec)).await?;
+            let r = run_load(
+                dataward_devices(&dw, args.devices),
+                0,
+                args.seconds,
+                args.payload,
+                rec,
+                Some(dw.gw.pid()),
+            )
+            .await?;
+            print(&format!("dataward   {label}"), &r);
+            rates[i].push(r.msgs_per_sec);
+            dw.gw.stop()?;
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    println!(
+        "{ratio}: {:.2} ({:.0} vs {:.0} msg/s)",
+        mean(&rates[0]) / mean(&rates[1]).max(1e-9),
+        mean(&rates[0]),
+        mean(&rates[1])
+    );
+    Ok(())
+}
+
+async fn start_dataward_with(
+    cloud: &Cloud,
+    devices: usize,
+    history: bool,
+    extra: &str,
+) -> Result<Dataward> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let mut creds = Vec::new();
@@ -343,7 +386,7 @@ async fn start_dataward_with(cloud: &Cloud, devices: usize, history: bool) -> Re
     }
     std::fs::write(dir.path().join("policy.toml"), POLICY)?;
     let config = format!(
-        "data_dir = {:?}\npolicy = {:?}\n[[destination]]\nname = \"vendor_cloud\"\nurl = \"{}\"\ntopic_prefix = \"home/\"\nmax_inflight = 256\n",
+        "data_dir = {:?}\npolicy = {:?}\n{extra}\n[[destination]]\nname = \"vendor_cloud\"\nurl = \"{}\"\ntopic_prefix = \"home/\"\nmax_inflight = 256\n",
         data.display().to_string(),
         dir.path().join("policy.toml").display().to_string(),
         cloud.url()
@@ -392,40 +435,26 @@ async fn main() -> Result<()> {
     );
 
     if args.compare_history {
-        let mut rates = [Vec::new(), Vec::new()];
-        for _round in 0..2 {
-            for (i, history) in [true, false].into_iter().enumerate() {
-                let cloud = Cloud::start()?;
-                let dw = start_dataward_with(&cloud, args.devices, history).await?;
-                let rec = Arc::new(Mutex::new(Received::default()));
-                let _sub = cloud_listener(&cloud, "home/#", Arc::clone(&rec)).await?;
-                let r = run_load(
-                    dataward_devices(&dw, args.devices),
-                    0,
-                    args.seconds,
-                    args.payload,
-                    rec,
-                    Some(dw.gw.pid()),
-                )
-                .await?;
-                let label = if history {
-                    "history kept, encrypted"
-                } else {
-                    "no history kept"
-                };
-                print(&format!("dataward   {label}"), &r);
-                rates[i].push(r.msgs_per_sec);
-                dw.gw.stop()?;
-            }
-        }
-        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-        println!(
-            "throughput with encrypted history / without history: {:.2} ({:.0} vs {:.0} msg/s)",
-            mean(&rates[0]) / mean(&rates[1]).max(1e-9),
-            mean(&rates[0]),
-            mean(&rates[1])
-        );
-        return Ok(());
+        return compare(
+            &args,
+            [
+                ("history kept, encrypted", true, ""),
+                ("no history kept", false, ""),
+            ],
+            "throughput with encrypted history / without history",
+        )
+        .await;
+    }
+    if args.compare_ledger {
+        return compare(
+            &args,
+            [
+                ("ledger on", true, ""),
+                ("ledger off", true, "[ledger]\nrecord_egress = false\n"),
+            ],
+            "throughput with the ledger / without",
+        )
+        .await;
     }
 
     // Idle memory: many devices connected, nothing sent.
