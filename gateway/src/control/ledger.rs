@@ -65,18 +65,23 @@ impl Operations {
                 left_out: 0,
             });
         };
-        let mut entries: Vec<Entry> = store
-            .ledger()
-            .since(since_ms)?
-            .into_iter()
-            .filter(|e| destination.is_none_or(|d| e.body.destination() == Some(d)))
-            .filter(|e| device.is_none_or(|d| e.body.concerns_device(d)))
-            .collect();
-        let left_out = entries.len().saturating_sub(MAX_LISTED);
-        entries.drain(..left_out);
+        // The newest MAX_LISTED that match, without holding the rest.
+        let mut entries: std::collections::VecDeque<Entry> = Default::default();
+        let mut left_out = 0u64;
+        store.ledger().scan_since(since_ms, |e| {
+            let wanted = destination.is_none_or(|d| e.body.destination() == Some(d))
+                && device.is_none_or(|d| e.body.concerns_device(d));
+            if wanted {
+                if entries.len() == MAX_LISTED {
+                    entries.pop_front();
+                    left_out += 1;
+                }
+                entries.push_back(e);
+            }
+        })?;
         Ok(LedgerListing {
-            entries,
-            left_out: left_out as u64,
+            entries: entries.into(),
+            left_out,
         })
     }
 
@@ -99,25 +104,14 @@ impl Operations {
             .destinations
             .iter()
             .find(|d| d.name == destination);
-        let known_before = self
-            .ledger_list(since_ms, Some(destination), None)?
-            .entries
-            .len();
-        if dest.is_none() && known_before == 0 {
-            return Err(OpError::input(format!(
-                "{destination:?} is not a configured destination, and the ledger has nothing for it"
-            )));
-        }
         let mut devices: BTreeMap<String, ReceivedDevice> = BTreeMap::new();
         let mut dropped = 0;
-        let entries = match &self.store {
-            Some(store) => store.ledger().since(since_ms)?,
-            None => Vec::new(),
-        };
-        for e in entries {
+        let mut any = false;
+        let mut take = |e: Entry| {
             if e.body.destination() != Some(destination) {
-                continue;
+                return;
             }
+            any = true;
             match &e.body {
                 EntryBody::Egress {
                     device,
@@ -155,6 +149,14 @@ impl Operations {
                 EntryBody::OutboxDropped { entries, .. } => dropped += entries,
                 _ => {}
             }
+        };
+        if let Some(store) = &self.store {
+            store.ledger().scan_since(since_ms, &mut take)?;
+        }
+        if dest.is_none() && !any {
+            return Err(OpError::input(format!(
+                "{destination:?} is not a configured destination, and the ledger has nothing for it"
+            )));
         }
         Ok(Received {
             destination: destination.to_string(),

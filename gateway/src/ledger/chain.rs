@@ -212,12 +212,21 @@ impl Chain {
         })
     }
 
-    /// Entries from the first one at or after `since_ms`, in order. Times
-    /// only grow along the chain, so the start is found by bisection.
+    /// Entries from the first one at or after `since_ms`, in order.
     pub fn since(&self, since_ms: u64) -> Result<Vec<Entry>, StoreError> {
+        let mut out = Vec::new();
+        self.scan_since(since_ms, |e| out.push(e))?;
+        Ok(out)
+    }
+
+    /// Hands each entry from the first one at or after `since_ms` to `f`,
+    /// in order, one at a time: a year of ledger is never in memory at
+    /// once. Times only grow along the chain, so the start is found by
+    /// bisection.
+    pub fn scan_since(&self, since_ms: u64, mut f: impl FnMut(Entry)) -> Result<(), StoreError> {
         let (Some((first, _)), Some((last, _))) = (self.entries.first()?, self.entries.last()?)
         else {
-            return Ok(Vec::new());
+            return Ok(());
         };
         let (mut lo, mut hi) = (key_seq(&first), key_seq(&last) + 1);
         while lo < hi {
@@ -237,16 +246,15 @@ impl Chain {
                 hi = mid;
             }
         }
-        let mut out = Vec::new();
         for kv in self.entries.range(lo.to_be_bytes()..) {
             let (_, v) = kv?;
             if let Ok(e) = serde_json::from_slice::<Entry>(&v) {
                 if e.at_ms >= since_ms {
-                    out.push(e);
+                    f(e);
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Removes the entries before the newest checkpoint older than

@@ -210,6 +210,11 @@ impl Ledger {
         self.chain.since(since_ms)
     }
 
+    /// Each entry from `since_ms` on, one at a time.
+    pub fn scan_since(&self, since_ms: u64, f: impl FnMut(Entry)) -> Result<(), StoreError> {
+        self.chain.scan_since(since_ms, f)
+    }
+
     pub fn summary_since(&self, since_ms: u64) -> Result<Vec<SummaryRow>, StoreError> {
         self.summary.since(since_ms / DAY_MS)
     }

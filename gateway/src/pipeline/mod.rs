@@ -334,6 +334,15 @@ impl Pipeline {
         self.last_seen.forget(device);
     }
 
+    /// At shutdown: every open bucket into the chain, without waiting for
+    /// a flush (the committer may be the stage that failed); the final
+    /// flush writes them.
+    fn close_all_buckets(&self) {
+        if let Err(e) = self.ledger.close_due(u64::MAX) {
+            tracing::error!(error = %crate::control::with_causes(&e), "ledger buckets could not be closed");
+        }
+    }
+
     /// Once a second until shutdown: sends the `aggregate` windows that
     /// ended, and closes the ledger's buckets whose minute is over. At
     /// shutdown, the open buckets are closed too (what left is recorded
@@ -347,23 +356,37 @@ impl Pipeline {
                 _ = shutdown.changed() => true,
             };
             let now = now_ms();
-            if let Err(e) = self.send_closed_windows(now).await {
-                tracing::warn!(error = %crate::control::with_causes(&e), "aggregate windows could not be queued");
+            if stopping {
+                // No waiting for a flush here: the committer may be the
+                // stage that failed. The final flush at shutdown writes
+                // these entries.
+                self.close_all_buckets();
+                return;
             }
-            let until = if stopping { u64::MAX } else { now };
-            match self.ledger.close_due(until) {
-                Ok(0) => {}
-                Ok(_) => {
-                    if let Err(e) = self.durability.sync().await {
-                        tracing::warn!(error = %crate::control::with_causes(&e), "ledger entries not flushed");
+            let work = async {
+                if let Err(e) = self.send_closed_windows(now).await {
+                    tracing::warn!(error = %crate::control::with_causes(&e), "aggregate windows could not be queued");
+                }
+                match self.ledger.close_due(now) {
+                    Ok(0) => {}
+                    Ok(_) => {
+                        if let Err(e) = self.durability.sync().await {
+                            tracing::warn!(error = %crate::control::with_causes(&e), "ledger entries not flushed");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %crate::control::with_causes(&e), "ledger buckets could not be closed")
                     }
                 }
-                Err(e) => {
-                    tracing::error!(error = %crate::control::with_causes(&e), "ledger buckets could not be closed")
+            };
+            // A flush that never comes (a failed committer) must not keep
+            // the gateway from stopping.
+            tokio::select! {
+                _ = work => {}
+                _ = shutdown.changed() => {
+                    self.close_all_buckets();
+                    return;
                 }
-            }
-            if stopping {
-                return;
             }
         }
     }
