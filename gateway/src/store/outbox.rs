@@ -392,6 +392,15 @@ mod tests {
             .expect("move"));
         assert!(!ob.dead_letter(k1, "again").expect("already moved"));
         assert_eq!((ob.len(), ob.dead_letters()), (1, 1));
+        // The ledger says it will never leave, once.
+        let dropped: Vec<_> = store
+            .ledger()
+            .since(0)
+            .expect("ledger")
+            .into_iter()
+            .filter(|e| matches!(e.body, crate::ledger::EntryBody::OutboxDropped { .. }))
+            .collect();
+        assert_eq!(dropped.len(), 1, "{dropped:?}");
         let left = ob.read_after(None, 10).expect("read");
         assert_eq!(left[0].payload, b"next");
         drop(ob);
