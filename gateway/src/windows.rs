@@ -5,8 +5,12 @@
 //!
 //! Windows live in memory: a restart loses the values of the windows open
 //! at that moment (the messages themselves are in the history). Bounded:
-//! at most [`MAX_OPEN_FIELDS`] (field × window) accumulators at once; a
-//! value past that is not counted, and a warning says so.
+//! at most [`MAX_OPEN_FIELDS`] (field × window) accumulators at once,
+//! [`MAX_OPEN_FIELDS_PER_DEVICE`] for one device, and [`MAX_OPEN_BYTES`] of
+//! names; a value past that is not counted, and a warning says so.
+//!
+//! A window remembers the rule that filled it: when it ends, the pipeline
+//! sends only the fields whose rule is still in force, unchanged.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -15,16 +19,44 @@ use policy::aggregate::{self, Accumulator, AggregateFn, WindowSlot};
 use policy::FieldPath;
 
 pub const MAX_OPEN_FIELDS: usize = 16_384;
+pub const MAX_OPEN_FIELDS_PER_DEVICE: usize = 1_024;
+/// Bytes of device, topic, destination, field and rule names held.
+pub const MAX_OPEN_BYTES: usize = 16 << 20;
 
-/// One message a window sends.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One field of a window that ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClosedField {
+    pub field: FieldPath,
+    pub func: AggregateFn,
+    pub acc: Accumulator,
+    pub rule: String,
+}
+
+/// A window that ended: what it holds for one device, topic and
+/// destination.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Closed {
     pub device: String,
     pub topic: String,
     pub destination: String,
-    pub payload: Vec<u8>,
+    pub start_ms: u64,
     pub end_ms: u64,
     pub window_ms: u64,
+    pub fields: Vec<ClosedField>,
+}
+
+impl Closed {
+    /// The message to send, with the fields `keep` allows; `None` when
+    /// none is left with a result.
+    pub fn render(&self, keep: impl Fn(&ClosedField) -> bool) -> Option<Vec<u8>> {
+        let results: Vec<(&FieldPath, String)> = self
+            .fields
+            .iter()
+            .filter(|f| keep(f))
+            .filter_map(|f| f.acc.result(f.func).map(|r| (&f.field, r)))
+            .collect();
+        aggregate::render(&results, self.start_ms, self.end_ms)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -38,9 +70,15 @@ struct Group {
 
 #[derive(Default)]
 struct Open {
-    groups: HashMap<Group, Vec<(FieldPath, AggregateFn, Accumulator)>>,
+    groups: HashMap<Group, Vec<ClosedField>>,
     fields: usize,
+    bytes: usize,
+    per_device: HashMap<String, usize>,
     refused: u64,
+}
+
+fn group_bytes(g: &Group) -> usize {
+    g.device.len() + g.topic.len() + g.destination.len()
 }
 
 #[derive(Default)]
@@ -62,13 +100,35 @@ impl Windows {
         };
         let text = String::from_utf8_lossy(value);
         let mut open = self.lock();
-        let full = open.fields >= MAX_OPEN_FIELDS;
         let Open {
             groups,
             fields,
+            bytes,
+            per_device,
             refused,
         } = &mut *open;
-        if full && !groups.contains_key(&group) {
+        if let Some(entries) = groups.get_mut(&group) {
+            if let Some(f) = entries
+                .iter_mut()
+                .find(|f| &f.field == slot.field && f.func == slot.func && f.rule == slot.rule)
+            {
+                f.acc.add(&text);
+                return;
+            }
+        }
+        // A new accumulator: within every bound, or not counted.
+        let cost = slot.field.generic().len()
+            + slot.rule.len()
+            + if groups.contains_key(&group) {
+                0
+            } else {
+                group_bytes(&group)
+            };
+        let mine = per_device.get(slot.device).copied().unwrap_or(0);
+        if *fields >= MAX_OPEN_FIELDS
+            || mine >= MAX_OPEN_FIELDS_PER_DEVICE
+            || *bytes + cost > MAX_OPEN_BYTES
+        {
             *refused += 1;
             if refused.is_power_of_two() {
                 tracing::warn!(
@@ -78,23 +138,20 @@ impl Windows {
             }
             return;
         }
-        let entries = groups.entry(group).or_default();
-        match entries
-            .iter_mut()
-            .find(|(f, func, _)| f == slot.field && *func == slot.func)
-        {
-            Some((_, _, acc)) => acc.add(&text),
-            None if !full => {
-                let mut acc = Accumulator::default();
-                acc.add(&text);
-                entries.push((slot.field.clone(), slot.func, acc));
-                *fields += 1;
-            }
-            None => *refused += 1,
-        }
+        let mut acc = Accumulator::default();
+        acc.add(&text);
+        *per_device.entry(group.device.clone()).or_default() += 1;
+        groups.entry(group).or_default().push(ClosedField {
+            field: slot.field.clone(),
+            func: slot.func,
+            acc,
+            rule: slot.rule.to_string(),
+        });
+        *fields += 1;
+        *bytes += cost;
     }
 
-    /// Takes every window that ended by `now_ms`, as the messages to send.
+    /// Takes every window that ended by `now_ms`, oldest first.
     pub fn close_due(&self, now_ms: u64) -> Vec<Closed> {
         let mut open = self.lock();
         let due: Vec<Group> = open
@@ -108,22 +165,16 @@ impl Windows {
             let Some(entries) = open.groups.remove(&group) else {
                 continue;
             };
-            open.fields -= entries.len();
-            let results: Vec<(&FieldPath, String)> = entries
-                .iter()
-                .filter_map(|(f, func, acc)| acc.result(*func).map(|r| (f, r)))
-                .collect();
-            let end_ms = group.start_ms + group.window_ms;
-            if let Some(payload) = aggregate::render(&results, group.start_ms, end_ms) {
-                out.push(Closed {
-                    device: group.device,
-                    topic: group.topic,
-                    destination: group.destination,
-                    payload,
-                    end_ms,
-                    window_ms: group.window_ms,
-                });
-            }
+            open.release(&group, &entries);
+            out.push(Closed {
+                end_ms: group.start_ms + group.window_ms,
+                start_ms: group.start_ms,
+                window_ms: group.window_ms,
+                device: group.device,
+                topic: group.topic,
+                destination: group.destination,
+                fields: entries,
+            });
         }
         // Oldest first, so a destination receives its windows in order.
         out.sort_by_key(|c| c.end_ms);
@@ -133,10 +184,36 @@ impl Windows {
     /// Forgets the open windows of `device` (its history was deleted).
     pub fn forget_device(&self, device: &str) {
         let mut open = self.lock();
-        let before: usize = open.groups.values().map(Vec::len).sum();
-        open.groups.retain(|g, _| g.device != device);
-        let after: usize = open.groups.values().map(Vec::len).sum();
-        open.fields -= before - after;
+        let gone: Vec<Group> = open
+            .groups
+            .keys()
+            .filter(|g| g.device == device)
+            .cloned()
+            .collect();
+        for g in gone {
+            if let Some(entries) = open.groups.remove(&g) {
+                open.release(&g, &entries);
+            }
+        }
+    }
+}
+
+impl Open {
+    /// Gives back what a removed group's accumulators counted against the
+    /// bounds.
+    fn release(&mut self, group: &Group, entries: &[ClosedField]) {
+        let names: usize = entries
+            .iter()
+            .map(|f| f.field.generic().len() + f.rule.len())
+            .sum();
+        self.fields = self.fields.saturating_sub(entries.len());
+        self.bytes = self.bytes.saturating_sub(names + group_bytes(group));
+        if let Some(n) = self.per_device.get_mut(&group.device) {
+            *n = n.saturating_sub(entries.len());
+            if *n == 0 {
+                self.per_device.remove(&group.device);
+            }
+        }
     }
 }
 
@@ -153,6 +230,7 @@ mod tests {
             field,
             func,
             window_ms: 60_000,
+            rule: "r",
         }
     }
 
@@ -171,7 +249,7 @@ mod tests {
         let closed = w.close_due(120_000);
         assert_eq!(closed.len(), 1);
         assert_eq!(
-            String::from_utf8_lossy(&closed[0].payload),
+            String::from_utf8_lossy(&closed[0].render(|_| true).expect("payload")),
             r#"{"wh":13.5,"p":10,"$window":{"start":60000,"end":120000}}"#
         );
         assert_eq!(
@@ -181,22 +259,56 @@ mod tests {
         assert!(w.close_due(120_000).is_empty(), "sent once");
         let next = w.close_due(180_000);
         assert_eq!(
-            String::from_utf8_lossy(&next[0].payload),
+            String::from_utf8_lossy(&next[0].render(|_| true).expect("payload")),
             r#"{"wh":7,"$window":{"start":120000,"end":180000}}"#
         );
-        assert_eq!(w.lock().fields, 0);
+        let open = w.lock();
+        assert_eq!((open.fields, open.bytes, open.per_device.len()), (0, 0, 0));
     }
 
     #[test]
-    fn open_windows_are_bounded() {
+    fn open_windows_are_bounded_per_device_and_overall() {
         let w = Windows::default();
-        for i in 0..(MAX_OPEN_FIELDS + 10) {
+        for i in 0..(MAX_OPEN_FIELDS_PER_DEVICE + 10) {
             let f = FieldPath::from_segments(vec![Segment::Key(format!("f{i}"))]);
             w.add(&slot(&f, AggregateFn::Count, "d"), b"1", 1);
         }
-        let open = w.lock();
-        assert_eq!(open.fields, MAX_OPEN_FIELDS);
-        assert_eq!(open.refused, 10);
+        {
+            let open = w.lock();
+            assert_eq!(open.fields, MAX_OPEN_FIELDS_PER_DEVICE);
+            assert_eq!(open.refused, 10);
+        }
+        // Another device still has room.
+        let f = FieldPath::from_segments(vec![Segment::Key("x".into())]);
+        let other = WindowSlot {
+            device: "other",
+            ..slot(&f, AggregateFn::Count, "d")
+        };
+        w.add(&other, b"1", 1);
+        assert_eq!(w.lock().fields, MAX_OPEN_FIELDS_PER_DEVICE + 1);
+    }
+
+    #[test]
+    fn a_window_keeps_what_its_rule_still_allows() {
+        let w = Windows::default();
+        let a = FieldPath::from_segments(vec![Segment::Key("a".into())]);
+        let b = FieldPath::from_segments(vec![Segment::Key("b".into())]);
+        w.add(&slot(&a, AggregateFn::Sum, "d"), b"1", 1);
+        w.add(
+            &WindowSlot {
+                rule: "gone",
+                ..slot(&b, AggregateFn::Sum, "d")
+            },
+            b"2",
+            1,
+        );
+        let closed = w.close_due(60_000);
+        let text = closed[0].render(|f| f.rule != "gone").expect("payload");
+        assert_eq!(
+            String::from_utf8_lossy(&text),
+            r#"{"a":1,"$window":{"start":0,"end":60000}}"#
+        );
+        assert_eq!(closed[0].render(|_| false), None);
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub struct WindowSlot<'a> {
     pub field: &'a FieldPath,
     pub func: AggregateFn,
     pub window_ms: u64,
+    /// The deciding rule's id: a window is sent only if that rule is still
+    /// in force, unchanged, when it ends.
+    pub rule: &'a str,
 }
 
 /// The start of the window that `now_ms` falls in.
@@ -135,19 +138,34 @@ fn number_text(v: f64) -> Option<String> {
 }
 
 /// The message for one closed window: each field at its path with its
-/// result, and `"$window": {"start": ms, "end": ms}`. A field whose path
-/// clashes with one already placed (the payload changed shape within the
-/// window) is left out. `None` when no field has a result.
+/// result, and `"$window": {"start": ms, "end": ms}` (for a payload that is
+/// a JSON array, `[{"$window": …}, the array]`). Array elements keep their
+/// index (the ones between are `null`). A field whose path clashes with
+/// one already placed (the payload changed shape within the window), or a
+/// device's own `$window` key, is left out. `None` when no field has a
+/// result.
 pub fn render(fields: &[(&FieldPath, String)], start_ms: u64, end_ms: u64) -> Option<Vec<u8>> {
-    let mut root = Node::Object(Vec::new());
+    let array_root = fields
+        .iter()
+        .any(|(p, _)| matches!(p.segments().first(), Some(Segment::Index(_))));
+    let mut root = if array_root {
+        Node::Array(Vec::new())
+    } else {
+        Node::Object(Vec::new())
+    };
     let mut placed = 0;
     for (path, value) in fields {
-        if path.is_whole_payload() {
+        let whole = [Segment::Key("$payload".into())];
+        let segments = if path.is_whole_payload() {
             // A whole non-JSON payload has no name of its own to carry.
-            if root.insert(&[Segment::Key("$payload".into())], value) {
-                placed += 1;
-            }
-        } else if root.insert(path.segments(), value) {
+            &whole[..]
+        } else {
+            path.segments()
+        };
+        if matches!(segments.first(), Some(Segment::Key(k)) if k == "$window") {
+            continue;
+        }
+        if root.insert(segments, value) {
             placed += 1;
         }
     }
@@ -155,7 +173,15 @@ pub fn render(fields: &[(&FieldPath, String)], start_ms: u64, end_ms: u64) -> Op
         return None;
     }
     let mut out = Vec::with_capacity(64 + fields.len() * 24);
-    root.write(&mut out, Some((start_ms, end_ms)));
+    if array_root {
+        out.extend_from_slice(
+            format!("[{{\"$window\":{{\"start\":{start_ms},\"end\":{end_ms}}}}},").as_bytes(),
+        );
+        root.write(&mut out, None);
+        out.push(b']');
+    } else {
+        root.write(&mut out, Some((start_ms, end_ms)));
+    }
     Some(out)
 }
 
@@ -238,12 +264,23 @@ impl Node {
                 out.push(b'}');
             }
             Node::Array(items) => {
+                // Sorted by index; the gaps are written as null, so that
+                // each value stays at its index.
                 out.push(b'[');
-                for (i, (_, v)) in items.iter().enumerate() {
-                    if i > 0 {
+                let mut next = 0;
+                for (i, v) in items {
+                    while next < *i {
+                        if next > 0 {
+                            out.push(b',');
+                        }
+                        out.extend_from_slice(b"null");
+                        next += 1;
+                    }
+                    if next > 0 {
                         out.push(b',');
                     }
                     v.write(out, None);
+                    next += 1;
                 }
                 out.push(b']');
             }
@@ -316,6 +353,25 @@ mod tests {
         );
         let v: serde_json::Value = serde_json::from_str(&text).expect("valid JSON");
         assert_eq!(v["energy"], 12.5);
+        // Sparse indices keep their place; a top-level array stays an array.
+        let third = p(vec![Segment::Key("ph".into()), Segment::Index(2)]);
+        let out = render(&[(&third, "7".into())], 0, 1).expect("one");
+        assert_eq!(
+            out,
+            br#"{"ph":[null,null,7],"$window":{"start":0,"end":1}}"#.to_vec()
+        );
+        let top = p(vec![Segment::Index(1)]);
+        let out = render(&[(&top, "5".into())], 0, 1).expect("array root");
+        assert_eq!(
+            out,
+            br#"[{"$window":{"start":0,"end":1}},[null,5]]"#.to_vec()
+        );
+        let own = p(vec![Segment::Key("$window".into())]);
+        assert_eq!(
+            render(&[(&own, "1".into())], 0, 1),
+            None,
+            "no duplicate key"
+        );
         // A path that became an object inside the window: the clash is left out.
         let deeper = p(vec![
             Segment::Key("energy".into()),

@@ -126,15 +126,29 @@ pub(crate) fn evaluate<S: AsRef<str>>(
             let approved_dest = ctx.destination_approved(dest);
             let candidates: Vec<&Candidate<'_>> = for_device
                 .iter()
-                .filter(|(_, r, _)| {
-                    r.destination.selects(dest)
-                        && (approved_dest || matches!(r.destination, DestinationSelector::Named(_)))
-                })
+                .filter(|(_, r, _)| r.destination.selects(dest))
                 .collect();
             let decisions: Vec<Decision> = fields
                 .iter()
                 .zip(&approved)
-                .map(|(f, ok)| decide(&candidates, f, *ok))
+                .map(|(f, ok)| {
+                    let d = decide(&candidates, f, *ok);
+                    // A new destination: a rule for every destination still
+                    // decides (its drops and transforms hold), but what it
+                    // would share is withheld until the user approves.
+                    let wildcard = d
+                        .rule
+                        .and_then(|id| policy.rules.get(id.0))
+                        .is_some_and(|r| matches!(r.destination, DestinationSelector::Any));
+                    if !approved_dest && wildcard && d.action.sends() {
+                        Decision {
+                            action: Action::Drop,
+                            ..d
+                        }
+                    } else {
+                        d
+                    }
+                })
                 .collect();
             let payload = if decisions.iter().any(Decision::is_shared) {
                 let out = Out {
@@ -287,8 +301,9 @@ impl Out<'_> {
 
     /// Hands the value of leaf `index` to its window; nothing is sent now.
     fn accumulate(&self, d: &Decision, value: &[u8], index: usize) {
-        if let (Some(Transform::Aggregate { func, window_ms }), Some(field)) =
-            (self.transform(d), self.fields.get(index))
+        let rule = d.rule.and_then(|id| self.rules.get(id.0));
+        if let (Some(rule), Some(Transform::Aggregate { func, window_ms }), Some(field)) =
+            (rule, self.transform(d), self.fields.get(index))
         {
             self.ctx.accumulate(
                 &WindowSlot {
@@ -298,6 +313,7 @@ impl Out<'_> {
                     field,
                     func: *func,
                     window_ms: *window_ms,
+                    rule: &rule.id,
                 },
                 value,
             );

@@ -355,3 +355,36 @@ fn a_new_destination_gets_only_what_rules_naming_it_share() {
     let e = eval(policy, &inv, "meter", r#"{"kwh":3,"ssid":"home"}"#);
     assert_eq!(out(&e, "utility"), Some(r#"{"kwh":3,"ssid":"home"}"#));
 }
+
+/// A rule for every destination still decides for a new one: its drop or
+/// its transform is not skipped in favour of a less specific rule that
+/// names the destination.
+#[test]
+fn a_new_destination_does_not_escape_wildcard_drops_and_transforms() {
+    let mut inv = Inventory::default();
+    inv.new_destinations.insert("utility".into());
+    let policy = "[quarantine]\nexempt = [\"*\"]\n\n\
+        [[rule]]\ndevice = \"camera\"\nfield = \"*\"\ndestination = \"*\"\naction = \"drop\"\n\n\
+        [[rule]]\ndevice = \"*\"\nfield = \"battery\"\ndestination = \"utility\"\naction = \"share\"\n\n\
+        [[rule]]\ndevice = \"tracker\"\nfield = \"loc\"\ndestination = \"*\"\naction = \"coarsen_location\"\ngeohash = 5\n\n\
+        [[rule]]\ndevice = \"*\"\nfield = \"loc\"\ndestination = \"utility\"\naction = \"share\"\n";
+    let e = eval(policy, &inv, "camera", r#"{"battery":80}"#);
+    assert_eq!(out(&e, "utility"), None, "the camera's drop holds");
+    let e = eval(
+        policy,
+        &inv,
+        "tracker",
+        r#"{"loc":{"lat":52.3702,"lon":4.8952}}"#,
+    );
+    assert_eq!(out(&e, "utility"), None, "withheld, never the raw location");
+    inv.new_destinations.clear();
+    let e = eval(
+        policy,
+        &inv,
+        "tracker",
+        r#"{"loc":{"lat":52.3702,"lon":4.8952}}"#,
+    );
+    assert_eq!(out(&e, "utility"), Some(r#"{"loc":{"geohash":"u173z"}}"#));
+    let e = eval(policy, &inv, "camera", r#"{"battery":80}"#);
+    assert_eq!(out(&e, "utility"), None);
+}

@@ -94,11 +94,7 @@ fn line(
     let applicable: Vec<&SharingRule> = policy
         .rules()
         .iter()
-        .filter(|r| {
-            r.device.selects(device, &policy.groups)
-                && r.destination.selects(&dest.name)
-                && (dest.approved || matches!(r.destination, DestinationSelector::Named(_)))
-        })
+        .filter(|r| r.device.selects(device, &policy.groups) && r.destination.selects(&dest.name))
         .collect();
     let mut winners: Vec<&SharingRule> = Vec::new();
     for r in &applicable {
@@ -116,6 +112,11 @@ fn line(
     let mut never = Vec::new();
     let mut everything_else = false;
     for r in &winners {
+        // A new destination: what rules for every destination would share
+        // waits for approval (their drops still hold).
+        if !dest.approved && matches!(r.destination, DestinationSelector::Any) && r.action.sends() {
+            continue;
+        }
         if r.action == Action::Drop {
             never.push(match r.field.as_str() {
                 "*" => "any field".to_string(),
@@ -136,7 +137,14 @@ fn line(
     }
     // The whole-message rule last: it reads as "every other field".
     shared.sort_by_key(|s| s.field == "*");
-    let text = words(device_name, dest, &shared, &never, everything_else);
+    let text = words(
+        device_name,
+        dest,
+        &shared,
+        &never,
+        everything_else,
+        policy.quarantines(device),
+    );
     StatementLine {
         device: device.to_string(),
         device_name: device_name.to_string(),
@@ -157,6 +165,7 @@ fn words(
     shared: &[SharedField],
     never: &[String],
     everything_else: bool,
+    quarantined: bool,
 ) -> String {
     let mut who: Vec<String> = Vec::new();
     if let Some(r) = &dest.recipient {
@@ -179,8 +188,10 @@ fn words(
         let parts: Vec<String> = shared
             .iter()
             .map(|s| {
-                let name = if s.field == "*" {
+                let name = if s.field == "*" && quarantined {
                     "every other field (a field the device never sent before only once you approve it)".to_string()
+                } else if s.field == "*" {
+                    "every other field, new ones included (the quarantine is off for it)".to_string()
                 } else {
                     s.field.clone()
                 };

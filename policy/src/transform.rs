@@ -56,8 +56,8 @@ pub trait Context {
     /// not sent now; the caller sends the window's result when it ends.
     fn accumulate(&self, slot: &WindowSlot<'_>, value: &[u8]);
 
-    /// Whether the user approved `field` of `device` (or the device sent
-    /// it before the quarantine began). A field that is not approved is
+    /// Whether the user approved `field` of `device`. A field that is not
+    /// approved is
     /// shared only by a rule that names it without a wildcard.
     fn field_approved(&self, device: &str, field: &FieldPath) -> bool;
 
@@ -322,7 +322,7 @@ fn truncate_time(leaf: &Json, unit: TimeUnit) -> Option<Json> {
     } else {
         unit.seconds()
     };
-    scalar(&(n.div_euclid(per) * per).to_string())
+    scalar(&n.div_euclid(per).checked_mul(per)?.to_string())
 }
 
 /// `2026-11-30T16:35:14.123+01:00` cut to the hour is
@@ -524,6 +524,7 @@ mod tests {
             Some("1764518400000")
         );
         for bad in [
+            "-9223372036854775808",
             "\"yesterday\"",
             "\"2026-11-30\"",
             "\"2026-11-30T16:35:14+1\"",

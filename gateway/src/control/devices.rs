@@ -114,8 +114,6 @@ impl Operations {
         // Forgotten first, so that it cannot log back in; its sessions end
         // before the flush, so the disk's pace does not keep them open.
         registry.remove(id)?;
-        // A device added again under this id starts with every field new.
-        self.forget_fields(Some(id))?;
         let (sessions_closed, retained_dropped) = match &self.live {
             Some(live) => (
                 live.broker.disconnect_device(id).await,
@@ -123,6 +121,10 @@ impl Operations {
             ),
             None => (0, 0),
         };
+        // After its sessions ended, so that no message in flight brings its
+        // fields or windows back. A device added again under this id
+        // starts with every field new.
+        self.forget_fields(Some(id))?;
         self.flush().await?;
         self.record(crate::ledger::EntryBody::DeviceRemoved {
             device: id.to_string(),

@@ -49,15 +49,7 @@ impl Operations {
     ) -> Result<FieldsApproved, OpError> {
         let inventory = self.store()?.fields();
         let approved = match field {
-            None => {
-                let held: Vec<String> = inventory
-                    .list(Some(device), true)
-                    .into_iter()
-                    .map(|f| f.field)
-                    .collect();
-                inventory.approve_all(device)?;
-                held
-            }
+            None => inventory.approve_all(device)?,
             Some(name) => match inventory.approve(device, name)? {
                 ApproveOutcome::Approved => vec![name.to_string()],
                 ApproveOutcome::AlreadyApproved => Vec::new(),

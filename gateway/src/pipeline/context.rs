@@ -23,7 +23,15 @@ pub struct SendContext<'a> {
     pub fields: &'a FieldInventory,
     pub destinations: &'a DestinationApprovals,
     pub now_ms: u64,
+    /// Values sealed for this message so far: each costs an X25519
+    /// agreement, so a message of thousands of tiny values cannot make the
+    /// hub spend seconds on it. Past [`MAX_SEALS_PER_MESSAGE`] a value is
+    /// withheld.
+    pub seals: std::cell::Cell<u32>,
 }
+
+/// Values one message may have sealed, all destinations together.
+pub const MAX_SEALS_PER_MESSAGE: u32 = 256;
 
 /// When each `rate_limit`ed value last left: bounded, the stalest go first.
 #[derive(Default)]
@@ -51,6 +59,11 @@ impl RateLimits {
 
 impl policy::transform::Context for SendContext<'_> {
     fn seal(&self, value: &[u8], recipient: Option<&str>) -> Option<String> {
+        let n = self.seals.get();
+        if n >= MAX_SEALS_PER_MESSAGE {
+            return None;
+        }
+        self.seals.set(n + 1);
         match recipient {
             None => crate::keys::seal::seal_value(self.recipient.as_ref()?, value).ok(),
             Some(r) => seal_to_age(r, value),
@@ -130,6 +143,7 @@ mod tests {
             fields: &fields,
             destinations: &destinations,
             now_ms: 1000,
+            seals: Default::default(),
         };
         let p = |d: &str, v: &str| ctx.pseudonym(d, v.as_bytes()).expect("pseudonym");
         assert_eq!(p("a", "\"alice\""), p("a", "\"alice\""));

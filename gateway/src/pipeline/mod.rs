@@ -219,6 +219,7 @@ impl Pipeline {
                 fields: &self.fields,
                 destinations: &self.approved_destinations,
                 now_ms: now,
+                seals: Default::default(),
             },
         );
         let held: Vec<bool> = (0..eval.fields.len())
@@ -299,23 +300,53 @@ impl Pipeline {
 
 impl Pipeline {
     /// Queues the message of every `aggregate` window that ended by
-    /// `now_ms`, and makes it durable.
+    /// `now_ms`, and makes it durable. A field goes only if the rule that
+    /// filled its window is still in force, unchanged: a policy change
+    /// that removed or changed it keeps what was collected home.
     pub async fn send_closed_windows(&self, now_ms: u64) -> Result<usize, PipelineError> {
         let closed = self.windows.close_due(now_ms);
+        if closed.is_empty() {
+            return Ok(0);
+        }
+        let active = self.policy.load_full();
         let mut sent = 0;
         for c in &closed {
             let Some(lane) = self.lanes.iter().find(|l| l.name == c.destination) else {
                 continue;
             };
-            lane.outbox
-                .push(&c.device, &c.topic, &c.payload, now_ms)
-                .inspect_err(|_| self.durability.check_now())?;
+            let still = |f: &crate::windows::ClosedField| {
+                active.policy.rules().iter().any(|r| {
+                    r.id == f.rule
+                        && r.action == policy::Action::Aggregate
+                        && r.transform
+                            == Some(policy::transform::Transform::Aggregate {
+                                func: f.func,
+                                window_ms: c.window_ms,
+                            })
+                        && r.destination.selects(&c.destination)
+                        && r.field.matches(&f.field)
+                })
+            };
+            let Some(payload) = c.render(still) else {
+                continue;
+            };
+            let packet = 5 + 2 + lane.topic_prefix.len() + c.topic.len() + 2 + payload.len();
+            if packet > UPLINK_MAX_PACKET_BYTES {
+                tracing::warn!(destination = %c.destination, device = %crate::short(&c.device), bytes = payload.len(), "an aggregate window's message is too large to send: dropped");
+                continue;
+            }
+            // One failed push does not lose the other windows.
+            if let Err(e) = lane.outbox.push(&c.device, &c.topic, &payload, now_ms) {
+                self.durability.check_now();
+                tracing::error!(destination = %c.destination, error = %crate::control::with_causes(&e), "an aggregate window's message could not be queued");
+                continue;
+            }
             self.ledger.note(EntryBody::Aggregate {
                 destination: c.destination.clone(),
                 device: c.device.clone(),
-                bytes: c.payload.len() as u64,
-                digest: crate::ledger::entry::hex(&crate::ledger::entry::sha256(&c.payload)),
-                window_start_ms: c.end_ms.saturating_sub(c.window_ms),
+                bytes: payload.len() as u64,
+                digest: crate::ledger::entry::hex(&crate::ledger::entry::sha256(&payload)),
+                window_start_ms: c.start_ms,
                 window_end_ms: c.end_ms,
             });
             lane.wake.notify_one();

@@ -87,8 +87,9 @@ impl DestinationApprovals {
 
     /// Forgets every approval and the first start (a factory wipe).
     pub fn forget_all(&self) -> Result<(), StoreError> {
-        let mut approved = self.approved.write().unwrap_or_else(|e| e.into_inner());
+        // `settled` before `approved`, as `settle` takes them.
         let mut settled = self.settled.write().unwrap_or_else(|e| e.into_inner());
+        let mut approved = self.approved.write().unwrap_or_else(|e| e.into_inner());
         self.tree.clear()?;
         approved.clear();
         *settled = false;

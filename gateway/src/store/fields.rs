@@ -25,6 +25,9 @@ use serde::{Deserialize, Serialize};
 use super::StoreError;
 
 pub const MAX_FIELDS_PER_DEVICE: usize = 1024;
+/// Bytes of a field name the inventory records; a longer one is held and
+/// never recorded (nor approvable): a rule naming it still shares it.
+pub const MAX_FIELD_NAME_BYTES: usize = 256;
 /// Characters of a sample kept (the rest is cut, marked with `…`).
 const SAMPLE_CHARS: usize = 80;
 
@@ -41,8 +44,8 @@ pub struct FieldInfo {
     pub first_seen_ms: u64,
     /// Messages that carried it since the gateway started.
     pub seen_since_start: u64,
-    /// Its latest value while held, from memory (none after a restart
-    /// until the device sends it again).
+    /// Its first value since the gateway started, while held, from memory
+    /// (none after a restart until the device sends it again).
     pub sample: Option<String>,
 }
 
@@ -146,7 +149,8 @@ impl FieldInventory {
             for (i, path) in fields.iter().enumerate() {
                 let held_now = held.get(i).copied().unwrap_or(false);
                 let name = path.generic();
-                let room = known.len() < MAX_FIELDS_PER_DEVICE;
+                let room =
+                    known.len() < MAX_FIELDS_PER_DEVICE && name.len() <= MAX_FIELD_NAME_BYTES;
                 match known.get_mut(&name) {
                     Some(state) => {
                         state.seen += 1;
@@ -239,10 +243,11 @@ impl FieldInventory {
         Ok(ApproveOutcome::Approved)
     }
 
-    /// Releases every held field of `device`; returns how many.
-    pub fn approve_all(&self, device: &str) -> Result<usize, StoreError> {
+    /// Releases every field of `device` not approved yet, held or new;
+    /// returns their names.
+    pub fn approve_all(&self, device: &str) -> Result<Vec<String>, StoreError> {
         let mut devices = self.lock();
-        let mut n = 0;
+        let mut names = Vec::new();
         if let Some(fields) = devices.get_mut(device) {
             for (name, state) in fields.iter_mut().filter(|(_, s)| !s.approved) {
                 self.tree
@@ -250,10 +255,11 @@ impl FieldInventory {
                 state.approved = true;
                 state.held = false;
                 state.sample = None;
-                n += 1;
+                names.push(name.clone());
             }
         }
-        Ok(n)
+        names.sort();
+        Ok(names)
     }
 
     /// The fields, sorted by device and name; only held ones if `pending`
@@ -402,7 +408,7 @@ mod tests {
         let p = r#"{"ssid":"x"}"#;
         inv.observe("plug", &paths(p), &[false], p.as_bytes(), 3000);
         assert_eq!(inv.list(Some("plug"), true).len(), 1, "only nets[*].c");
-        assert_eq!(inv.approve_all("plug").expect("all"), 3);
+        assert_eq!(inv.approve_all("plug").expect("all").len(), 3);
         assert!(inv.list(None, true).is_empty());
         assert_eq!(inv.forget_device("plug").expect("forget"), 4);
         assert!(inv.list(None, false).is_empty());
@@ -444,6 +450,12 @@ mod tests {
         }
         assert_eq!(inv.list(Some("noisy"), false).len(), MAX_FIELDS_PER_DEVICE);
         assert_eq!(inv.tree.len(), MAX_FIELDS_PER_DEVICE);
+        let name = "n".repeat(MAX_FIELD_NAME_BYTES + 1);
+        let p = format!("{{\"{name}\":1}}");
+        assert_eq!(
+            inv.observe("other", &paths(&p), &[true], p.as_bytes(), 1),
+            0
+        );
         let long = "x".repeat(500);
         let p = format!("{{\"a\":\"{long}\"}}");
         inv.observe("other", &paths(&p), &[true], p.as_bytes(), 1);
