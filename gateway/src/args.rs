@@ -102,6 +102,9 @@ pub enum Command {
     Statement {
         #[command(flatten)]
         common: Common,
+        /// As JSON-LD in the W3C Data Privacy Vocabulary (DPV)
+        #[arg(long)]
+        json_ld: bool,
     },
     /// Set up your keys: a passphrase, your key pair and a one-time recovery key.
     /// Until then, no history is kept

@@ -242,7 +242,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             };
             (common, request, None)
         }
-        Command::Statement { common } => (common, Request::Statement, None),
+        Command::Statement { common, json_ld } => (common, Request::Statement { json_ld }, None),
         Command::Destinations { common, action } => match action {
             None => (common, Request::Destinations, None),
             Some(DestinationsCommand::Approve { name }) => {

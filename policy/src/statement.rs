@@ -58,6 +58,49 @@ pub struct Statement {
 }
 
 impl Statement {
+    /// The statement as JSON-LD in the W3C Data Privacy Vocabulary (DPV):
+    /// one `dpv:PersonalDataHandling` per device and destination, with
+    /// `dpv:hasRecipient`, `dpv:hasPurpose` and `dpv:hasPersonalData`.
+    pub fn to_json_ld(&self) -> serde_json::Value {
+        let graph: Vec<serde_json::Value> = self
+            .lines
+            .iter()
+            .filter(|l| !l.shared.is_empty())
+            .map(|l| {
+                let mut recipient = serde_json::json!({
+                    "@type": "dpv:Recipient",
+                    "dpv:hasName": l.recipient.clone().unwrap_or_else(|| l.destination.clone()),
+                });
+                if let Some(c) = &l.country {
+                    recipient["dpv:hasCountry"] = serde_json::json!(c);
+                }
+                let mut handling = serde_json::json!({
+                    "@type": "dpv:PersonalDataHandling",
+                    "dpv:hasDataSubject": {"@type": "dpv:DataSubject", "dpv:hasName": l.device_name},
+                    "dpv:hasRecipient": recipient,
+                    "dpv:hasPersonalData": l.shared.iter().map(|f| serde_json::json!({
+                        "@type": "dpv:PersonalData",
+                        "dpv:hasName": f.field,
+                        "dpv:hasDescription": f.form,
+                    })).collect::<Vec<_>>(),
+                    "rdfs:comment": l.text,
+                });
+                if let Some(p) = &l.purpose {
+                    handling["dpv:hasPurpose"] =
+                        serde_json::json!({"@type": "dpv:Purpose", "dpv:hasDescription": p});
+                }
+                handling
+            })
+            .collect();
+        serde_json::json!({
+            "@context": {
+                "dpv": "https://w3id.org/dpv#",
+                "rdfs": "http://www.w3.org/2000/01/rdf-schema#"
+            },
+            "@graph": graph
+        })
+    }
+
     pub fn text(&self) -> String {
         let mut out = String::new();
         for l in &self.lines {

@@ -91,6 +91,16 @@ fn the_worked_examples_read_as_their_golden_statements() {
         let want = std::fs::read_to_string(&file)
             .unwrap_or_else(|e| panic!("{}: {e} (UPDATE_GOLDEN=1 writes it)", file.display()));
         assert_eq!(got, want, "{title}: the statement changed");
+        // The same, as JSON-LD: one handling per line that shares anything.
+        let st = statement(&policy, &devices, &facts);
+        let ld = st.to_json_ld();
+        let sharing = st.lines.iter().filter(|l| !l.shared.is_empty()).count();
+        assert_eq!(
+            ld["@graph"].as_array().map(Vec::len),
+            Some(sharing),
+            "{title}"
+        );
+        assert_eq!(ld["@context"]["dpv"], "https://w3id.org/dpv#");
         checked += 1;
     }
     assert!(checked >= 5, "only {checked} examples");

@@ -248,6 +248,31 @@ async fn the_ledger_matches_what_three_clouds_received() -> Result<()> {
         statement.contains("thermo → acme (Acme Inc., US, purpose: remote control): temp, rounded to steps of 0.5; nothing else."),
         "{statement}"
     );
+    let ld = cli_ok(
+        &data,
+        &[
+            "statement",
+            "--json-ld",
+            "--config",
+            &write_config(dir.path(), &config)?,
+        ],
+    )?;
+    let ld: serde_json::Value = serde_json::from_str(&ld)?;
+    let acme = ld["@graph"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|h| {
+            h["dpv:hasRecipient"]["dpv:hasName"] == "Acme Inc."
+                && h["dpv:hasDataSubject"]["dpv:hasName"] == "thermo"
+        })
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        acme["dpv:hasPurpose"]["dpv:hasDescription"], "remote control",
+        "{ld}"
+    );
+    assert_eq!(acme["dpv:hasPersonalData"][0]["dpv:hasName"], "temp");
     Ok(())
 }
 

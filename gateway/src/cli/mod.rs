@@ -144,7 +144,8 @@ pub fn render(request: &Request, reply: &Value) -> Result<String, OpError> {
         Request::LedgerVerify => ledger::verdict(&typed(reply)?),
         Request::LedgerSummary { .. } => ledger::summary(&typed::<Vec<_>>(reply)?),
         Request::LedgerReceived { .. } => ledger::received(&typed(reply)?),
-        Request::Statement => {
+        Request::Statement { json_ld: true } => format!("{reply:#}\n"),
+        Request::Statement { json_ld: false } => {
             let s: policy::statement::Statement = typed(reply)?;
             if s.lines.is_empty() {
                 "no devices or no destinations: nothing leaves\n".to_string()

@@ -279,7 +279,8 @@ impl Operations {
                 destination,
                 since_ms,
             } => json(self.ledger_received(&destination, since_ms.unwrap_or(0))?),
-            Request::Statement => json(self.statement()?),
+            Request::Statement { json_ld: false } => json(self.statement()?),
+            Request::Statement { json_ld: true } => Ok(self.statement()?.to_json_ld()),
             Request::DestinationApprove { name } => json(self.destination_approve(&name).await?),
             Request::Delete {
                 device,

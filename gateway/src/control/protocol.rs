@@ -208,8 +208,12 @@ pub enum Request {
         #[serde(default)]
         since_ms: Option<u64>,
     },
-    /// The policy in force, in plain words.
-    Statement,
+    /// The policy in force, in plain words; as JSON-LD (W3C DPV) with
+    /// `json_ld`.
+    Statement {
+        #[serde(default)]
+        json_ld: bool,
+    },
     DestinationApprove {
         name: String,
     },
