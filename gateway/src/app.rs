@@ -20,10 +20,42 @@ use crate::store::{Durability, Store};
 use crate::supervise::Supervisor;
 use crate::uplink::Uplink;
 
+/// The web UI's view of the hub: the same operations layer as the CLI.
 struct HubState {
     durability: Arc<Durability>,
     stages: Arc<std::sync::atomic::AtomicBool>,
+    ops: Arc<Operations>,
 }
+
+fn hub_error(e: crate::control::OpError) -> web_ui::HubError {
+    web_ui::HubError {
+        status: match e.class {
+            crate::control::ErrorClass::Input => 400,
+            crate::control::ErrorClass::Runtime => 500,
+            crate::control::ErrorClass::Busy => 503,
+        },
+        message: e.message,
+    }
+}
+
+/// The operations the web UI may ask for through [`web_ui::Hub::call`]:
+/// reading, and approving. Keys, exports and deletes have their own paths.
+const UI_OPS: &[&str] = &[
+    "status",
+    "statement",
+    "ledger",
+    "ledger_verify",
+    "ledger_summary",
+    "ledger_received",
+    "fields",
+    "fields_approve",
+    "destinations",
+    "device_list",
+    "device_show",
+    "policy_show",
+    "policy_versions",
+    "policy_preview",
+];
 
 impl web_ui::Hub for HubState {
     fn health(&self) -> web_ui::Health {
@@ -31,6 +63,67 @@ impl web_ui::Hub for HubState {
             store_ok: self.durability.healthy(),
             stages_ok: self.stages.load(std::sync::atomic::Ordering::Acquire),
         }
+    }
+
+    fn is_set_up(&self) -> bool {
+        self.ops.is_set_up()
+    }
+
+    fn set_up(
+        &self,
+        passphrase: zeroize::Zeroizing<String>,
+    ) -> web_ui::HubFuture<'_, Result<zeroize::Zeroizing<String>, web_ui::HubError>> {
+        let ops = Arc::clone(&self.ops);
+        Box::pin(async move {
+            let request = crate::control::Request::Init {
+                passphrase: crate::control::Passphrase(passphrase),
+            };
+            let reply = tokio::task::spawn_blocking(move || ops.call_blocking(request))
+                .await
+                .map_err(|e| web_ui::HubError {
+                    status: 500,
+                    message: format!("the setup task failed: {e}"),
+                })?
+                .map_err(hub_error)?;
+            let key = reply["recovery_key"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            Ok(zeroize::Zeroizing::new(key))
+        })
+    }
+
+    fn check_passphrase(
+        &self,
+        passphrase: zeroize::Zeroizing<String>,
+    ) -> web_ui::HubFuture<'_, Result<bool, web_ui::HubError>> {
+        Box::pin(async move {
+            self.ops
+                .check_passphrase(&crate::control::Passphrase(passphrase))
+                .await
+                .map_err(hub_error)
+        })
+    }
+
+    fn call(
+        &self,
+        request: serde_json::Value,
+    ) -> web_ui::HubFuture<'_, Result<serde_json::Value, web_ui::HubError>> {
+        Box::pin(async move {
+            let op = request["op"].as_str().unwrap_or_default();
+            if !UI_OPS.contains(&op) {
+                return Err(web_ui::HubError {
+                    status: 400,
+                    message: format!("{op:?} is not an operation of the web UI"),
+                });
+            }
+            let request: crate::control::Request =
+                serde_json::from_value(request).map_err(|e| web_ui::HubError {
+                    status: 400,
+                    message: format!("not a request: {e}"),
+                })?;
+            self.ops.call(request).await.map_err(hub_error)
+        })
     }
 }
 
@@ -239,13 +332,31 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
     let (mqtt_addr, http_addr) = (broker.local_addr(), http.local_addr()?);
-    let app = web_ui::router(Arc::new(HubState {
-        durability: Arc::clone(&durability),
-        stages: supervisor.health(),
-    }));
+    // Until the keys exist, the web UI's setup needs this token: it is
+    // printed here, so only who reads the console (or the journal) has it.
+    let setup_token = if ops.is_set_up() {
+        None
+    } else {
+        web_ui::session::random_token()
+    };
+    let app = web_ui::router(
+        Arc::new(HubState {
+            durability: Arc::clone(&durability),
+            stages: supervisor.health(),
+            ops: Arc::clone(&ops),
+        }),
+        web_ui::UiConfig {
+            setup_token: setup_token.clone(),
+            secure: false,
+        },
+    );
     let mut http_shutdown = shutdown_rx.clone();
     let http_task = supervisor.spawn("http", async move {
-        let serve = axum::serve(http, app).with_graceful_shutdown(async move {
+        let serve = axum::serve(
+            http,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move {
             let _ = http_shutdown.changed().await;
         });
         if let Err(e) = serve.await {
@@ -279,6 +390,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         std::process::id()
     );
     tracing::info!(mqtt = %mqtt_addr, http = %http_addr, destinations = config.destinations.len(), devices = registry.list().len(), "dataward running");
+    if let Some(token) = &setup_token {
+        println!(
+            "setup: http://{http_addr}/setup?token={token} (one time: it sets your passphrase)"
+        );
+        tracing::warn!(
+            "first run: set your passphrase at http://{http_addr}/setup?token={token} or with `dataward init`"
+        );
+    }
 
     let outcome = loop {
         let signal = tokio::select! {

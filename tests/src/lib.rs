@@ -9,13 +9,16 @@
 //!   the command line as a user runs it.
 //! - [`clients`]: rumqttc devices and cloud subscribers, and [`collect`].
 //! - [`fuzz`]: a seeded packet fuzzer for the device port.
+//! - [`http`]: a minimal HTTP/1.1 client for the web UI's tests.
 
 pub mod clients;
 pub mod cloud;
 pub mod fuzz;
 pub mod gateway;
+pub mod http;
 pub mod policy_fuzz;
 
 pub use clients::*;
 pub use cloud::*;
 pub use gateway::*;
+pub use http::*;

@@ -1,19 +1,40 @@
 //! dataward's HTTP face.
 //!
 //! - [`Hub`]: what the UI needs from the running gateway. `gateway`
-//!   implements it; this crate knows nothing of storage or the broker.
-//! - [`router`]: the axum router the gateway mounts.
+//!   implements it over its operations layer; this crate knows nothing of
+//!   storage or the broker.
+//! - [`router`]: the axum router the gateway mounts: `/healthz`, and
+//!   `/api/v1` (setup, the session, and what the pages read and change).
+//! - `session`: login sessions and their CSRF tokens.
+//! - `throttle`: wrong passphrases slow down, per client and for everyone.
+//! - `problem`: errors as RFC 7807 problem documents.
+//! - `api`: the `/api/v1` handlers.
 //!
-//! This first cut serves `GET /healthz` only; the pages and `/api/v1` grow
-//! here behind the same trait.
+//! Every response carries a strict Content-Security-Policy and friends;
+//! request bodies are limited to [`MAX_BODY_BYTES`].
 
-use std::sync::Arc;
+mod api;
+mod problem;
+pub mod session;
+pub mod throttle;
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::routing::get;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
+use zeroize::Zeroizing;
+
+pub use problem::Problem;
+
+/// Request bodies larger than this are refused (413).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// The hub's state as the health check reports it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -25,21 +46,116 @@ pub struct Health {
     pub stages_ok: bool,
 }
 
+/// An operation the hub refused or failed; `status` is the HTTP status it
+/// maps to (400 for the user's input, 500 for a failure, 503 when busy).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubError {
+    pub status: u16,
+    pub message: String,
+}
+
+pub type HubFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
 /// What the web UI needs from the running hub.
 pub trait Hub: Send + Sync + 'static {
     fn health(&self) -> Health;
+    /// Whether the user's keys exist (setup is done).
+    fn is_set_up(&self) -> bool;
+    /// Sets up the user's keys with `passphrase`, as `dataward init` does;
+    /// answers the recovery key, to be shown once.
+    fn set_up(
+        &self,
+        passphrase: Zeroizing<String>,
+    ) -> HubFuture<'_, Result<Zeroizing<String>, HubError>>;
+    /// Whether `passphrase` is the user's (an Argon2id: slow).
+    fn check_passphrase(
+        &self,
+        passphrase: Zeroizing<String>,
+    ) -> HubFuture<'_, Result<bool, HubError>>;
+    /// One operation, as the control socket takes it: `{"op": "status"}`.
+    fn call(
+        &self,
+        request: serde_json::Value,
+    ) -> HubFuture<'_, Result<serde_json::Value, HubError>>;
 }
 
-pub fn router(hub: Arc<dyn Hub>) -> Router {
+/// How the gateway serves the UI.
+#[derive(Debug, Clone, Default)]
+pub struct UiConfig {
+    /// The one-time setup token `dataward run` printed; none once the keys
+    /// exist.
+    pub setup_token: Option<String>,
+    /// Served over TLS: cookies get `Secure`.
+    pub secure: bool,
+}
+
+pub struct AppState {
+    pub(crate) hub: Arc<dyn Hub>,
+    pub(crate) sessions: session::Sessions,
+    pub(crate) throttle: throttle::LoginThrottle,
+    pub(crate) setup_token: Mutex<Option<String>>,
+    pub(crate) secure: bool,
+}
+
+pub fn router(hub: Arc<dyn Hub>, config: UiConfig) -> Router {
+    let state = Arc::new(AppState {
+        hub,
+        sessions: Default::default(),
+        throttle: Default::default(),
+        setup_token: Mutex::new(config.setup_token),
+        secure: config.secure,
+    });
+    let api = Router::new()
+        .route("/setup", post(api::setup))
+        .route(
+            "/session",
+            post(api::login).get(api::session_info).delete(api::logout),
+        )
+        .route("/status", get(api::status))
+        .route("/statement", get(api::statement))
+        .route("/ledger", get(api::ledger))
+        .route("/ledger/verify", get(api::ledger_verify))
+        .route("/fields", get(api::fields))
+        .route("/fields/approve", post(api::fields_approve))
+        .route("/destinations", get(api::destinations))
+        .fallback(api::not_found);
     Router::new()
         .route("/healthz", get(healthz))
-        .with_state(hub)
+        .nest("/api/v1", api)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(security_headers))
+        .with_state(state)
+}
+
+/// On every response: no script, style or frame from anywhere else, no
+/// inline script, no sniffing, no referrer.
+async fn security_headers(req: axum::extract::Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+             object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 /// Liveness for supervisors. It says nothing about devices or data, so it
 /// needs no login.
-async fn healthz(State(hub): State<Arc<dyn Hub>>) -> (StatusCode, Json<serde_json::Value>) {
-    let h = hub.health();
+async fn healthz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<serde_json::Value>) {
+    let h = state.hub.health();
     let ok = h.store_ok && h.stages_ok;
     let code = if ok {
         StatusCode::OK
@@ -51,35 +167,4 @@ async fn healthz(State(hub): State<Arc<dyn Hub>>) -> (StatusCode, Json<serde_jso
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use axum::body::Body;
-    use axum::http::Request;
-    use tower::ServiceExt;
-
-    struct Fixed(bool, bool);
-    impl Hub for Fixed {
-        fn health(&self) -> Health {
-            Health {
-                store_ok: self.0,
-                stages_ok: self.1,
-            }
-        }
-    }
-
-    async fn status(store_ok: bool, stages_ok: bool) -> StatusCode {
-        let app = router(Arc::new(Fixed(store_ok, stages_ok)));
-        let req = Request::builder()
-            .uri("/healthz")
-            .body(Body::empty())
-            .expect("request");
-        app.oneshot(req).await.expect("response").status()
-    }
-
-    #[tokio::test]
-    async fn healthz_reflects_the_store() {
-        assert_eq!(status(true, true).await, StatusCode::OK);
-        assert_eq!(status(false, true).await, StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(status(true, false).await, StatusCode::SERVICE_UNAVAILABLE);
-    }
-}
+mod tests;

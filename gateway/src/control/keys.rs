@@ -109,6 +109,29 @@ impl Operations {
             .map_err(OpError::from)
     }
 
+    /// Whether `passphrase` is the user's: what logging in to the web UI
+    /// checks. The key it unlocks is dropped (and wiped) at once.
+    pub async fn check_passphrase(&self, passphrase: &Passphrase) -> Result<bool, OpError> {
+        let keys = self.stored_keys()?;
+        let pad = self.store()?.wrap_pad(keys.passphrase_slot())?;
+        let passphrase = passphrase.clone();
+        let outcome = tokio::task::spawn_blocking(move || keys.unlock(passphrase.as_bytes(), &pad))
+            .await
+            .map_err(|e| OpError::runtime(format!("the unlock task failed: {e}")))?;
+        match outcome {
+            Ok(_key) => Ok(true),
+            Err(KeyError::WrongPassphrase | KeyError::EmptyPassphrase) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether the user's keys are set up.
+    pub fn is_set_up(&self) -> bool {
+        self.store
+            .as_ref()
+            .is_some_and(|s| s.load_keys().ok().flatten().is_some())
+    }
+
     /// The stored key record (public, and the private key wrapped) and the
     /// pad its passphrase wrap is bound to: what `decrypt` unlocks on the
     /// user's side. Useless without the passphrase.
