@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs dataward's whole test suite on a fresh machine: installs what the
-# tests need (mosquitto, openssl and age from Debian's packages) if missing, then runs
-# `cargo test` over the workspace. Used as-is by .ci/run.
+# tests need (mosquitto, openssl, age, chromium and chromium-driver from
+# Debian's packages) if missing, then runs `cargo test` over the workspace.
+# Used as-is by .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,9 @@ command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # age opens encrypted exports in the tests, as a user would.
 command -v age >/dev/null 2>&1 || need+=(age)
+# The web UI's tests run in a real headless browser.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 if [ "${#need[@]}" -gt 0 ]; then
   sudo=""
   if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi

@@ -77,7 +77,7 @@ impl FromRequestParts<Arc<AppState>> for Change {
 
 /// A browser says where a request came from; one from another site is
 /// refused even before its cookie would be (SameSite=Strict) checked.
-fn same_origin(headers: &HeaderMap) -> Result<(), Problem> {
+pub(crate) fn same_origin(headers: &HeaderMap) -> Result<(), Problem> {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return Ok(());
     };
@@ -193,9 +193,22 @@ pub async fn login(
     headers: HeaderMap,
     bytes: Bytes,
 ) -> Result<Response, Problem> {
-    same_origin(&headers)?;
     let b: LoginBody = body(&bytes)?;
-    let passphrase = Zeroizing::new(b.passphrase);
+    let (token, csrf) = log_in(&state, peer, &headers, Zeroizing::new(b.passphrase)).await?;
+    let mut resp = Json(json!({ "csrf_token": csrf })).into_response();
+    set_cookie(&mut resp, &session::set_cookie(&token, state.secure));
+    Ok(resp)
+}
+
+/// The passphrase check behind both the API's and the page's login, with
+/// its throttle: a new session's (cookie token, CSRF token).
+pub(crate) async fn log_in(
+    state: &AppState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    passphrase: Zeroizing<String>,
+) -> Result<(String, String), Problem> {
+    same_origin(headers)?;
     if !state.hub.is_set_up() {
         return Err(Problem::new(
             StatusCode::CONFLICT,
@@ -231,10 +244,14 @@ pub async fn login(
         ));
     }
     state.throttle.succeeded(ip);
-    let (token, csrf) = session_or_500(&state)?;
-    let mut resp = Json(json!({ "csrf_token": csrf })).into_response();
-    set_cookie(&mut resp, &session::set_cookie(&token, state.secure));
-    Ok(resp)
+    session_or_500(state)
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// The current session's CSRF token, for a page that just loaded.

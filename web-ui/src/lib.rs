@@ -9,11 +9,14 @@
 //! - `throttle`: wrong passphrases slow down, per client and for everyone.
 //! - `problem`: errors as RFC 7807 problem documents.
 //! - `api`: the `/api/v1` handlers.
+//! - `pages`: the HTML pages (setup, login, overview, fields, record,
+//!   statement), server-rendered and readable without JavaScript.
 //!
 //! Every response carries a strict Content-Security-Policy and friends;
 //! request bodies are limited to [`MAX_BODY_BYTES`].
 
 mod api;
+mod pages;
 mod problem;
 pub mod session;
 pub mod throttle;
@@ -120,6 +123,15 @@ pub fn router(hub: Arc<dyn Hub>, config: UiConfig) -> Router {
         .route("/destinations", get(api::destinations))
         .fallback(api::not_found);
     Router::new()
+        .route("/", get(pages::overview))
+        .route("/setup", get(pages::setup_page).post(pages::setup_submit))
+        .route("/login", get(pages::login_page).post(pages::login_submit))
+        .route("/logout", post(pages::logout_submit))
+        .route("/fields", get(pages::fields_page))
+        .route("/fields/approve", post(pages::approve_submit))
+        .route("/ledger", get(pages::ledger_page))
+        .route("/statement", get(pages::statement_page))
+        .route("/static/app.css", get(pages::css))
         .route("/healthz", get(healthz))
         .nest("/api/v1", api)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -128,7 +140,7 @@ pub fn router(hub: Arc<dyn Hub>, config: UiConfig) -> Router {
 }
 
 /// On every response: no script, style or frame from anywhere else, no
-/// inline script, no sniffing, no referrer.
+/// inline script, no sniffing, no referrer to other sites.
 async fn security_headers(req: axum::extract::Request, next: Next) -> Response {
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
@@ -143,9 +155,11 @@ async fn security_headers(req: axum::extract::Request, next: Next) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // Not no-referrer: with it, browsers send `Origin: null` on a form
+    // POST, and the same-origin check could not tell the page from a foe.
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -1,0 +1,232 @@
+//! The web UI in a real browser: Debian's headless chromium, driven
+//! through chromedriver with fantoccini, against the real gateway and a
+//! real mosquitto cloud. First-run setup with the printed token, the
+//! recovery key shown once, a hostile device's field names and values
+//! shown literally (no script runs), approving a field that then reaches
+//! the cloud, the record and the statement, logout. Screenshots of each
+//! page at phone and desktop widths go to target/ui-screenshots/.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use dataward_tests::*;
+use fantoccini::{Client, ClientBuilder, Locator};
+
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+async fn browser() -> Result<(Driver, Client)> {
+    // Two providers are compiled in (see Cargo.toml): name one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let port = free_port()?;
+    let child = Command::new("chromedriver")
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting chromedriver (the test script installs chromium-driver)")?;
+    let driver = Driver(child);
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        serde_json::json!({
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"]
+        }),
+    );
+    let url = format!("http://127.0.0.1:{port}");
+    for _ in 0..100 {
+        let mut b = ClientBuilder::rustls()?;
+        match b.capabilities(caps.clone()).connect(&url).await {
+            Ok(c) => return Ok((driver, c)),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    bail!("chromedriver did not answer on port {port}")
+}
+
+fn setup_token(gw: &Gateway) -> Result<String> {
+    gw.wait_for_log("setup?token=", Duration::from_secs(10))?;
+    gw.log()
+        .split("setup?token=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("no setup token in the log"))
+}
+
+/// The element, once the page has it (a form's answer takes a moment:
+/// setup and login run an Argon2id).
+async fn wait_for(c: &Client, what: Locator<'_>) -> Result<fantoccini::elements::Element> {
+    Ok(c.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(what)
+        .await?)
+}
+
+/// Screenshots of the page at phone and desktop widths.
+async fn shoot(c: &Client, name: &str) -> Result<()> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/ui-screenshots");
+    std::fs::create_dir_all(&dir)?;
+    for (label, w, h) in [("phone", 390, 844), ("desktop", 1280, 900)] {
+        c.set_window_size(w, h).await?;
+        let png = c.screenshot().await?;
+        std::fs::write(dir.join(format!("{name}-{label}.png")), png)?;
+    }
+    Ok(())
+}
+
+/// No alert is open: a script injected through a device string would
+/// have opened one.
+async fn no_dialog(c: &Client) -> Result<()> {
+    if let Ok(text) = c.get_alert_text().await {
+        bail!("a dialog opened: {text:?}");
+    }
+    Ok(())
+}
+
+const HOSTILE_FIELD: &str = "<img src=x onerror=alert(1)>";
+const HOSTILE_VALUE: &str = "</script><script>alert(2)</script>";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn setup_review_held_fields_and_approve_in_the_browser() -> Result<()> {
+    let (dir, data, cloud) = scratch()?;
+    let plug = add_device(&data, "plug", "generic")?;
+    let policy = write_policy(
+        dir.path(),
+        "[[rule]]\ndevice = \"*\"\nfield = \"*\"\ndestination = \"*\"\naction = \"share\"\n",
+    )?;
+    let gw = Gateway::start(
+        dir.path(),
+        &config_for(
+            &data,
+            &cloud,
+            Some(&policy),
+            "recipient = \"Acme Inc.\"\npurpose = \"remote control\"\n",
+        ),
+    )?;
+    let token = setup_token(&gw)?;
+    let base = format!("http://{}", gw.http);
+    let (_driver, c) = browser().await?;
+
+    // Before setup, every page leads to setup.
+    c.goto(&format!("{base}/")).await?;
+    assert!(c.current_url().await?.path().starts_with("/setup"));
+    c.goto(&format!("{base}/setup?token={token}")).await?;
+    shoot(&c, "setup").await?;
+    for name in ["passphrase", "again"] {
+        c.find(Locator::Css(&format!("input[name={name}]")))
+            .await?
+            .send_keys(PASSPHRASE)
+            .await?;
+    }
+    c.find(Locator::Css("form button[type=submit]"))
+        .await?
+        .click()
+        .await?;
+    let recovery = match wait_for(&c, Locator::Id("recovery-key")).await {
+        Ok(e) => e.text().await?,
+        Err(e) => bail!("no recovery key ({e}); the page: {}", c.source().await?),
+    };
+    assert_eq!(recovery.trim().len(), 47, "{recovery}");
+    shoot(&c, "recovery-key").await?;
+    c.find(Locator::Id("saved")).await?.click().await?;
+    let h1 = wait_for(&c, Locator::Css("section.card")).await;
+    h1?;
+    let h1 = c.find(Locator::Css("h1")).await?.text().await?;
+    assert_eq!(h1, "What left your home in the last 7 days");
+
+    // A hostile device: a field named like markup, a value that closes a script.
+    let (cloud_sub, mut cloud_events) = cloud_subscriber(&cloud, "home/#", "sub-browser").await?;
+    let payload = serde_json::json!({ HOSTILE_FIELD: HOSTILE_VALUE, "power": 12 }).to_string();
+    publish_each(&gw, &plug, &[payload])?;
+    c.goto(&format!("{base}/fields")).await?;
+    no_dialog(&c).await?;
+    let fields: Vec<String> = {
+        let mut out = Vec::new();
+        for cell in c.find_all(Locator::Css("td.field")).await? {
+            out.push(cell.text().await?);
+        }
+        out
+    };
+    assert!(
+        fields.iter().any(|f| f == HOSTILE_FIELD),
+        "shown literally: {fields:?}"
+    );
+    let samples = c.find_all(Locator::Css("td.sample")).await?;
+    let mut seen_value = false;
+    for s in samples {
+        seen_value |= s.text().await?.contains(HOSTILE_VALUE);
+    }
+    assert!(seen_value, "the value is shown literally");
+    assert!(
+        c.find_all(Locator::Css("main img")).await?.is_empty(),
+        "no element was injected"
+    );
+    shoot(&c, "fields").await?;
+    no_dialog(&c).await?;
+
+    // Approve `power` only; the cloud then receives exactly it.
+    c.find(Locator::Css(
+        "form:has(input[name=field][value=power]) button",
+    ))
+    .await?
+    .click()
+    .await?;
+    let states: Vec<String> = {
+        let mut out = Vec::new();
+        for row in c.find_all(Locator::Css("tbody tr")).await? {
+            out.push(row.text().await?);
+        }
+        out
+    };
+    assert!(
+        states
+            .iter()
+            .any(|r| r.contains("power") && r.contains("approved")),
+        "{states:?}"
+    );
+    let again = serde_json::json!({ HOSTILE_FIELD: HOSTILE_VALUE, "power": 13 }).to_string();
+    publish_each(&gw, &plug, &[again])?;
+    let got = collect(
+        Some(&cloud_sub),
+        &mut cloud_events,
+        Duration::from_secs(10),
+        |g| !g.is_empty(),
+    )
+    .await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(String::from_utf8_lossy(&got[0].1), r#"{"power":13}"#);
+
+    // The record and the statement say so; no page runs the device's script.
+    c.goto(&format!("{base}/ledger")).await?;
+    let record = c.find(Locator::Css("main")).await?.text().await?;
+    assert!(record.contains("approved power"), "{record}");
+    shoot(&c, "record").await?;
+    c.goto(&format!("{base}/statement")).await?;
+    let statement = c.find(Locator::Css("main")).await?.text().await?;
+    assert!(statement.contains("plug → vendor_cloud"), "{statement}");
+    shoot(&c, "statement").await?;
+    c.goto(&format!("{base}/")).await?;
+    shoot(&c, "overview").await?;
+    no_dialog(&c).await?;
+
+    // Logout, and the pages lead to login.
+    c.find(Locator::Css("nav form button"))
+        .await?
+        .click()
+        .await?;
+    c.goto(&format!("{base}/fields")).await?;
+    assert_eq!(c.current_url().await?.path(), "/login");
+    shoot(&c, "login").await?;
+    c.close().await?;
+    assert!(gw.stop()?.success());
+    Ok(())
+}
