@@ -71,13 +71,15 @@ fn main() {
             messages += 1;
         }
         if step % 6 == 5 {
-            ledger.close_due(now + 1).expect("close");
+            ledger.close_due(now + 1, false).expect("close");
         }
         if step % 360 == 359 {
             store.flush().expect("flush");
         }
     }
-    ledger.close_due(u64::MAX).expect("close");
+    ledger
+        .close_due(start_ms + hours * 3_600_000, true)
+        .expect("close");
     store.flush().expect("flush");
     let secs = started.elapsed().as_secs_f64();
     let per_day = |x: u64| x as f64 * 24.0 / hours as f64;

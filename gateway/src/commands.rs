@@ -85,6 +85,7 @@ pub async fn route(
 ) {
     let mut budget = CommandBudget::default();
     let mut refusals = RefusalRecords::default();
+    let mut relays = PerMinute::default();
     while let Some(cmd) = rx.recv().await {
         let now = std::time::Instant::now();
         match check(&registry, &pipeline.policy().policy, &cmd) {
@@ -104,11 +105,13 @@ pub async fn route(
             Ok(receivers) => match broker.publish(&cmd.topic, &cmd.payload, true).await {
                 Ok(()) => {
                     tracing::info!(destination = %cmd.destination, topic = ?crate::short(&cmd.topic), "command relayed to device");
-                    pipeline.ledger().note(EntryBody::CommandRelayed {
-                        destination: cmd.destination.clone(),
-                        topic: crate::short(&cmd.topic).to_string(),
-                        devices: receivers.iter().map(|d| d.id.clone()).collect(),
-                    });
+                    if relays.allow(&cmd.destination, now) {
+                        pipeline.ledger().note(EntryBody::CommandRelayed {
+                            destination: cmd.destination.clone(),
+                            topic: crate::short(&cmd.topic).to_string(),
+                            devices: receivers.iter().map(|d| d.id.clone()).collect(),
+                        });
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(destination = %cmd.destination, topic = ?crate::short(&cmd.topic), error = %e, "command not delivered");
@@ -120,6 +123,22 @@ pub async fn route(
                 refusals.record(pipeline.ledger(), &cmd, &format!("{reason:?}"), now);
             }
         }
+    }
+}
+
+/// Relayed commands enter the ledger at most [`REFUSALS_PER_MINUTE`] a
+/// minute per destination too; past that, the log has them.
+#[derive(Default)]
+struct PerMinute(std::collections::HashMap<String, (std::time::Instant, u32)>);
+
+impl PerMinute {
+    fn allow(&mut self, destination: &str, now: std::time::Instant) -> bool {
+        let slot = self.0.entry(destination.to_string()).or_insert((now, 0));
+        if now.duration_since(slot.0) >= std::time::Duration::from_secs(60) {
+            *slot = (now, 0);
+        }
+        slot.1 += 1;
+        slot.1 <= REFUSALS_PER_MINUTE
     }
 }
 

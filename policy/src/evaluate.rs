@@ -49,6 +49,11 @@ pub struct DestinationOutput {
     /// The destination is new: rules for every destination (`*`) did not
     /// reach it, only rules that name it.
     pub held: bool,
+    /// Per entry of [`Evaluation::fields`]: whether its value is in
+    /// `payload` (transformed or not). A shared field can still be left out
+    /// (`rate_limit` between sends, a value its action cannot read, no key
+    /// to seal with): what left is this, not the decisions.
+    pub sent: Vec<bool>,
 }
 
 /// The result of evaluating one message against one policy.
@@ -150,6 +155,7 @@ pub(crate) fn evaluate<S: AsRef<str>>(
                     }
                 })
                 .collect();
+            let mut sent = vec![false; fields.len()];
             let payload = if decisions.iter().any(Decision::is_shared) {
                 let out = Out {
                     rules: &policy.rules,
@@ -164,9 +170,16 @@ pub(crate) fn evaluate<S: AsRef<str>>(
                     // transformed ones as their action makes them.
                     Body::Structured(v) => {
                         let mut buf = Vec::with_capacity(msg.payload.len());
-                        write_filtered(v, &decisions, &mut 0, &out, &mut buf).then_some(buf)
+                        write_filtered(v, &decisions, &mut 0, &out, &mut buf, &mut sent)
+                            .then_some(buf)
                     }
-                    Body::Opaque => opaque(msg.payload, &decisions, &out),
+                    Body::Opaque => {
+                        let p = opaque(msg.payload, &decisions, &out);
+                        if let Some(s) = sent.first_mut() {
+                            *s = p.is_some();
+                        }
+                        p
+                    }
                     Body::Malformed => None,
                 }
             } else {
@@ -177,6 +190,7 @@ pub(crate) fn evaluate<S: AsRef<str>>(
                 payload,
                 decisions,
                 held: !approved_dest,
+                sent,
             }
         })
         .collect();
@@ -370,6 +384,7 @@ fn write_filtered(
     idx: &mut usize,
     out: &Out<'_>,
     buf: &mut Vec<u8>,
+    sent: &mut [bool],
 ) -> bool {
     match v {
         Json::Object(m) if !m.is_empty() => {
@@ -384,12 +399,13 @@ fn write_filtered(
                 }
                 let wrote = match &pair {
                     // The pair leaves as one cell, where the latitude stood.
-                    Some((lat, _, cell)) if i == *lat => {
+                    Some((lat, lon, cell)) if i == *lat => {
                         *idx += 1;
                         match cell {
                             Some(c) => {
                                 crate::json::write_key(buf, "geohash");
                                 c.write(buf);
+                                mark_pair(m, *idx - 1, *lat, *lon, sent);
                                 true
                             }
                             None => false,
@@ -401,7 +417,7 @@ fn write_filtered(
                     }
                     _ => {
                         crate::json::write_key(buf, k);
-                        write_filtered(child, decisions, idx, out, buf)
+                        write_filtered(child, decisions, idx, out, buf, sent)
                     }
                 };
                 if wrote {
@@ -429,6 +445,11 @@ fn write_filtered(
                     return match cell(&a[0], &a[1], p1.min(p2)) {
                         Some(c) => {
                             c.write(buf);
+                            for i in [lat_ix, lon_ix] {
+                                if let Some(s) = sent.get_mut(i) {
+                                    *s = true;
+                                }
+                            }
                             true
                         }
                         None => false,
@@ -443,7 +464,7 @@ fn write_filtered(
                 if any {
                     buf.push(b',');
                 }
-                if write_filtered(child, decisions, idx, out, buf) {
+                if write_filtered(child, decisions, idx, out, buf, sent) {
                     any = true;
                 } else {
                     buf.truncate(mark);
@@ -462,17 +483,44 @@ fn write_filtered(
             let Some(d) = decisions.get(index) else {
                 return false;
             };
-            if d.action == Action::Share {
+            let wrote = if d.action == Action::Share {
                 leaf.write(buf);
-                return true;
-            }
-            match out.apply(d.action, d, leaf, index) {
-                Some(j) => {
-                    j.write(buf);
-                    true
+                true
+            } else {
+                match out.apply(d.action, d, leaf, index) {
+                    Some(j) => {
+                        j.write(buf);
+                        true
+                    }
+                    None => false,
                 }
-                None => false,
+            };
+            if wrote {
+                if let Some(s) = sent.get_mut(index) {
+                    *s = true;
+                }
             }
+            wrote
+        }
+    }
+}
+
+/// Marks the latitude (leaf `lat_leaf`) and the longitude of a pair that
+/// left as one geohash cell.
+fn mark_pair(m: &[(String, Json)], lat_leaf: usize, lat: usize, lon: usize, sent: &mut [bool]) {
+    // Members' leaves follow their order; the pair's two are scalars.
+    let between = |r: std::ops::Range<usize>| -> usize {
+        m.get(r)
+            .map_or(0, |ms| ms.iter().map(|(_, v)| leaf_count(v)).sum())
+    };
+    let lon_leaf = if lon > lat {
+        lat_leaf + between(lat..lon)
+    } else {
+        lat_leaf.saturating_sub(between(lon..lat))
+    };
+    for i in [lat_leaf, lon_leaf] {
+        if let Some(s) = sent.get_mut(i) {
+            *s = true;
         }
     }
 }

@@ -388,3 +388,37 @@ fn a_new_destination_does_not_escape_wildcard_drops_and_transforms() {
     let e = eval(policy, &inv, "camera", r#"{"battery":80}"#);
     assert_eq!(out(&e, "utility"), None);
 }
+
+/// What left is what was written: a shared field its action withholds is
+/// not marked sent; a geohash pair is.
+#[test]
+fn sent_marks_exactly_the_values_in_the_payload() {
+    let inv = Inventory::default();
+    let policy = "[quarantine]\nexempt = [\"*\"]\n\n\
+        [[rule]]\ndevice = \"d\"\nfield = \"t\"\ndestination = \"utility\"\naction = \"round\"\nstep = 1\n\n\
+        [[rule]]\ndevice = \"d\"\nfield = \"pos\"\ndestination = \"utility\"\naction = \"coarsen_location\"\ngeohash = 5\n\n\
+        [[rule]]\ndevice = \"d\"\nfield = \"n\"\ndestination = \"utility\"\naction = \"share\"\n";
+    let e = eval(
+        policy,
+        &inv,
+        "d",
+        r#"{"t":"warm","pos":{"lon":4.8952,"x":1,"lat":52.3702},"n":1}"#,
+    );
+    assert_eq!(
+        out(&e, "utility"),
+        Some(r#"{"pos":{"geohash":"u173z"},"n":1}"#)
+    );
+    let names: Vec<String> = e.fields.iter().map(|f| f.to_string()).collect();
+    let sent: Vec<&str> = names
+        .iter()
+        .zip(&e.outputs[1].sent)
+        .filter(|(_, s)| **s)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(
+        sent,
+        ["pos.lon", "pos.lat", "n"],
+        "text under round is withheld"
+    );
+    assert!(e.outputs[0].sent.iter().all(|s| !s));
+}

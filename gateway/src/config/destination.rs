@@ -69,8 +69,8 @@ pub struct DestinationConfig {
     /// Where the recipient is: a country code ("US", "DE").
     #[serde(default)]
     pub country: Option<String>,
-    /// `summary` (the default: counts per minute) or `detailed` (an entry
-    /// per message as well).
+    /// `summary` (the default: counts per bucket, `[ledger] bucket`) or
+    /// `detailed` (an entry per message as well).
     #[serde(default)]
     pub ledger: LedgerDetail,
 }

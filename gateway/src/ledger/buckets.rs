@@ -1,8 +1,10 @@
 //! Egress buckets: what one destination received of one device in one
 //! span of time (an hour by default; `[ledger] bucket`) under one policy
-//! version. A bucket is open while its span runs; every message updates it in memory and in the `ledger_open` tree
-//! (with the message's own group commit, so a crash loses no count), and
-//! the tick closes it into the chain once the minute is over.
+//! version. A bucket is open while its span runs. Every message updates
+//! it in memory; each group commit writes the buckets that changed to the
+//! `ledger_open` tree before it flushes (so a crash loses no count of a
+//! queued message, at one write per bucket per commit, not per message);
+//! the tick closes it into the chain a few seconds after its span ends.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,6 +17,23 @@ use crate::store::StoreError;
 
 /// The default span of a bucket.
 pub const DEFAULT_BUCKET_MS: u64 = 3_600_000;
+/// Field names one bucket lists; the rest count under [`OTHER_FIELDS`].
+pub const MAX_FIELDS_PER_BUCKET: usize = 256;
+/// Longer names count under [`OTHER_FIELDS`] too.
+pub const MAX_NAME_BYTES: usize = 256;
+pub const OTHER_FIELDS: &str = "(other fields)";
+
+fn random_id() -> u64 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 8];
+    // Without randomness, time still tells runs apart.
+    if ring::rand::SystemRandom::new().fill(&mut b).is_err() {
+        return std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64);
+    }
+    u64::from_le_bytes(b) >> 1
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
@@ -39,6 +58,11 @@ impl Key {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Open {
+    /// Unique per bucket opened: a span closed at a stop and opened again
+    /// after a restart makes two buckets with two ids, so recovery after a
+    /// crash never takes one for the other.
+    #[serde(default)]
+    id: u64,
     destination: String,
     device: String,
     policy_version: u64,
@@ -64,6 +88,7 @@ fn default_span() -> u64 {
 impl Open {
     fn close(self) -> EntryBody {
         EntryBody::Egress {
+            bucket: self.id,
             destination: self.destination,
             device: self.device,
             policy_version: self.policy_version,
@@ -97,6 +122,11 @@ pub struct SentField<'a> {
 pub struct Buckets {
     tree: sled::Tree,
     span_ms: std::sync::atomic::AtomicU64,
+    /// Spans ending at or before this are closed: a record that comes late
+    /// (its time taken before the tick closed its span) goes to the span
+    /// open now instead of reopening a closed one.
+    closed_before: std::sync::atomic::AtomicU64,
+    next_id: std::sync::atomic::AtomicU64,
     open: Mutex<HashMap<Key, Open>>,
     dirty: Arc<AtomicBool>,
 }
@@ -106,6 +136,8 @@ impl Buckets {
         Ok(Self {
             tree: db.open_tree("ledger_open")?,
             span_ms: std::sync::atomic::AtomicU64::new(DEFAULT_BUCKET_MS),
+            closed_before: std::sync::atomic::AtomicU64::new(0),
+            next_id: std::sync::atomic::AtomicU64::new(random_id()),
             open: Mutex::new(HashMap::new()),
             dirty,
         })
@@ -126,15 +158,21 @@ impl Buckets {
         payload: &[u8],
         fields: &[SentField<'_>],
     ) -> Result<(), StoreError> {
+        let span = self.span_ms.load(Ordering::Relaxed);
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        // Under the lock that closing takes too: a late record lands in
+        // the span open now.
+        let now_ms = now_ms.max(self.closed_before.load(Ordering::Acquire));
         let key = Key {
             destination: destination.to_string(),
             device: device.to_string(),
             policy_version,
-            minute_ms: now_ms - now_ms % self.span_ms.load(Ordering::Relaxed),
+            minute_ms: now_ms - now_ms % span,
         };
-        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let span_ms = self.span_ms.load(Ordering::Relaxed);
+        let next_id = &self.next_id;
         let bucket = open.entry(key.clone()).or_insert_with(|| Open {
+            id: next_id.fetch_add(1, Ordering::Relaxed),
             destination: key.destination.clone(),
             device: key.device.clone(),
             policy_version,
@@ -152,16 +190,25 @@ impl Buckets {
         bucket.messages += 1;
         bucket.bytes += payload.len() as u64;
         bucket.digest = chain_digest(&bucket.digest, payload);
-        let mut seen: Vec<&str> = Vec::with_capacity(fields.len());
+        let mut seen: std::collections::HashSet<&str> = std::collections::HashSet::new();
         for f in fields {
             // Array elements share one name: counted once per message.
-            if seen.contains(&f.field.as_str()) {
+            if !seen.insert(f.field.as_str()) {
                 continue;
             }
-            seen.push(&f.field);
+            // A device inventing names cannot grow the record without end:
+            // long names and names past the bucket's cap count as one.
+            let name = if f.field.len() > MAX_NAME_BYTES
+                || (bucket.fields.len() >= MAX_FIELDS_PER_BUCKET
+                    && !bucket.fields.contains_key(&f.field))
+            {
+                OTHER_FIELDS
+            } else {
+                f.field.as_str()
+            };
             let e = bucket
                 .fields
-                .entry(f.field.clone())
+                .entry(name.to_string())
                 .or_insert_with(|| (f.rule.to_string(), f.action.to_string(), 0));
             e.2 += 1;
         }
@@ -182,11 +229,14 @@ impl Buckets {
         Ok(())
     }
 
-    /// Takes the buckets whose minute ended by `now_ms` (all of them with
+    /// Takes the buckets whose span ended by `now_ms` (all of them with
     /// `u64::MAX`), oldest first, leaving them in `ledger_open` until
     /// [`Buckets::forget_closed`]: they leave it once in the chain.
     pub fn take_due(&self, now_ms: u64) -> Vec<(Vec<u8>, EntryBody)> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if now_ms != u64::MAX {
+            self.closed_before.fetch_max(now_ms, Ordering::AcqRel);
+        }
         let due: Vec<Key> = open
             .iter()
             .filter(|(k, b)| k.minute_ms.saturating_add(b.span_ms) <= now_ms)

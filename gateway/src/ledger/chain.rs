@@ -69,17 +69,17 @@ impl Chain {
             // The anchor is ahead of the entries (a cut tail): carry on
             // from the anchor, so the gap stays for `verify` to name.
             (Some((k, _)), Some((seq, hash))) if key_seq(&k) < seq => Tip {
-                next: seq + 1,
+                next: seq.saturating_add(1),
                 last_hash: hash,
                 last_at: 0,
             },
             (Some((k, v)), _) => Tip {
-                next: key_seq(&k) + 1,
+                next: key_seq(&k).saturating_add(1),
                 last_hash: sha256(&v),
                 last_at: serde_json::from_slice::<Entry>(&v).map_or(0, |e| e.at_ms),
             },
             (None, Some((seq, hash))) => Tip {
-                next: seq + 1,
+                next: seq.saturating_add(1),
                 last_hash: hash,
                 last_at: 0,
             },
@@ -89,6 +89,12 @@ impl Chain {
                 last_at: 0,
             },
         };
+        // Never number below the base: entries lost after a prune leave a
+        // gap that `verify` names, instead of a fresh chain under the base.
+        let mut tip = tip;
+        if let Some((base, _)) = anchors.get(BASE)?.and_then(|b| anchor(&b)) {
+            tip.next = tip.next.max(base.saturating_add(1));
+        }
         Ok(Self {
             entries,
             anchors,
@@ -110,10 +116,23 @@ impl Chain {
         let bytes = serde_json::to_vec(&entry)
             .map_err(|e| StoreError::Corrupt(format!("a ledger entry: {e}")))?;
         let hash = sha256(&bytes);
-        self.entries.insert(entry.seq.to_be_bytes(), bytes)?;
-        self.anchors.insert(HEAD, anchor_bytes(entry.seq, &hash))?;
+        // The entry and the head together, or neither.
+        use sled::Transactional;
+        let head = anchor_bytes(entry.seq, &hash);
+        (&self.entries, &self.anchors)
+            .transaction(|(entries, anchors)| {
+                entries.insert(&entry.seq.to_be_bytes(), bytes.as_slice())?;
+                anchors.insert(HEAD, head.as_slice())?;
+                Ok(())
+            })
+            .map_err(|e: sled::transaction::TransactionError<()>| match e {
+                sled::transaction::TransactionError::Storage(s) => StoreError::Engine(s),
+                sled::transaction::TransactionError::Abort(()) => {
+                    StoreError::Corrupt("a ledger append was aborted".into())
+                }
+            })?;
         self.dirty.store(true, Ordering::Release);
-        tip.next += 1;
+        tip.next = tip.next.saturating_add(1);
         tip.last_hash = hash;
         tip.last_at = entry.at_ms;
         Ok(entry.seq)
@@ -124,13 +143,14 @@ impl Chain {
         self.tip.lock().unwrap_or_else(|e| e.into_inner()).next
     }
 
-    /// Checks every link from the base to the head anchor.
+    /// Checks every link from the base to the head anchor. The anchors are
+    /// read first, and entries appended meanwhile (the gateway runs) are
+    /// left for the next check.
     pub fn verify(&self) -> Result<Verdict, StoreError> {
-        let (mut expect_seq, mut expect_prev) = self
-            .anchors
-            .get(BASE)?
-            .and_then(|b| anchor(&b))
-            .unwrap_or_default();
+        let head = self.anchors.get(HEAD)?;
+        let head = head.as_deref().map(anchor);
+        let base = self.anchors.get(BASE)?.and_then(|b| anchor(&b));
+        let (mut expect_seq, mut expect_prev) = base.unwrap_or_default();
         let from = expect_seq;
         let mut checked = 0;
         let broken = |at: u64, why: String, checked: u64| Verdict {
@@ -140,12 +160,33 @@ impl Chain {
             reason: Some(why),
             from,
         };
-        for kv in self.entries.iter() {
+        let (head_seq, head_hash) = match head {
+            Some(Some(h)) => h,
+            // Entries, or a base, with no head: the head was removed.
+            Some(None) => return Ok(broken(from, "the head anchor is damaged".into(), 0)),
+            None if self.entries.is_empty() && base.is_none() => {
+                return Ok(Verdict {
+                    intact: true,
+                    entries: 0,
+                    broken_at: None,
+                    reason: None,
+                    from,
+                })
+            }
+            None => {
+                return Ok(broken(
+                    from,
+                    "the head anchor is missing: the end of the ledger cannot be checked".into(),
+                    0,
+                ))
+            }
+        };
+        for kv in self.entries.range(expect_seq.to_be_bytes()..) {
             let (k, v) = kv?;
             let seq = key_seq(&k);
-            if seq < expect_seq {
-                // Left below the base by an interrupted prune: not chained.
-                continue;
+            if seq > head_seq {
+                // Appended after the head was read.
+                break;
             }
             if seq > expect_seq {
                 return Ok(broken(
@@ -168,6 +209,14 @@ impl Chain {
                     checked,
                 ));
             }
+            if base.is_some() && seq == from && !matches!(entry.body, EntryBody::Checkpoint { .. })
+            {
+                return Ok(broken(
+                    seq,
+                    format!("the base, entry {seq}, is not a checkpoint"),
+                    checked,
+                ));
+            }
             if entry.prev != hex(&expect_prev) {
                 let why = if seq == from {
                     format!("entry {seq} does not chain from the base")
@@ -187,21 +236,21 @@ impl Chain {
             expect_seq = seq + 1;
             checked += 1;
         }
-        if let Some((head_seq, head_hash)) = self.anchors.get(HEAD)?.and_then(|b| anchor(&b)) {
-            if head_seq >= expect_seq {
-                return Ok(broken(
-                    expect_seq,
-                    format!("entries {expect_seq} to {head_seq} are missing: the end of the ledger was cut"),
-                    checked,
-                ));
-            }
-            if head_seq + 1 == expect_seq && head_hash != expect_prev {
-                return Ok(broken(
-                    head_seq,
-                    format!("entry {head_seq} was altered: its hash no longer matches the head"),
-                    checked,
-                ));
-            }
+        if head_seq >= expect_seq {
+            return Ok(broken(
+                expect_seq,
+                format!(
+                    "entries {expect_seq} to {head_seq} are missing: the end of the ledger was cut"
+                ),
+                checked,
+            ));
+        }
+        if head_seq.saturating_add(1) == expect_seq && head_hash != expect_prev {
+            return Ok(broken(
+                head_seq,
+                format!("entry {head_seq} was altered: its hash no longer matches the head"),
+                checked,
+            ));
         }
         Ok(Verdict {
             intact: true,

@@ -1,6 +1,6 @@
 //! What the ledger records: egress (what left, to whom, under which rule)
 //! and acts of control. Entries are JSON, one per chain link; the format
-//! is in docs/formats.md.
+//! is in docs/ledger.md.
 
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +37,9 @@ pub enum EntryBody {
     /// What one destination received of one device in one span of time
     /// (`[ledger] bucket`), under one policy version.
     Egress {
+        /// The bucket's own number, unique per bucket opened.
+        #[serde(default)]
+        bucket: u64,
         destination: String,
         device: String,
         policy_version: u64,

@@ -31,6 +31,10 @@ pub use summary::{SummaryRow, DAY_MS};
 
 use crate::store::StoreError;
 
+/// A bucket closes this long after its span ends: a message evaluated just
+/// before the end is still counted in it.
+pub const CLOSE_GRACE_MS: u64 = 5_000;
+
 /// A checkpoint is appended when the last one is older than this.
 const CHECKPOINT_EVERY_MS: u64 = DAY_MS;
 
@@ -55,6 +59,11 @@ pub struct Ledger {
     detailed: RwLock<HashSet<String>>,
     /// Off only to measure the ledger's cost (`[ledger] record_egress`).
     record_egress: AtomicBool,
+    /// Held (shared) by the pipeline from an outbox push to its record
+    /// here, and (exclusively) by the group commit's write of the open
+    /// buckets: a flush never makes a queued message durable without its
+    /// count.
+    in_step: std::sync::RwLock<()>,
 }
 
 impl Ledger {
@@ -65,6 +74,7 @@ impl Ledger {
             summary: summary::Summary::open(db, dirty)?,
             detailed: RwLock::default(),
             record_egress: AtomicBool::new(true),
+            in_step: std::sync::RwLock::new(()),
         })
     }
 
@@ -141,26 +151,49 @@ impl Ledger {
         Ok(())
     }
 
-    /// Writes the open buckets that changed since the last call: run at
-    /// the start of every group commit, so a crash loses no count of a
-    /// message that was acknowledged.
-    pub fn persist_open(&self) {
-        if let Err(e) = self.buckets.persist_dirty() {
-            tracing::error!(error = %crate::control::with_causes(&e), "open ledger buckets could not be written");
-        }
+    /// Held while a message is queued and recorded (see `in_step`).
+    pub fn in_step(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.in_step.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Closes the buckets whose minute ended into the chain and the
-    /// summary; returns how many.
-    pub fn close_due(&self, now_ms: u64) -> Result<usize, StoreError> {
-        let due = self.buckets.take_due(now_ms);
-        let n = due.len();
+    /// Writes the open buckets that changed since the last call: run at
+    /// the start of every group commit, so a crash loses no count of a
+    /// message that was acknowledged. An error fails the flush.
+    pub fn persist_open(&self) -> Result<(), StoreError> {
+        let _all = self.in_step.write().unwrap_or_else(|e| e.into_inner());
+        self.buckets.persist_dirty()
+    }
+
+    /// Closes into the chain and the summary the buckets whose span ended
+    /// [`CLOSE_GRACE_MS`] before `now_ms`; `all` closes every open one (at
+    /// a stop). Entries are stamped `now_ms`. One that fails is logged and
+    /// the rest go on (it stays in `ledger_open`, for the next start).
+    pub fn close_due(&self, now_ms: u64, all: bool) -> Result<usize, StoreError> {
+        let due = if all {
+            self.buckets.take_due(u64::MAX)
+        } else {
+            self.buckets.take_due(now_ms.saturating_sub(CLOSE_GRACE_MS))
+        };
+        let mut n = 0;
+        let mut first_error = None;
         for (key, body) in due {
-            self.summary.count(&body)?;
-            self.chain.append(body, now_ms)?;
-            self.buckets.forget_closed(&key)?;
+            let closed = self
+                .summary
+                .count(&body)
+                .and_then(|()| self.chain.append(body, now_ms))
+                .and_then(|_| self.buckets.forget_closed(&key));
+            match closed {
+                Ok(()) => n += 1,
+                Err(e) => {
+                    tracing::error!(error = %crate::control::with_causes(&e), "a ledger bucket could not be closed; the next start closes it");
+                    first_error.get_or_insert(e);
+                }
+            }
         }
-        Ok(n)
+        match first_error {
+            Some(e) if n == 0 => Err(e),
+            _ => Ok(n),
+        }
     }
 
     /// At start: closes the buckets a crash or a stop left open, unless a
@@ -240,24 +273,25 @@ fn bucket_minute(body: &EntryBody) -> Option<u64> {
     }
 }
 
+/// The same bucket: its number, which is unique per bucket opened.
 fn same_bucket(a: &EntryBody, b: &EntryBody) -> bool {
     match (a, b) {
         (
             EntryBody::Egress {
+                bucket: b1,
                 destination: d1,
                 device: v1,
-                policy_version: p1,
                 minute_ms: m1,
                 ..
             },
             EntryBody::Egress {
+                bucket: b2,
                 destination: d2,
                 device: v2,
-                policy_version: p2,
                 minute_ms: m2,
                 ..
             },
-        ) => d1 == d2 && v1 == v2 && p1 == p2 && m1 == m2,
+        ) => b1 == b2 && d1 == d2 && v1 == v2 && m1 == m2,
         _ => false,
     }
 }

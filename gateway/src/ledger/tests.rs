@@ -128,11 +128,16 @@ fn buckets_close_per_span_with_counts_and_a_digest_anyone_can_recompute() {
         .expect("egress");
     }
     assert_eq!(
-        l.close_due(t0 + 59_999).expect("close"),
+        l.close_due(t0 + 59_999 + CLOSE_GRACE_MS, false)
+            .expect("close"),
         0,
         "the minute runs"
     );
-    assert_eq!(l.close_due(t0 + 60_000).expect("close"), 1);
+    assert_eq!(
+        l.close_due(t0 + 60_000 + CLOSE_GRACE_MS, false)
+            .expect("close"),
+        1
+    );
     let entries = l.since(0).expect("read");
     let EntryBody::Egress {
         messages,
@@ -166,7 +171,7 @@ fn a_crash_leaves_open_buckets_that_the_next_start_closes_once() {
         let (db, l) = ledger(dir.path());
         egress(&l, "cloud", "d", 1, "t", 120_000, b"1", &[field("x", "r")]).expect("egress");
         // As the group commit does before it flushes.
-        l.persist_open();
+        l.persist_open().expect("persist");
         db.flush().expect("flush");
         // No close: the process "dies" here.
     }
@@ -222,7 +227,7 @@ mod props {
                 egress(&l, ["x", "y", "z"][*dest], ["p", "q", "s"][*dev], 1, "t", *at, b"{}", &names)
                     .expect("egress");
             }
-            l.close_due(u64::MAX).expect("close");
+            l.close_due(1_000 * DAY_MS, true).expect("close");
             let mut recount: std::collections::BTreeMap<(u64, String, String, String), u64> =
                 Default::default();
             for e in l.since(0).expect("read") {
@@ -246,4 +251,49 @@ mod props {
             prop_assert_eq!(sent, counted);
         }
     }
+}
+
+#[test]
+fn a_removed_head_or_a_base_moved_off_a_checkpoint_does_not_verify() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (db, l) = ledger(dir.path());
+    for i in 0..4 {
+        l.event(event(i)).expect("append");
+    }
+    let anchors = db.open_tree("ledger_anchors").expect("anchors");
+    let head = anchors.get(b"head").expect("get").expect("head");
+    anchors.remove(b"head").expect("remove");
+    let last = l
+        .raw_entries()
+        .remove(3u64.to_be_bytes())
+        .expect("cut")
+        .expect("entry 3");
+    let v = l.verify().expect("verify");
+    assert!(
+        !v.intact && v.reason.unwrap_or_default().contains("head"),
+        "a cut without the head"
+    );
+    anchors.insert(b"head", head).expect("put back");
+    l.raw_entries()
+        .insert(3u64.to_be_bytes(), last)
+        .expect("put back");
+    assert!(l.verify().expect("verify").intact, "as it was");
+    // A base pointing at an ordinary entry, with its own prev copied.
+    let e2: Entry = serde_json::from_slice(
+        &l.raw_entries()
+            .get(2u64.to_be_bytes())
+            .expect("get")
+            .expect("e2"),
+    )
+    .expect("json");
+    let mut prev = [0u8; 32];
+    for (i, b) in prev.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&e2.prev[2 * i..2 * i + 2], 16).expect("hex");
+    }
+    let mut base = 2u64.to_be_bytes().to_vec();
+    base.extend_from_slice(&prev);
+    anchors.insert(b"base", base).expect("base");
+    let v = l.verify().expect("verify");
+    assert!(!v.intact, "{v:?}");
+    assert!(v.reason.unwrap_or_default().contains("not a checkpoint"));
 }

@@ -254,6 +254,8 @@ impl Pipeline {
         }
         for (lane, out) in self.lanes.iter().zip(&eval.outputs) {
             if let Some(p) = &out.payload {
+                // Queued and counted in one step, as the group commit sees it.
+                let _step = self.ledger.in_step();
                 lane.outbox
                     .push(device, topic, p, now)
                     .inspect_err(|_| self.durability.check_now())?;
@@ -262,8 +264,9 @@ impl Pipeline {
                     .fields
                     .iter()
                     .zip(&out.decisions)
-                    .filter(|(_, d)| d.is_shared() && d.action != policy::Action::Aggregate)
-                    .map(|(f, d)| SentField {
+                    .zip(&out.sent)
+                    .filter(|(_, was_sent)| **was_sent)
+                    .map(|((f, d), _)| SentField {
                         field: f.generic(),
                         rule: d
                             .rule
@@ -369,7 +372,7 @@ impl Pipeline {
     /// a flush (the committer may be the stage that failed); the final
     /// flush writes them.
     fn close_all_buckets(&self) {
-        if let Err(e) = self.ledger.close_due(u64::MAX) {
+        if let Err(e) = self.ledger.close_due(now_ms(), true) {
             tracing::error!(error = %crate::control::with_causes(&e), "ledger buckets could not be closed");
         }
     }
@@ -398,7 +401,7 @@ impl Pipeline {
                 if let Err(e) = self.send_closed_windows(now).await {
                     tracing::warn!(error = %crate::control::with_causes(&e), "aggregate windows could not be queued");
                 }
-                match self.ledger.close_due(now) {
+                match self.ledger.close_due(now, false) {
                     Ok(0) => {}
                     Ok(_) => {
                         if let Err(e) = self.durability.sync().await {

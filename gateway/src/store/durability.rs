@@ -37,7 +37,7 @@ pub struct Durability {
     before_flush: std::sync::RwLock<Option<BeforeFlush>>,
 }
 
-type BeforeFlush = Arc<dyn Fn() + Send + Sync>;
+type BeforeFlush = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 impl Durability {
     pub(super) fn new(db: sled::Db) -> Self {
@@ -128,14 +128,14 @@ impl Durability {
             let hook = self.hook();
             let result = match tokio::task::spawn_blocking(move || {
                 if let Some(h) = hook {
-                    h();
+                    h()?;
                 }
-                db.flush()
+                db.flush().map_err(|e| e.to_string())
             })
             .await
             {
                 Ok(Ok(_)) => None,
-                Ok(Err(e)) => Some(e.to_string()),
+                Ok(Err(e)) => Some(e),
                 Err(e) => Some(format!("flush task failed: {e}")),
             };
             if let Some(e) = &result {
@@ -150,10 +150,10 @@ impl Durability {
             });
         }
         let target = self.written.load(Ordering::SeqCst);
-        if let Some(h) = self.hook() {
-            h();
-        }
-        let error = self.db.flush().err().map(|e| e.to_string());
+        let hooked = self.hook().map_or(Ok(()), |h| h());
+        let error = hooked
+            .err()
+            .or_else(|| self.db.flush().err().map(|e| e.to_string()));
         self.flushed.send_replace(Flushed {
             covered: target,
             error,

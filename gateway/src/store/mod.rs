@@ -146,7 +146,10 @@ impl Store {
         )?);
         let ledger = Arc::new(crate::ledger::Ledger::open(&db, durability.dirty())?);
         let l = Arc::clone(&ledger);
-        durability.set_before_flush(Arc::new(move || l.persist_open()));
+        durability.set_before_flush(Arc::new(move || {
+            l.persist_open()
+                .map_err(|e| crate::control::with_causes(&e))
+        }));
         let store = Self {
             db,
             durability,
@@ -365,7 +368,7 @@ impl Store {
 
     /// Blocking flush, for shutdown and for CLI commands.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.ledger.persist_open();
+        self.ledger.persist_open()?;
         self.db.flush()?;
         Ok(())
     }

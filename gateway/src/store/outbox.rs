@@ -43,6 +43,10 @@ pub struct Outbox {
     destination: String,
     /// Entries that will never leave are recorded there.
     ledger: std::sync::Arc<crate::ledger::Ledger>,
+    /// Quota drops not recorded yet, and when the last record was made:
+    /// at most one entry a minute, so an outage at full quota does not
+    /// grow the ledger by an entry per message.
+    quota_drops: Mutex<(u64, Option<std::time::Instant>)>,
 }
 
 impl Outbox {
@@ -77,6 +81,7 @@ impl Outbox {
             max_entries: max_entries.max(1),
             destination: destination.to_string(),
             ledger,
+            quota_drops: Mutex::new((0, None)),
         })
     }
 
@@ -132,11 +137,20 @@ impl Outbox {
                 quota = self.max_entries,
                 "outbox over quota: oldest entries dropped"
             );
-            self.ledger.note(crate::ledger::EntryBody::OutboxDropped {
-                destination: self.destination.clone(),
-                entries: dropped,
-                reason: format!("over the outbox quota of {} entries", self.max_entries),
-            });
+            let mut pending = self.quota_drops.lock().unwrap_or_else(|e| e.into_inner());
+            pending.0 += dropped;
+            let now = std::time::Instant::now();
+            let due = pending
+                .1
+                .is_none_or(|t| now.duration_since(t) >= std::time::Duration::from_secs(60));
+            if due {
+                self.ledger.note(crate::ledger::EntryBody::OutboxDropped {
+                    destination: self.destination.clone(),
+                    entries: pending.0,
+                    reason: format!("over the outbox quota of {} entries", self.max_entries),
+                });
+                *pending = (0, Some(now));
+            }
         }
         Ok(())
     }
