@@ -146,6 +146,7 @@ impl Operations {
             since_ms,
             until_ms,
             records: report.history.records,
+            outbox_entries: report.outbox_entries,
             factory: false,
         })
         .await;
@@ -224,6 +225,7 @@ impl Operations {
             since_ms: None,
             until_ms: None,
             records: wiped.history.records,
+            outbox_entries: wiped.outbox_entries,
             factory,
         })
         .await;

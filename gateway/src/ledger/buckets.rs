@@ -74,11 +74,32 @@ struct Open {
     messages: u64,
     bytes: u64,
     digest: [u8; 32],
-    /// field → (rule, action, count)
-    fields: BTreeMap<String, (String, String, u64)>,
+    /// (field, rule, action) → count: one field decided by two rules in
+    /// one span (topic rules) is listed under each.
+    #[serde(with = "field_counts")]
+    fields: BTreeMap<(String, String, String), u64>,
     /// Changed since last written to `ledger_open`.
     #[serde(skip)]
     unsaved: bool,
+}
+
+/// The open bucket's field counts as a list (JSON maps need string keys).
+mod field_counts {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    type Counts = BTreeMap<(String, String, String), u64>;
+
+    pub fn serialize<S: Serializer>(v: &Counts, s: S) -> Result<S::Ok, S::Error> {
+        v.iter().collect::<Vec<_>>().serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Counts, D::Error> {
+        Ok(Vec::<((String, String, String), u64)>::deserialize(d)?
+            .into_iter()
+            .collect())
+    }
 }
 
 fn default_span() -> u64 {
@@ -101,7 +122,7 @@ impl Open {
             fields: self
                 .fields
                 .into_iter()
-                .map(|(field, (rule, action, count))| FieldEgress {
+                .map(|((field, rule, action), count)| FieldEgress {
                     field,
                     rule,
                     action,
@@ -198,19 +219,16 @@ impl Buckets {
             }
             // A device inventing names cannot grow the record without end:
             // long names and names past the bucket's cap count as one.
-            let name = if f.field.len() > MAX_NAME_BYTES
+            let key = (f.field.clone(), f.rule.to_string(), f.action.to_string());
+            let key = if f.field.len() > MAX_NAME_BYTES
                 || (bucket.fields.len() >= MAX_FIELDS_PER_BUCKET
-                    && !bucket.fields.contains_key(&f.field))
+                    && !bucket.fields.contains_key(&key))
             {
-                OTHER_FIELDS
+                (OTHER_FIELDS.to_string(), String::new(), String::new())
             } else {
-                f.field.as_str()
+                key
             };
-            let e = bucket
-                .fields
-                .entry(name.to_string())
-                .or_insert_with(|| (f.rule.to_string(), f.action.to_string(), 0));
-            e.2 += 1;
+            *bucket.fields.entry(key).or_insert(0) += 1;
         }
         bucket.unsaved = true;
         self.dirty.store(true, Ordering::Release);

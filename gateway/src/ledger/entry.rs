@@ -108,6 +108,9 @@ pub enum EntryBody {
         since_ms: Option<u64>,
         until_ms: Option<u64>,
         records: u64,
+        /// Messages that waited to leave and now never will.
+        #[serde(default)]
+        outbox_entries: u64,
         factory: bool,
     },
     /// Outbox entries that will never leave: over the disk quota, or set
