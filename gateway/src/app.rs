@@ -39,9 +39,11 @@ fn hub_error(e: crate::control::OpError) -> web_ui::HubError {
 }
 
 /// The operations the web UI may ask for through [`web_ui::Hub::call`]:
-/// reading, and approving. Keys, exports and deletes have their own paths.
+/// reading, approving and adding a device. Keys, exports and deletes have
+/// their own paths.
 const UI_OPS: &[&str] = &[
     "status",
+    "device_add",
     "statement",
     "ledger",
     "ledger_verify",
@@ -348,6 +350,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         web_ui::UiConfig {
             setup_token: setup_token.clone(),
             secure: false,
+            mqtt_port: mqtt_addr.port(),
         },
     );
     let mut http_shutdown = shutdown_rx.clone();

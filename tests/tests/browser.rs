@@ -1,9 +1,10 @@
 //! The web UI in a real browser: Debian's headless chromium, driven
 //! through chromedriver with fantoccini, against the real gateway and a
 //! real mosquitto cloud. First-run setup with the printed token, the
-//! recovery key shown once, a hostile device's field names and values
-//! shown literally (no script runs), approving a field that then reaches
-//! the cloud, the record and the statement, logout. Screenshots of each
+//! recovery key shown once, a device added in the page (its credentials,
+//! read off the page, used by a real MQTT client), its hostile field names
+//! and values shown literally (no script runs), approving a field that
+//! then reaches the cloud, the record and the statement, logout. Screenshots of each
 //! page at phone and desktop widths go to target/ui-screenshots/.
 
 use std::process::{Child, Command, Stdio};
@@ -98,7 +99,6 @@ const HOSTILE_VALUE: &str = "</script><script>alert(2)</script>";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn setup_review_held_fields_and_approve_in_the_browser() -> Result<()> {
     let (dir, data, cloud) = scratch()?;
-    let plug = add_device(&data, "plug", "generic")?;
     let policy = write_policy(
         dir.path(),
         "[[rule]]\ndevice = \"*\"\nfield = \"*\"\ndestination = \"*\"\naction = \"share\"\n",
@@ -142,6 +142,30 @@ async fn setup_review_held_fields_and_approve_in_the_browser() -> Result<()> {
     h1?;
     let h1 = c.find(Locator::Css("h1")).await?.text().await?;
     assert_eq!(h1, "What left your home in the last 7 days");
+
+    // Add the device in the browser; its credentials are shown once.
+    c.goto(&format!("{base}/devices")).await?;
+    c.find(Locator::Css("input[name=name]"))
+        .await?
+        .send_keys("plug")
+        .await?;
+    c.find(Locator::Css("form[action='/devices/add'] button"))
+        .await?
+        .click()
+        .await?;
+    let id = wait_for(&c, Locator::Id("device-id")).await?.text().await?;
+    let password = c.find(Locator::Id("device-password")).await?.text().await?;
+    let port = c.find(Locator::Id("mqtt-port")).await?.text().await?;
+    assert_eq!(
+        (id.as_str(), port.parse::<u16>()?),
+        ("plug", gw.mqtt.port())
+    );
+    shoot(&c, "device-added").await?;
+    let plug = DeviceCreds { id, password };
+    c.goto(&format!("{base}/devices")).await?;
+    let listed = c.find(Locator::Css("main table")).await?.text().await?;
+    assert!(listed.contains("plug"), "{listed}");
+    shoot(&c, "devices").await?;
 
     // A hostile device: a field named like markup, a value that closes a script.
     let (cloud_sub, mut cloud_events) = cloud_subscriber(&cloud, "home/#", "sub-browser").await?;

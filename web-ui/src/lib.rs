@@ -10,12 +10,14 @@
 //! - `problem`: errors as RFC 7807 problem documents.
 //! - `api`: the `/api/v1` handlers.
 //! - `pages`: the HTML pages (setup, login, overview, fields, record,
-//!   statement), server-rendered and readable without JavaScript.
+//!   statement), server-rendered and readable without JavaScript;
+//!   `devices_page`: the devices, and adding one.
 //!
 //! Every response carries a strict Content-Security-Policy and friends;
 //! request bodies are limited to [`MAX_BODY_BYTES`].
 
 mod api;
+mod devices_page;
 mod pages;
 mod problem;
 pub mod session;
@@ -90,6 +92,8 @@ pub struct UiConfig {
     pub setup_token: Option<String>,
     /// Served over TLS: cookies get `Secure`.
     pub secure: bool,
+    /// The devices' MQTT port, for the connection settings shown.
+    pub mqtt_port: u16,
 }
 
 pub struct AppState {
@@ -98,6 +102,7 @@ pub struct AppState {
     pub(crate) throttle: throttle::LoginThrottle,
     pub(crate) setup_token: Mutex<Option<String>>,
     pub(crate) secure: bool,
+    pub(crate) mqtt_port: u16,
 }
 
 pub fn router(hub: Arc<dyn Hub>, config: UiConfig) -> Router {
@@ -107,6 +112,7 @@ pub fn router(hub: Arc<dyn Hub>, config: UiConfig) -> Router {
         throttle: Default::default(),
         setup_token: Mutex::new(config.setup_token),
         secure: config.secure,
+        mqtt_port: config.mqtt_port,
     });
     let api = Router::new()
         .route("/setup", post(api::setup))
@@ -127,6 +133,8 @@ pub fn router(hub: Arc<dyn Hub>, config: UiConfig) -> Router {
         .route("/setup", get(pages::setup_page).post(pages::setup_submit))
         .route("/login", get(pages::login_page).post(pages::login_submit))
         .route("/logout", post(pages::logout_submit))
+        .route("/devices", get(devices_page::devices_page))
+        .route("/devices/add", post(devices_page::add_submit))
         .route("/fields", get(pages::fields_page))
         .route("/fields/approve", post(pages::approve_submit))
         .route("/ledger", get(pages::ledger_page))

@@ -24,7 +24,7 @@ pub const CSS: &str = include_str!("app.css");
 
 const DAY_MS: u64 = 86_400_000;
 
-fn page(title: &str, csrf: Option<&str>, body: Markup) -> Html<String> {
+pub(crate) fn page(title: &str, csrf: Option<&str>, body: Markup) -> Html<String> {
     Html(
         html! {
             (DOCTYPE)
@@ -41,6 +41,7 @@ fn page(title: &str, csrf: Option<&str>, body: Markup) -> Html<String> {
                         @if let Some(csrf) = csrf {
                             nav {
                                 a href="/" { "Overview" }
+                                a href="/devices" { "Devices" }
                                 a href="/fields" { "New fields" }
                                 a href="/ledger" { "Record" }
                                 a href="/statement" { "Statement" }
@@ -59,7 +60,7 @@ fn page(title: &str, csrf: Option<&str>, body: Markup) -> Html<String> {
     )
 }
 
-fn message(title: &str, text: &str) -> Response {
+pub(crate) fn message(title: &str, text: &str) -> Response {
     page(title, None, html! { h1 { (title) } p { (text) } }).into_response()
 }
 

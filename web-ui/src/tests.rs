@@ -94,6 +94,7 @@ fn app(hub: Arc<FakeHub>, token: Option<&str>) -> Router {
         UiConfig {
             setup_token: token.map(str::to_string),
             secure: false,
+            mqtt_port: 1883,
         },
     )
     .layer(MockConnectInfo(SocketAddr::from(([192, 0, 2, 1], 5555))))

@@ -1,0 +1,155 @@
+//! The devices page: the list, and "Add device", which shows the new
+//! device's credentials and connection settings once.
+
+use std::sync::Arc;
+
+use axum::extract::{Form, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use maud::html;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::pages::{message, page, PageSession};
+use crate::session;
+use crate::AppState;
+
+const PRESETS: &[(&str, &str)] = &[
+    ("generic", "Generic MQTT device (devices/<id>/…)"),
+    ("tasmota", "Tasmota (tele/<id>/…, cmnd/<id>/…)"),
+    ("shelly", "Shelly (shellies/<id>/…)"),
+    ("zigbee2mqtt", "zigbee2mqtt bridge (<id>/…)"),
+];
+
+pub async fn devices_page(
+    State(state): State<Arc<AppState>>,
+    PageSession(s): PageSession,
+) -> Response {
+    let list = state
+        .hub
+        .call(json!({"op": "device_list"}))
+        .await
+        .unwrap_or(Value::Null);
+    let statement = state
+        .hub
+        .call(json!({"op": "statement"}))
+        .await
+        .unwrap_or(Value::Null);
+    let devices: Vec<Value> = list.as_array().cloned().unwrap_or_default();
+    let shared_with = |id: &str| -> String {
+        statement["lines"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|l| l["device"] == id && l["shared"].as_array().is_some_and(|a| !a.is_empty()))
+            .filter_map(|l| l["destination"].as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    page(
+        "Devices",
+        Some(&s.csrf),
+        html! {
+            h1 { "Devices" }
+            @if devices.is_empty() {
+                p { "No devices yet. Add one below: it gets its own credentials, and nothing it sends leaves your home until a rule says so." }
+            } @else {
+                table {
+                    thead { tr { th { "Name" } th { "Id" } th { "Kind" } th { "Shared with" } } }
+                    tbody {
+                        @for d in &devices {
+                            @let id = d["id"].as_str().unwrap_or_default();
+                            tr {
+                                td { (d["name"].as_str().unwrap_or_default()) }
+                                td.field { (id) }
+                                td { (d["preset"].as_str().unwrap_or_default()) }
+                                td { @let w = shared_with(id); @if w.is_empty() { "nobody" } @else { (w) } }
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { "Add device" }
+            form method="post" action="/devices/add" {
+                input type="hidden" name="csrf" value=(s.csrf);
+                label { "Name" input type="text" name="name" required maxlength="128"; }
+                label { "Kind"
+                    select name="preset" {
+                        @for (value, text) in PRESETS { option value=(value) { (text) } }
+                    }
+                }
+                button type="submit" { "Add device" }
+            }
+        },
+    )
+    .into_response()
+}
+
+#[derive(Deserialize)]
+pub struct AddForm {
+    csrf: String,
+    name: String,
+    preset: String,
+}
+
+pub async fn add_submit(
+    State(state): State<Arc<AppState>>,
+    PageSession(s): PageSession,
+    headers: HeaderMap,
+    Form(f): Form<AddForm>,
+) -> Response {
+    if crate::api::same_origin(&headers).is_err() || !session::same(&f.csrf, &s.csrf) {
+        return (
+            StatusCode::FORBIDDEN,
+            message("Refused", "That request did not come from this page."),
+        )
+            .into_response();
+    }
+    let added = match state
+        .hub
+        .call(json!({"op": "device_add", "name": f.name, "preset": f.preset}))
+        .await
+    {
+        Ok(v) => v,
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, message("Not added", &e.message)).into_response()
+        }
+    };
+    // The broker is on this hub: the address the browser used, the MQTT port.
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(|h| h.rsplit_once(':').map_or(h, |(host, _)| host))
+        .unwrap_or("this hub")
+        .to_string();
+    let list = |k: &str| -> String {
+        added[k]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    page(
+        "Device added",
+        Some(&s.csrf),
+        html! {
+            h1 { "Device added: " (added["name"].as_str().unwrap_or_default()) }
+            p.bad { "Save the password now: it is shown this once, and only its hash is kept." }
+            table.credentials {
+                tbody {
+                    tr { th { "Broker" } td.field id="mqtt-host" { (host) } }
+                    tr { th { "Port" } td.field id="mqtt-port" { (state.mqtt_port) } }
+                    tr { th { "Username and client id" } td.field id="device-id" { (added["id"].as_str().unwrap_or_default()) } }
+                    tr { th { "Password" } td.field id="device-password" { (added["password"].as_str().unwrap_or_default()) } }
+                    tr { th { "It publishes on" } td.field { (list("publish")) } }
+                    tr { th { "It receives commands on" } td.field { (list("subscribe")) } }
+                }
+            }
+            p { "Nothing it sends leaves your home until a rule shares it, and its first fields are held until you approve them." }
+            p { a.button href="/devices" { "Done" } }
+        },
+    )
+    .into_response()
+}
