@@ -124,6 +124,17 @@ impl web_ui::Hub for HubState {
                     status: 400,
                     message: format!("not a request: {e}"),
                 })?;
+            if request.is_blocking() {
+                // Off the runtime's threads, which serve the devices.
+                let ops = Arc::clone(&self.ops);
+                return tokio::task::spawn_blocking(move || ops.call_blocking(request))
+                    .await
+                    .map_err(|e| web_ui::HubError {
+                        status: 500,
+                        message: format!("the request's task failed: {e}"),
+                    })?
+                    .map_err(hub_error);
+            }
             self.ops.call(request).await.map_err(hub_error)
         })
     }

@@ -262,25 +262,6 @@ impl Operations {
                 json(self.fields_approve(&device, field.as_deref()).await?)
             }
             Request::Destinations => json(self.destinations_list()?),
-            Request::Ledger {
-                since_ms,
-                destination,
-                device,
-            } => json(self.ledger_list(
-                since_ms.unwrap_or(0),
-                destination.as_deref(),
-                device.as_deref(),
-            )?),
-            Request::LedgerVerify => json(self.ledger_verify()?),
-            Request::LedgerSummary { since_ms } => {
-                json(self.ledger_summary(since_ms.unwrap_or(0))?)
-            }
-            Request::LedgerReceived {
-                destination,
-                since_ms,
-            } => json(self.ledger_received(&destination, since_ms.unwrap_or(0))?),
-            Request::Statement { json_ld: false } => json(self.statement()?),
-            Request::Statement { json_ld: true } => Ok(self.statement()?.to_json_ld()),
             Request::DestinationApprove { name } => json(self.destination_approve(&name).await?),
             Request::Delete {
                 device,
@@ -314,6 +295,25 @@ impl Operations {
             Request::PassphraseReset { recovery_key, new } => {
                 json(self.passphrase_reset(&recovery_key, &new)?)
             }
+            Request::Ledger {
+                since_ms,
+                destination,
+                device,
+            } => json(self.ledger_list(
+                since_ms.unwrap_or(0),
+                destination.as_deref(),
+                device.as_deref(),
+            )?),
+            Request::LedgerVerify => json(self.ledger_verify()?),
+            Request::LedgerSummary { since_ms } => {
+                json(self.ledger_summary(since_ms.unwrap_or(0))?)
+            }
+            Request::LedgerReceived {
+                destination,
+                since_ms,
+            } => json(self.ledger_received(&destination, since_ms.unwrap_or(0))?),
+            Request::Statement { json_ld: false } => json(self.statement()?),
+            Request::Statement { json_ld: true } => Ok(self.statement()?.to_json_ld()),
             _ => Err(OpError::runtime("not a blocking request")),
         }
     }

@@ -255,6 +255,12 @@ impl Request {
             Request::Init { .. }
                 | Request::PassphraseChange { .. }
                 | Request::PassphraseReset { .. }
+                // Scans of the ledger: a year of it is a while on a hub.
+                | Request::Ledger { .. }
+                | Request::LedgerVerify
+                | Request::LedgerSummary { .. }
+                | Request::LedgerReceived { .. }
+                | Request::Statement { .. }
         )
     }
 
