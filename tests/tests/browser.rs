@@ -239,6 +239,11 @@ async fn setup_review_held_fields_and_approve_in_the_browser() -> Result<()> {
     assert!(statement.contains("plug → vendor_cloud"), "{statement}");
     shoot(&c, "statement").await?;
     c.goto(&format!("{base}/")).await?;
+    let overview = c.find(Locator::Css("main")).await?.text().await?;
+    assert!(
+        overview.contains("vendor_cloud") && overview.contains("power"),
+        "what left shows before its hour closes: {overview}"
+    );
     shoot(&c, "overview").await?;
     no_dialog(&c).await?;
 

@@ -360,7 +360,11 @@ pub async fn overview(State(state): State<Arc<AppState>>, PageSession(s): PageSe
                 @if held.is_empty() {
                     p { "Nothing: no new field waits." }
                 } @else {
-                    p { (held.len()) " new fields are held until you decide. " a href="/fields" { "Review them" } }
+                    p {
+                        @if held.len() == 1 { "1 new field is held until you decide. " }
+                        @else { (held.len()) " new fields are held until you decide. " }
+                        a href="/fields" { "Review" }
+                    }
                 }
             }
             section.card {

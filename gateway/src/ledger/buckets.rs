@@ -290,6 +290,34 @@ impl Buckets {
         Ok(())
     }
 
+    /// What the open buckets hold, as summary rows (day, destination,
+    /// device, field or "" for messages, count), for a summary that is
+    /// current before its buckets close.
+    pub fn open_rows(&self) -> Vec<(u64, String, String, String, u64)> {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let mut rows = Vec::new();
+        for b in open.values() {
+            let day = b.first_ms / super::summary::DAY_MS;
+            rows.push((
+                day,
+                b.destination.clone(),
+                b.device.clone(),
+                String::new(),
+                b.messages,
+            ));
+            for ((field, _, _), n) in &b.fields {
+                rows.push((
+                    day,
+                    b.destination.clone(),
+                    b.device.clone(),
+                    field.clone(),
+                    *n,
+                ));
+            }
+        }
+        rows
+    }
+
     /// Buckets open now.
     pub fn open_count(&self) -> usize {
         self.open.lock().unwrap_or_else(|e| e.into_inner()).len()

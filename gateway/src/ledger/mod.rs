@@ -248,8 +248,32 @@ impl Ledger {
         self.chain.scan_since(since_ms, f)
     }
 
+    /// Counts per day × destination × device × field since `since_ms`:
+    /// the closed buckets' (kept as they close) and the open ones', so the
+    /// answer is current.
     pub fn summary_since(&self, since_ms: u64) -> Result<Vec<SummaryRow>, StoreError> {
-        self.summary.since(since_ms / DAY_MS)
+        let since_day = since_ms / DAY_MS;
+        let mut rows: std::collections::BTreeMap<(u64, String, String, String), u64> = self
+            .summary
+            .since(since_day)?
+            .into_iter()
+            .map(|r| ((r.day, r.destination, r.device, r.field), r.count))
+            .collect();
+        for (day, destination, device, field, n) in self.buckets.open_rows() {
+            if day >= since_day {
+                *rows.entry((day, destination, device, field)).or_default() += n;
+            }
+        }
+        Ok(rows
+            .into_iter()
+            .map(|((day, destination, device, field), count)| SummaryRow {
+                day,
+                destination,
+                device,
+                field,
+                count,
+            })
+            .collect())
     }
 
     pub fn entries(&self) -> u64 {

@@ -127,6 +127,12 @@ fn buckets_close_per_span_with_counts_and_a_digest_anyone_can_recompute() {
         )
         .expect("egress");
     }
+    // Current before the bucket closes.
+    let open_summary = l.summary_since(0).expect("summary");
+    assert!(
+        open_summary.iter().any(|r| r.field.is_empty() && r.count == 3),
+        "{open_summary:?}"
+    );
     assert_eq!(
         l.close_due(t0 + 59_999 + CLOSE_GRACE_MS, false)
             .expect("close"),
@@ -162,6 +168,7 @@ fn buckets_close_per_span_with_counts_and_a_digest_anyone_can_recompute() {
     assert_eq!(counts, [("h", 1), ("t", 3)]);
     let summary = l.summary_since(0).expect("summary");
     assert_eq!(summary.len(), 3, "messages, h and t: {summary:?}");
+    assert_eq!(summary, open_summary, "the same once closed, counted once");
 }
 
 #[test]
