@@ -143,8 +143,38 @@ pub fn router(hub: Arc<dyn Hub>, config: UiConfig) -> Router {
         .route("/healthz", get(healthz))
         .nest("/api/v1", api)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            refresh_cookie,
+        ))
         .layer(axum::middleware::from_fn(security_headers))
         .with_state(state)
+}
+
+/// A request in a live session renews the cookie's lifetime, as the
+/// server's idle timeout slides: an active user is not logged out 30
+/// minutes after logging in.
+async fn refresh_cookie(
+    State(state): State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: Next,
+) -> Response {
+    let token = req
+        .headers()
+        .get(header::COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(session::from_cookies)
+        .map(str::to_string);
+    let mut resp = next.run(req).await;
+    if let Some(token) = token {
+        let live = state.sessions.is_live(&token, std::time::Instant::now());
+        if live && !resp.headers().contains_key(header::SET_COOKIE) {
+            if let Ok(v) = HeaderValue::from_str(&session::set_cookie(&token, state.secure)) {
+                resp.headers_mut().insert(header::SET_COOKIE, v);
+            }
+        }
+    }
+    resp
 }
 
 /// On every response: no script, style or frame from anywhere else, no

@@ -84,6 +84,15 @@ impl Sessions {
         Some(s.csrf.clone())
     }
 
+    /// Whether `token` is a live session, without keeping it alive.
+    pub fn is_live(&self, token: &str, now: Instant) -> bool {
+        self.by_token_hash
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&hash(token))
+            .is_some_and(|s| now.duration_since(s.last_seen) < IDLE)
+    }
+
     pub fn end(&self, token: &str) {
         self.by_token_hash
             .lock()

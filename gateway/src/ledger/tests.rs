@@ -130,7 +130,9 @@ fn buckets_close_per_span_with_counts_and_a_digest_anyone_can_recompute() {
     // Current before the bucket closes.
     let open_summary = l.summary_since(0).expect("summary");
     assert!(
-        open_summary.iter().any(|r| r.field.is_empty() && r.count == 3),
+        open_summary
+            .iter()
+            .any(|r| r.field.is_empty() && r.count == 3),
         "{open_summary:?}"
     );
     assert_eq!(
