@@ -171,6 +171,17 @@ impl Gateway {
         })
     }
 
+    /// The one-time setup token a gateway without keys logs at start.
+    pub fn setup_token(&self) -> Result<String> {
+        self.wait_for_log("setup?token=", Duration::from_secs(10))?;
+        self.log()
+            .split("setup?token=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("no setup token in the log"))
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
     }

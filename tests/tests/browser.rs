@@ -10,7 +10,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use dataward_tests::*;
 use fantoccini::{Client, ClientBuilder, Locator};
 
@@ -51,16 +51,6 @@ async fn browser() -> Result<(Driver, Client)> {
         }
     }
     bail!("chromedriver did not answer on port {port}")
-}
-
-fn setup_token(gw: &Gateway) -> Result<String> {
-    gw.wait_for_log("setup?token=", Duration::from_secs(10))?;
-    gw.log()
-        .split("setup?token=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .map(str::to_string)
-        .ok_or_else(|| anyhow!("no setup token in the log"))
 }
 
 /// The element, once the page has it (a form's answer takes a moment:
@@ -112,7 +102,7 @@ async fn setup_review_held_fields_and_approve_in_the_browser() -> Result<()> {
             "recipient = \"Acme Inc.\"\npurpose = \"remote control\"\n",
         ),
     )?;
-    let token = setup_token(&gw)?;
+    let token = gw.setup_token()?;
     let base = format!("http://{}", gw.http);
     let (_driver, c) = browser().await?;
 

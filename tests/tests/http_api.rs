@@ -4,20 +4,8 @@
 //! refusals (no session, a forged one, a cross-site request, a wrong
 //! passphrase that slows down).
 
-use std::time::Duration;
-
-use anyhow::{anyhow, Result};
+use anyhow::Result;
 use dataward_tests::*;
-
-fn setup_token(gw: &Gateway) -> Result<String> {
-    gw.wait_for_log("setup?token=", Duration::from_secs(10))?;
-    gw.log()
-        .split("setup?token=")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
-        .map(str::to_string)
-        .ok_or_else(|| anyhow!("no setup token in the log"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn setup_login_read_and_approve_over_http() -> Result<()> {
@@ -28,7 +16,7 @@ async fn setup_login_read_and_approve_over_http() -> Result<()> {
         "[[rule]]\ndevice = \"*\"\nfield = \"*\"\ndestination = \"*\"\naction = \"share\"\n",
     )?;
     let gw = Gateway::start(dir.path(), &config_for(&data, &cloud, Some(&policy), ""))?;
-    let token = setup_token(&gw)?;
+    let token = gw.setup_token()?;
     let api = |m: &str, p: &str, h: &[(&str, &str)], b: &str| http(gw.http, m, p, h, b.as_bytes());
 
     // Nothing without a session; setup only with the token.

@@ -143,9 +143,29 @@ pub async fn setup(State(state): State<Arc<AppState>>, bytes: Bytes) -> Result<R
             "the keys are set up; log in with the passphrase",
         ));
     }
+    let (recovery, token, csrf) = set_up(&state, &b.token, passphrase).await?;
+    let mut resp = (
+        StatusCode::CREATED,
+        Json(json!({ "recovery_key": recovery.as_str(), "csrf_token": csrf })),
+    )
+        .into_response();
+    set_cookie(&mut resp, &session::set_cookie(&token, state.secure));
+    Ok(resp)
+}
+
+/// Setup behind both the API and the page: the one-time token, then the
+/// keys; the token is spent, and a session begins. Gives the recovery key
+/// and the session's (cookie token, CSRF token).
+pub(crate) async fn set_up(
+    state: &AppState,
+    setup_token: &str,
+    passphrase: Zeroizing<String>,
+) -> Result<(Zeroizing<String>, String, String), Problem> {
     {
         let token = state.setup_token.lock().unwrap_or_else(|e| e.into_inner());
-        let ok = token.as_deref().is_some_and(|t| session::same(t, &b.token));
+        let ok = token
+            .as_deref()
+            .is_some_and(|t| session::same(t, setup_token));
         if !ok {
             return Err(Problem::forbidden(
                 "the setup token is wrong: use the one `dataward run` printed",
@@ -155,14 +175,8 @@ pub async fn setup(State(state): State<Arc<AppState>>, bytes: Bytes) -> Result<R
     let recovery = state.hub.set_up(passphrase).await.map_err(hub_problem)?;
     // Used: it opens nothing any more.
     *state.setup_token.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    let (token, csrf) = session_or_500(&state)?;
-    let mut resp = (
-        StatusCode::CREATED,
-        Json(json!({ "recovery_key": recovery.as_str(), "csrf_token": csrf })),
-    )
-        .into_response();
-    set_cookie(&mut resp, &session::set_cookie(&token, state.secure));
-    Ok(resp)
+    let (token, csrf) = session_or_500(state)?;
+    Ok((recovery, token, csrf))
 }
 
 fn session_or_500(state: &AppState) -> Result<(String, String), Problem> {

@@ -10,8 +10,7 @@ use maud::html;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::pages::{message, page, PageSession};
-use crate::session;
+use crate::pages::{form_from_this_page, message, page, PageSession};
 use crate::AppState;
 
 const PRESETS: &[(&str, &str)] = &[
@@ -98,12 +97,8 @@ pub async fn add_submit(
     headers: HeaderMap,
     Form(f): Form<AddForm>,
 ) -> Response {
-    if crate::api::same_origin(&headers).is_err() || !session::same(&f.csrf, &s.csrf) {
-        return (
-            StatusCode::FORBIDDEN,
-            message("Refused", "That request did not come from this page."),
-        )
-            .into_response();
+    if let Some(refused) = form_from_this_page(&headers, &f.csrf, &s) {
+        return refused;
     }
     let added = match state
         .hub

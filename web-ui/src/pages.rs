@@ -6,7 +6,6 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::extract::{ConnectInfo, Form, FromRequestParts, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -159,22 +158,6 @@ pub async fn setup_submit(
     if state.hub.is_set_up() {
         return Redirect::to("/login").into_response();
     }
-    let token_ok = state
-        .setup_token
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_deref()
-        .is_some_and(|t| session::same(t, &f.token));
-    if !token_ok {
-        return (
-            StatusCode::FORBIDDEN,
-            message(
-                "Wrong setup link",
-                "Use the link `dataward run` printed on the hub's console.",
-            ),
-        )
-            .into_response();
-    }
     if passphrase.as_str() != again.as_str() {
         return (
             StatusCode::BAD_REQUEST,
@@ -185,19 +168,19 @@ pub async fn setup_submit(
         )
             .into_response();
     }
-    let recovery = match state.hub.set_up(passphrase).await {
-        Ok(r) => r,
-        Err(e) => {
-            return (StatusCode::BAD_REQUEST, message("Not set up", &e.message)).into_response()
+    let (recovery, token, csrf) = match crate::api::set_up(&state, &f.token, passphrase).await {
+        Ok(done) => done,
+        Err(p) if p.status == StatusCode::FORBIDDEN => {
+            return (
+                StatusCode::FORBIDDEN,
+                message(
+                    "Wrong setup link",
+                    "Use the link `dataward run` printed on the hub's console.",
+                ),
+            )
+                .into_response()
         }
-    };
-    *state.setup_token.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    let Some((token, csrf)) = state.sessions.create(Instant::now()) else {
-        return (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            message("Failed", "No session could be made."),
-        )
-            .into_response();
+        Err(p) => return (p.status, message("Not set up", &p.detail)).into_response(),
     };
     let mut resp = page(
         "Your recovery key",
@@ -257,6 +240,26 @@ pub async fn login_submit(
     }
 }
 
+/// A form that changes something must come from this site, with the
+/// session's CSRF token in its hidden field.
+/// The refusal to answer with, if it does not.
+pub(crate) fn form_from_this_page(
+    headers: &HeaderMap,
+    csrf: &str,
+    s: &Session,
+) -> Option<Response> {
+    if crate::api::same_origin(headers).is_err() || !session::same(csrf, &s.csrf) {
+        return Some(
+            (
+                StatusCode::FORBIDDEN,
+                message("Refused", "That request did not come from this page."),
+            )
+                .into_response(),
+        );
+    }
+    None
+}
+
 #[derive(Deserialize)]
 pub struct CsrfForm {
     csrf: String,
@@ -268,12 +271,8 @@ pub async fn logout_submit(
     headers: HeaderMap,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    if crate::api::same_origin(&headers).is_err() || !session::same(&f.csrf, &s.csrf) {
-        return (
-            StatusCode::FORBIDDEN,
-            message("Refused", "That request did not come from this page."),
-        )
-            .into_response();
+    if let Some(refused) = form_from_this_page(&headers, &f.csrf, &s) {
+        return refused;
     }
     state.sessions.end(&s.token);
     let mut resp = Redirect::to("/login").into_response();
@@ -434,12 +433,8 @@ pub async fn approve_submit(
     headers: HeaderMap,
     Form(f): Form<ApproveForm>,
 ) -> Response {
-    if crate::api::same_origin(&headers).is_err() || !session::same(&f.csrf, &s.csrf) {
-        return (
-            StatusCode::FORBIDDEN,
-            message("Refused", "That request did not come from this page."),
-        )
-            .into_response();
+    if let Some(refused) = form_from_this_page(&headers, &f.csrf, &s) {
+        return refused;
     }
     match state
         .hub
