@@ -13,23 +13,9 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use gateway::keys::{KdfParams, StoredKeys};
-use gateway::store::{NewRecord, Store, PERIOD_MS};
+use gateway::store::{dir_bytes, NewRecord, Store, PERIOD_MS};
 
 const PASSPHRASE: &str = "benchmark passphrase";
-
-fn dir_bytes(p: &Path) -> u64 {
-    let mut total = 0;
-    if let Ok(rd) = std::fs::read_dir(p) {
-        for e in rd.flatten() {
-            match e.metadata() {
-                Ok(m) if m.is_dir() => total += dir_bytes(&e.path()),
-                Ok(m) => total += m.len(),
-                Err(_) => {}
-            }
-        }
-    }
-    total
-}
 
 /// Runs `dataward ARGS` with standard output to `out`; (seconds, peak
 /// RSS in KB, what it printed there).

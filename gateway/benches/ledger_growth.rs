@@ -8,21 +8,7 @@
 use std::time::Instant;
 
 use gateway::ledger::{Sent, SentField};
-use gateway::store::Store;
-
-fn dir_bytes(p: &std::path::Path) -> u64 {
-    let mut total = 0;
-    if let Ok(rd) = std::fs::read_dir(p) {
-        for e in rd.flatten() {
-            match e.metadata() {
-                Ok(m) if m.is_dir() => total += dir_bytes(&e.path()),
-                Ok(m) => total += m.len(),
-                Err(_) => {}
-            }
-        }
-    }
-    total
-}
+use gateway::store::{dir_bytes, Store};
 
 fn main() {
     let hours: u64 = std::env::var("BENCH_HOURS")

@@ -122,23 +122,7 @@ impl Operations {
                 }
                 _ => NOT_KEPT.into(),
             },
-            store_bytes: dir_bytes(&self.config.data_dir.join("db")),
+            store_bytes: crate::store::dir_bytes(&self.config.data_dir.join("db")),
         })
     }
-}
-
-/// The bytes of the files under `dir`, as the disk holds them (what both
-/// faces see alike; the engine's own count depends on its cache).
-fn dir_bytes(dir: &std::path::Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
-            Ok(_) => e.metadata().map(|m| m.len()).unwrap_or(0),
-            Err(_) => 0,
-        })
-        .sum()
 }

@@ -67,6 +67,22 @@ pub enum StoreError {
     Keys(#[from] crate::keys::KeyError),
 }
 
+/// The bytes of the files under `dir`, as the disk holds them (what both
+/// faces see alike; the engine's own count depends on its cache).
+pub fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            Ok(_) => e.metadata().map(|m| m.len()).unwrap_or(0),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 /// The opened database and its trees.
 #[derive(Clone)]
 pub struct Store {
