@@ -194,13 +194,28 @@ async fn setup_review_held_fields_and_approve_in_the_browser() -> Result<()> {
     .await?
     .click()
     .await?;
-    let states: Vec<String> = {
-        let mut out = Vec::new();
+    // The form's answer is a new page: read its rows once it is there (an
+    // element of the old page goes stale under the reader).
+    let mut states: Vec<String> = Vec::new();
+    for _ in 0..100 {
+        let mut rows = Vec::new();
+        let mut stale = false;
         for row in c.find_all(Locator::Css("tbody tr")).await? {
-            out.push(row.text().await?);
+            match row.text().await {
+                Ok(t) => rows.push(t),
+                Err(_) => stale = true,
+            }
         }
-        out
-    };
+        states = rows;
+        if !stale
+            && states
+                .iter()
+                .any(|r| r.contains("power") && r.contains("approved"))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
         states
             .iter()
