@@ -57,6 +57,11 @@ const UI_OPS: &[&str] = &[
     "policy_show",
     "policy_versions",
     "policy_preview",
+    "policy_check",
+    "policy_apply",
+    "device_remove",
+    "delete",
+    "wipe",
 ];
 
 impl web_ui::Hub for HubState {
@@ -112,33 +117,127 @@ impl web_ui::Hub for HubState {
         request: serde_json::Value,
     ) -> web_ui::HubFuture<'_, Result<serde_json::Value, web_ui::HubError>> {
         Box::pin(async move {
-            let op = request["op"].as_str().unwrap_or_default();
-            if !UI_OPS.contains(&op) {
-                return Err(web_ui::HubError {
-                    status: 400,
-                    message: format!("{op:?} is not an operation of the web UI"),
-                });
-            }
+            let op = request["op"].as_str().unwrap_or_default().to_string();
             let request: crate::control::Request =
                 serde_json::from_value(request).map_err(|e| web_ui::HubError {
                     status: 400,
                     message: format!("not a request: {e}"),
                 })?;
-            if request.is_blocking() {
-                // Off the runtime's threads, which serve the devices.
-                let ops = Arc::clone(&self.ops);
-                return tokio::task::spawn_blocking(move || ops.call_blocking(request))
-                    .await
-                    .map_err(|e| web_ui::HubError {
-                        status: 500,
-                        message: format!("the request's task failed: {e}"),
-                    })?
-                    .map_err(hub_error);
+            self.call_parsed(&op, request).await
+        })
+    }
+
+    fn call_unlocked(
+        &self,
+        mut request: serde_json::Value,
+        passphrase: zeroize::Zeroizing<String>,
+    ) -> web_ui::HubFuture<'_, Result<serde_json::Value, web_ui::HubError>> {
+        Box::pin(async move {
+            // A placeholder, so the request parses; the passphrase itself
+            // goes in as the zeroizing type, never through the JSON.
+            request["passphrase"] = "".into();
+            let op = request["op"].as_str().unwrap_or_default().to_string();
+            let mut parsed: crate::control::Request = serde_json::from_value(request.clone())
+                .map_err(|e| web_ui::HubError {
+                    status: 400,
+                    message: format!("not a request: {e}"),
+                })?;
+            match &mut parsed {
+                crate::control::Request::Delete { passphrase: p, .. }
+                | crate::control::Request::Wipe { passphrase: p, .. } => {
+                    *p = crate::control::Passphrase(passphrase);
+                }
+                _ => {
+                    return Err(web_ui::HubError {
+                        status: 400,
+                        message: format!("{op:?} takes no passphrase"),
+                    })
+                }
             }
-            self.ops.call(request).await.map_err(hub_error)
+            self.call_parsed(&op, parsed).await
+        })
+    }
+
+    fn export(
+        &self,
+        mut request: serde_json::Value,
+        passphrase: zeroize::Zeroizing<String>,
+        chunks: tokio::sync::mpsc::Sender<Vec<u8>>,
+    ) -> web_ui::HubFuture<'_, Result<serde_json::Value, web_ui::HubError>> {
+        Box::pin(async move {
+            request["passphrase"] = "".into();
+            let mut request: crate::control::ExportRequest = serde_json::from_value(request)
+                .map_err(|e| web_ui::HubError {
+                    status: 400,
+                    message: format!("not an export request: {e}"),
+                })?;
+            request.passphrase = crate::control::Passphrase(passphrase);
+            let ops = Arc::clone(&self.ops);
+            let summary = tokio::task::spawn_blocking(move || {
+                crate::control::ACTOR.sync_scope(WEB_ACTOR.into(), || {
+                    let mut sink = crate::control::server::ChunkSender::new(chunks);
+                    let summary = ops.export(&request, &mut sink)?;
+                    std::io::Write::flush(&mut sink).map_err(|e| {
+                        crate::control::OpError::runtime(format!("the download stopped: {e}"))
+                    })?;
+                    Ok(summary)
+                })
+            })
+            .await
+            .map_err(|e| web_ui::HubError {
+                status: 500,
+                message: format!("the export's task failed: {e}"),
+            })?
+            .map_err(hub_error)?;
+            serde_json::to_value(summary).map_err(|e| web_ui::HubError {
+                status: 500,
+                message: format!("the export's summary: {e}"),
+            })
         })
     }
 }
+
+impl HubState {
+    /// Runs one of the web UI's operations, as the web UI.
+    async fn call_parsed(
+        &self,
+        op: &str,
+        request: crate::control::Request,
+    ) -> Result<serde_json::Value, web_ui::HubError> {
+        if !UI_OPS.contains(&op) {
+            return Err(web_ui::HubError {
+                status: 400,
+                message: format!("{op:?} is not an operation of the web UI"),
+            });
+        }
+        if matches!(request, crate::control::Request::Wipe { factory: true, .. }) {
+            return Err(web_ui::HubError {
+                status: 400,
+                message: "a factory reset is done on the hub: `dataward wipe --factory`".into(),
+            });
+        }
+        if request.is_blocking() {
+            // Off the runtime's threads, which serve the devices.
+            let ops = Arc::clone(&self.ops);
+            return tokio::task::spawn_blocking(move || {
+                crate::control::ACTOR.sync_scope(WEB_ACTOR.into(), || ops.call_blocking(request))
+            })
+            .await
+            .map_err(|e| web_ui::HubError {
+                status: 500,
+                message: format!("the request's task failed: {e}"),
+            })?
+            .map_err(hub_error);
+        }
+        crate::control::ACTOR
+            .scope(WEB_ACTOR.into(), self.ops.call(request))
+            .await
+            .map_err(hub_error)
+    }
+}
+
+/// Who the ledger says acted, for what the web UI does.
+const WEB_ACTOR: &str = "web UI";
 
 /// How long the gateway waits for a CLI command to finish with the store.
 const COMMAND_WAIT: Duration = Duration::from_secs(300);

@@ -156,6 +156,107 @@ async fn setup_login_read_and_approve_over_http() -> Result<()> {
         .unwrap_or_default()
         .contains("plug"));
 
+    // Export streams the history the session unlocked; delete needs the
+    // device typed out, then the export is empty.
+    publish_each(&gw, &plug, &[r#"{"power":13}"#.to_string()])?;
+    let export = || {
+        api(
+            "GET",
+            "/api/v1/export?device=plug",
+            &[("Cookie", &cookie)],
+            "",
+        )
+    };
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        let got = export()?;
+        assert_eq!(got.status, 200, "{}", String::from_utf8_lossy(&got.body));
+        lines = String::from_utf8_lossy(&got.body)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        if lines.len() >= 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let last: serde_json::Value = serde_json::from_str(&lines[1])?;
+    assert_eq!(
+        (last["device"].as_str(), last["payload"]["power"].as_u64()),
+        (Some("plug"), Some(13)),
+        "{last}"
+    );
+    let got = export()?;
+    assert_eq!(got.header("content-type"), Some("application/x-ndjson"));
+    assert!(got
+        .header("content-disposition")
+        .is_some_and(|d| d.contains("dataward-plug.ndjson")));
+    let csv = api(
+        "GET",
+        "/api/v1/export?device=plug&format=csv",
+        &[("Cookie", &cookie)],
+        "",
+    )?;
+    assert_eq!(csv.status, 200);
+    assert_eq!(
+        String::from_utf8_lossy(&csv.body).lines().count(),
+        3,
+        "a header and two rows"
+    );
+    let bad = api(
+        "GET",
+        "/api/v1/export?encrypt_to=age1nope",
+        &[("Cookie", &cookie)],
+        "",
+    )?;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.header("content-type"), Some("application/problem+json"));
+    assert_eq!(api("GET", "/api/v1/export", &[], "")?.status, 401);
+    let change = [("Cookie", cookie.as_str()), ("X-CSRF-Token", csrf.as_str())];
+    let unconfirmed = api("POST", "/api/v1/delete", &change, r#"{"device":"plug"}"#)?;
+    assert_eq!(unconfirmed.status, 400);
+    assert_eq!(
+        export()?.body.iter().filter(|b| **b == b'\n').count(),
+        2,
+        "nothing went"
+    );
+    let deleted = api(
+        "POST",
+        "/api/v1/delete",
+        &change,
+        r#"{"device":"plug","confirm":"plug"}"#,
+    )?;
+    assert_eq!(
+        deleted.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&deleted.body)
+    );
+    assert_eq!(
+        deleted.json()["history"]["records"],
+        2,
+        "{}",
+        deleted.json()
+    );
+    let empty = export()?;
+    assert_eq!((empty.status, empty.body.len()), (200, 0));
+    let kinds: Vec<String> = api("GET", "/api/v1/ledger", &[("Cookie", &cookie)], "")?.json()
+        ["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["kind"].as_str().unwrap_or_default(),
+                e["by"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    assert!(kinds.contains(&"export web UI".to_string()), "{kinds:?}");
+    assert!(kinds.contains(&"deleted web UI".to_string()), "{kinds:?}");
+
     // Wrong passphrases slow down, even for the right one after them.
     for _ in 0..3 {
         api("POST", "/api/v1/session", &[], r#"{"passphrase":"guess"}"#)?;

@@ -51,6 +51,16 @@ impl FromRequestParts<Arc<AppState>> for Session {
     }
 }
 
+impl Session {
+    /// The passphrase this session was unlocked with (login is unlock).
+    pub(crate) fn unlock(&self, state: &AppState) -> Result<Zeroizing<String>, Problem> {
+        state
+            .sessions
+            .unlock(&self.token, Instant::now())
+            .ok_or_else(Problem::unauthorized)
+    }
+}
+
 /// A state-changing request: a session, its CSRF token, and no foreign
 /// origin.
 pub struct Change(pub Session);
@@ -98,7 +108,7 @@ pub(crate) fn same_origin(headers: &HeaderMap) -> Result<(), Problem> {
     Ok(())
 }
 
-fn hub_problem(e: HubError) -> Problem {
+pub(crate) fn hub_problem(e: HubError) -> Problem {
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let title = match status.as_u16() {
         400..=499 => "Refused",
@@ -120,7 +130,7 @@ async fn call(state: &AppState, request: Value) -> Result<Json<Value>, Problem> 
     }
 }
 
-fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> Result<T, Problem> {
+pub(crate) fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> Result<T, Problem> {
     serde_json::from_slice(bytes)
         .map_err(|e| Problem::bad_request(format!("the body is not the JSON expected: {e}")))
 }
@@ -172,21 +182,31 @@ pub(crate) async fn set_up(
             ));
         }
     }
-    let recovery = state.hub.set_up(passphrase).await.map_err(hub_problem)?;
+    let recovery = state
+        .hub
+        .set_up(passphrase.clone())
+        .await
+        .map_err(hub_problem)?;
     // Used: it opens nothing any more.
     *state.setup_token.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    let (token, csrf) = session_or_500(state)?;
+    let (token, csrf) = session_or_500(state, passphrase)?;
     Ok((recovery, token, csrf))
 }
 
-fn session_or_500(state: &AppState) -> Result<(String, String), Problem> {
-    state.sessions.create(Instant::now()).ok_or_else(|| {
-        Problem::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Failed",
-            "no randomness for a session token",
-        )
-    })
+fn session_or_500(
+    state: &AppState,
+    unlock: Zeroizing<String>,
+) -> Result<(String, String), Problem> {
+    state
+        .sessions
+        .create(Instant::now(), unlock)
+        .ok_or_else(|| {
+            Problem::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Failed",
+                "no randomness for a session token",
+            )
+        })
 }
 
 fn set_cookie(resp: &mut Response, value: &str) {
@@ -245,7 +265,7 @@ pub(crate) async fn log_in(
         let _one = state.throttle.checking.lock().await;
         state
             .hub
-            .check_passphrase(passphrase)
+            .check_passphrase(passphrase.clone())
             .await
             .map_err(hub_problem)?
     };
@@ -258,7 +278,7 @@ pub(crate) async fn log_in(
         ));
     }
     state.throttle.succeeded(ip);
-    session_or_500(state)
+    session_or_500(state, passphrase)
 }
 
 pub(crate) fn now_ms() -> u64 {

@@ -11,12 +11,14 @@
 //! - `api`: the `/api/v1` handlers.
 //! - `pages`: the HTML pages (setup, login, overview, fields, record,
 //!   statement), server-rendered and readable without JavaScript;
-//!   `devices_page`: the devices, and adding one.
+//!   `devices_page`: the devices, and adding one; `data_page`: export
+//!   (streamed) and delete.
 //!
 //! Every response carries a strict Content-Security-Policy and friends;
 //! request bodies are limited to [`MAX_BODY_BYTES`].
 
 mod api;
+mod data_page;
 mod devices_page;
 mod pages;
 mod problem;
@@ -82,6 +84,22 @@ pub trait Hub: Send + Sync + 'static {
         &self,
         request: serde_json::Value,
     ) -> HubFuture<'_, Result<serde_json::Value, HubError>>;
+    /// An operation that needs the passphrase (`delete`, `wipe`): the
+    /// request without it, and the session's.
+    fn call_unlocked(
+        &self,
+        request: serde_json::Value,
+        passphrase: Zeroizing<String>,
+    ) -> HubFuture<'_, Result<serde_json::Value, HubError>>;
+    /// An export (the control socket's `export` request, without the
+    /// passphrase): its bytes go into `chunks` as they are written, the
+    /// answer is its summary. Dropping the receiver stops it.
+    fn export(
+        &self,
+        request: serde_json::Value,
+        passphrase: Zeroizing<String>,
+        chunks: tokio::sync::mpsc::Sender<Vec<u8>>,
+    ) -> HubFuture<'_, Result<serde_json::Value, HubError>>;
 }
 
 /// How the gateway serves the UI.
@@ -127,6 +145,8 @@ pub fn router(hub: Arc<dyn Hub>, config: UiConfig) -> Router {
         .route("/fields", get(api::fields))
         .route("/fields/approve", post(api::fields_approve))
         .route("/destinations", get(api::destinations))
+        .route("/export", get(data_page::api_export))
+        .route("/delete", post(data_page::api_delete))
         .fallback(api::not_found);
     Router::new()
         .route("/", get(pages::overview))
@@ -135,6 +155,12 @@ pub fn router(hub: Arc<dyn Hub>, config: UiConfig) -> Router {
         .route("/logout", post(pages::logout_submit))
         .route("/devices", get(devices_page::devices_page))
         .route("/devices/add", post(devices_page::add_submit))
+        .route("/data", get(data_page::data_page))
+        .route("/data/export", get(data_page::export_download))
+        .route(
+            "/data/delete",
+            get(data_page::delete_confirm).post(data_page::delete_submit),
+        )
         .route("/fields", get(pages::fields_page))
         .route("/fields/approve", post(pages::approve_submit))
         .route("/ledger", get(pages::ledger_page))

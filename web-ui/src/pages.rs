@@ -42,6 +42,7 @@ pub(crate) fn page(title: &str, csrf: Option<&str>, body: Markup) -> Html<String
                                 a href="/" { "Overview" }
                                 a href="/devices" { "Devices" }
                                 a href="/fields" { "New fields" }
+                                a href="/data" { "Your data" }
                                 a href="/ledger" { "Record" }
                                 a href="/statement" { "Statement" }
                                 form method="post" action="/logout" {
@@ -89,7 +90,7 @@ impl FromRequestParts<Arc<AppState>> for PageSession {
     }
 }
 
-async fn ask(state: &AppState, request: Value) -> Value {
+pub(crate) async fn ask(state: &AppState, request: Value) -> Value {
     state.hub.call(request).await.unwrap_or(Value::Null)
 }
 

@@ -2,10 +2,16 @@
 //! and a CSRF token that every state-changing request must carry in the
 //! `X-CSRF-Token` header. Sessions end after [`IDLE`] without a request,
 //! at logout, or when [`MAX_SESSIONS`] newer ones push them out.
+//!
+//! Login is unlock: a session keeps the passphrase it was opened with, so
+//! that reading the history (an export) needs no second prompt. It is
+//! zeroized when the session ends, idles out or is pushed out.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use zeroize::Zeroizing;
 
 pub const COOKIE: &str = "dw_session";
 pub const IDLE: Duration = Duration::from_secs(30 * 60);
@@ -14,6 +20,7 @@ pub const MAX_SESSIONS: usize = 32;
 struct Session {
     csrf: String,
     last_seen: Instant,
+    unlock: Zeroizing<String>,
 }
 
 #[derive(Default)]
@@ -48,7 +55,7 @@ pub fn same(a: &str, b: &str) -> bool {
 
 impl Sessions {
     /// A new session: (cookie token, CSRF token).
-    pub fn create(&self, now: Instant) -> Option<(String, String)> {
+    pub fn create(&self, now: Instant, unlock: Zeroizing<String>) -> Option<(String, String)> {
         let (token, csrf) = (random_token()?, random_token()?);
         let mut map = self.by_token_hash.lock().unwrap_or_else(|e| e.into_inner());
         map.retain(|_, s| now.duration_since(s.last_seen) < IDLE);
@@ -63,6 +70,7 @@ impl Sessions {
             Session {
                 csrf: csrf.clone(),
                 last_seen: now,
+                unlock,
             },
         );
         Some((token, csrf))
@@ -82,6 +90,16 @@ impl Sessions {
         let s = map.get_mut(&key)?;
         s.last_seen = now;
         Some(s.csrf.clone())
+    }
+
+    /// The passphrase a live session was opened with.
+    pub fn unlock(&self, token: &str, now: Instant) -> Option<Zeroizing<String>> {
+        self.by_token_hash
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&hash(token))
+            .filter(|s| now.duration_since(s.last_seen) < IDLE)
+            .map(|s| s.unlock.clone())
     }
 
     /// Whether `token` is a live session, without keeping it alive.
@@ -135,7 +153,7 @@ mod tests {
     fn sessions_live_while_used_and_end_when_idle_or_pushed_out() {
         let s = Sessions::default();
         let t0 = Instant::now();
-        let (token, csrf) = s.create(t0).expect("random");
+        let (token, csrf) = s.create(t0, Zeroizing::new("pass".into())).expect("random");
         assert_eq!(
             s.touch(&token, t0 + IDLE / 2).as_deref(),
             Some(csrf.as_str())
@@ -146,16 +164,19 @@ mod tests {
             .is_some());
         assert!(s.touch(&token, t0 + 3 * IDLE).is_none(), "idle too long");
         assert!(s.touch(&token, t0).is_none(), "gone for good");
-        let (a, _) = s.create(t0).expect("random");
+        let (a, _) = s.create(t0, Zeroizing::new("pass".into())).expect("random");
         for i in 0..MAX_SESSIONS {
-            s.create(t0 + Duration::from_secs(1 + i as u64))
-                .expect("random");
+            s.create(
+                t0 + Duration::from_secs(1 + i as u64),
+                Zeroizing::new(String::new()),
+            )
+            .expect("random");
         }
         assert!(
             s.touch(&a, t0 + Duration::from_secs(100)).is_none(),
             "the oldest went"
         );
-        let (b, _) = s.create(t0).expect("random");
+        let (b, _) = s.create(t0, Zeroizing::new("pass".into())).expect("random");
         s.end(&b);
         assert!(s.touch(&b, t0).is_none());
     }

@@ -49,6 +49,46 @@ impl Hub for FakeHub {
             }
         })
     }
+    fn call_unlocked(
+        &self,
+        request: serde_json::Value,
+        p: Zeroizing<String>,
+    ) -> HubFuture<'_, Result<serde_json::Value, HubError>> {
+        let request = self.unlocked(request, &p);
+        Box::pin(async move { Ok(serde_json::json!({ "echo": request })) })
+    }
+    fn export(
+        &self,
+        request: serde_json::Value,
+        p: Zeroizing<String>,
+        chunks: tokio::sync::mpsc::Sender<Vec<u8>>,
+    ) -> HubFuture<'_, Result<serde_json::Value, HubError>> {
+        let request = self.unlocked(request, &p);
+        Box::pin(async move {
+            if request["device"] == "nope" {
+                return Err(HubError {
+                    status: 400,
+                    message: "no device \"nope\"".into(),
+                });
+            }
+            for i in 0..3 {
+                let line = format!("{{\"n\":{i}}}\n").into_bytes();
+                if chunks.send(line).await.is_err() {
+                    break;
+                }
+            }
+            Ok(serde_json::json!({ "records": 3 }))
+        })
+    }
+}
+
+impl FakeHub {
+    fn unlocked(&self, request: serde_json::Value, p: &str) -> serde_json::Value {
+        let mut request = request;
+        request["passphrase"] = p.into();
+        self.calls.lock().expect("lock").push(request.clone());
+        request
+    }
 }
 
 struct Reply {
@@ -336,5 +376,109 @@ async fn wrong_passphrases_slow_down() {
     assert_eq!(
         r.headers.get("retry-after").map(|v| v.as_bytes()),
         Some(&b"1"[..])
+    );
+}
+
+async fn logged_in(app: &Router) -> (String, String) {
+    let r = send(
+        app,
+        "POST",
+        "/api/v1/session",
+        &[],
+        r#"{"passphrase":"right passphrase"}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    let csrf = r.body["csrf_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    (cookie_of(&r), csrf)
+}
+
+async fn raw_body(app: &Router, uri: &str, cookie: &str) -> (StatusCode, Vec<u8>) {
+    let req = Request::builder()
+        .uri(uri)
+        .header("host", "hub.local")
+        .header("cookie", cookie)
+        .body(Body::empty())
+        .expect("request");
+    let resp = app.clone().oneshot(req).await.expect("response");
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    (status, bytes.to_vec())
+}
+
+#[tokio::test]
+async fn export_and_delete_use_the_sessions_passphrase_and_delete_must_be_confirmed() {
+    let hub = Arc::new(FakeHub::default());
+    hub.set_up.store(true, Ordering::SeqCst);
+    let app = app(Arc::clone(&hub), None);
+    let (cookie, csrf) = logged_in(&app).await;
+    let (status, body) = raw_body(&app, "/api/v1/export?device=plug&format=csv", &cookie).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, b"{\"n\":0}\n{\"n\":1}\n{\"n\":2}\n");
+    let (status, _) = raw_body(&app, "/api/v1/export?device=nope", &cookie).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a refusal before any byte");
+    let (status, _) = raw_body(&app, "/api/v1/export?format=pdf", &cookie).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let change = [("cookie", cookie.as_str()), ("x-csrf-token", csrf.as_str())];
+    for (body, why) in [
+        (r#"{"device":"plug"}"#, "a whole device, not typed"),
+        (r#"{"device":"plug","confirm":"plugs"}"#, "mistyped"),
+        (
+            r#"{"device":"*","confirm":"plug"}"#,
+            "everything, not typed",
+        ),
+        (
+            r#"{"device":"*","since_ms":1,"confirm":"everything"}"#,
+            "a range of everything",
+        ),
+        (r#"{"confirm":"everything"}"#, "no device"),
+    ] {
+        let r = send(&app, "POST", "/api/v1/delete", &change, body).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{why}");
+    }
+    let r = send(
+        &app,
+        "POST",
+        "/api/v1/delete",
+        &[("cookie", cookie.as_str())],
+        r#"{"device":"plug","confirm":"plug"}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "no CSRF token");
+    for body in [
+        r#"{"device":"plug","confirm":"plug"}"#,
+        r#"{"device":"plug","since_ms":1000}"#,
+        r#"{"device":"*","confirm":"everything"}"#,
+    ] {
+        let r = send(&app, "POST", "/api/v1/delete", &change, body).await;
+        assert_eq!(r.status, StatusCode::OK, "{body}");
+    }
+    let calls = hub.calls.lock().expect("lock").clone();
+    let unlocked: Vec<String> = calls
+        .iter()
+        .filter(|c| c.get("passphrase").is_some())
+        .map(|c| {
+            assert_eq!(c["passphrase"], "right passphrase", "{c}");
+            format!(
+                "{} {}",
+                c["op"].as_str().unwrap_or("export"),
+                c["device"].as_str().unwrap_or("-")
+            )
+        })
+        .collect();
+    assert_eq!(
+        unlocked,
+        [
+            "export plug",
+            "export nope",
+            "delete plug",
+            "delete plug",
+            "wipe -"
+        ]
     );
 }

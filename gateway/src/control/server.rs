@@ -227,9 +227,18 @@ fn parse_envelope(body: &[u8]) -> Result<Envelope, OpError> {
 
 /// Sends chunks written on a blocking thread to the async side. Bounded,
 /// so a slow reader holds the export back instead of buffering it all.
-struct ChunkSender {
+pub(crate) struct ChunkSender {
     tx: mpsc::Sender<Vec<u8>>,
     buf: Vec<u8>,
+}
+
+impl ChunkSender {
+    pub(crate) fn new(tx: mpsc::Sender<Vec<u8>>) -> Self {
+        ChunkSender {
+            tx,
+            buf: Vec::with_capacity(protocol::CHUNK_BYTES),
+        }
+    }
 }
 
 impl Write for ChunkSender {
@@ -263,10 +272,7 @@ async fn stream_export(
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(4);
     let by = super::actor();
     let worker = tokio::task::spawn_blocking(move || {
-        let mut sink = ChunkSender {
-            tx,
-            buf: Vec::with_capacity(protocol::CHUNK_BYTES),
-        };
+        let mut sink = ChunkSender::new(tx);
         super::ACTOR.sync_scope(by, || ops.export(&export, &mut sink))
     });
     let mut client_gone = None;
