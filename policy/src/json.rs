@@ -46,6 +46,23 @@ pub enum Json {
     Scalar(Box<RawValue>),
 }
 
+impl Json {
+    /// The value at `path`, if the document has one there.
+    pub fn at(&self, path: &[crate::path::Segment]) -> Option<&Json> {
+        let mut j = self;
+        for seg in path {
+            j = match (j, seg) {
+                (Json::Object(m), crate::path::Segment::Key(k)) => {
+                    &m.iter().find(|(name, _)| name == k)?.1
+                }
+                (Json::Array(a), crate::path::Segment::Index(i)) => a.get(*i)?,
+                _ => return None,
+            };
+        }
+        Some(j)
+    }
+}
+
 impl PartialEq for Json {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {

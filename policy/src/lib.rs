@@ -20,12 +20,15 @@
 //! - [`aggregate`]: the windows of `aggregate`, and the message a closed
 //!   window sends.
 //! - [`statement`]: the policy in plain words, per device and destination.
+//! - [`edit`]: the device's own rules in the text, replaced as the web
+//!   UI's sharing grid saves them, the rest of the file kept as written.
 //!
 //! The quarantine for new fields is decided here too: a field the caller's
 //! inventory has not approved is shared only by a rule that names it (or a
 //! parent of it) without a wildcard, unless the policy's `[quarantine] exempt` list names the device.
 
 pub mod aggregate;
+pub mod edit;
 mod evaluate;
 pub mod json;
 mod parse;

@@ -53,6 +53,9 @@ pub struct PolicyVersionInfo {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldPreview {
     pub field: String,
+    /// The field as the inventory and the grid name it (`nets[*].ssid`).
+    #[serde(default)]
+    pub generic: String,
     /// The action, or `held`: the rule would share it, but the field is
     /// new and waits for the user's approval.
     pub action: String,
@@ -80,6 +83,17 @@ pub struct PolicyPreview {
     /// The version previewed; none for a candidate text.
     pub policy_version: Option<u64>,
     pub destinations: Vec<PreviewOutput>,
+    /// The message's fields with their values (the first element of an
+    /// array stands for all), as the device sent them; cut to 80
+    /// characters.
+    #[serde(default)]
+    pub values: Vec<FieldValue>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FieldValue {
+    pub field: String,
+    pub value: String,
 }
 
 /// A preview shows where a sealed value goes without sealing it (a real
@@ -416,6 +430,7 @@ impl Operations {
                     .zip(&out.decisions)
                     .map(|(field, d)| FieldPreview {
                         field: field.to_string(),
+                        generic: field.generic(),
                         action: if d.held {
                             "held".to_string()
                         } else {
@@ -430,11 +445,32 @@ impl Operations {
                     .collect(),
             })
             .collect();
+        let parsed = policy::json::Json::parse(payload).ok();
+        let mut values: Vec<FieldValue> = Vec::new();
+        for f in &eval.fields {
+            let field = f.generic();
+            if values.iter().any(|v| v.field == field) {
+                continue;
+            }
+            let value = if f.is_whole_payload() {
+                String::from_utf8_lossy(payload).into_owned()
+            } else {
+                match parsed.as_ref().and_then(|j| j.at(f.segments())) {
+                    Some(j) => String::from_utf8_lossy(&j.to_vec()).into_owned(),
+                    None => continue,
+                }
+            };
+            values.push(FieldValue {
+                field,
+                value: crate::store::fields::cut(&value),
+            });
+        }
         Ok(PolicyPreview {
             device: device.to_string(),
             topic,
             policy_version: version,
             destinations,
+            values,
         })
     }
 

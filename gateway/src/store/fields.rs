@@ -18,7 +18,6 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use policy::json::Json;
-use policy::path::Segment;
 use policy::FieldPath;
 use serde::{Deserialize, Serialize};
 
@@ -214,7 +213,7 @@ impl FieldInventory {
             let text = if path.is_whole_payload() {
                 String::from_utf8_lossy(payload).into_owned()
             } else {
-                match parsed.as_ref().and_then(|j| leaf(j, path.segments())) {
+                match parsed.as_ref().and_then(|j| j.at(path.segments())) {
                     Some(j) => String::from_utf8_lossy(&j.to_vec()).into_owned(),
                     None => continue,
                 }
@@ -321,18 +320,8 @@ pub enum ApproveOutcome {
     Unknown,
 }
 
-fn leaf<'a>(mut j: &'a Json, path: &[Segment]) -> Option<&'a Json> {
-    for seg in path {
-        j = match (j, seg) {
-            (Json::Object(m), Segment::Key(k)) => &m.iter().find(|(name, _)| name == k)?.1,
-            (Json::Array(a), Segment::Index(i)) => a.get(*i)?,
-            _ => return None,
-        };
-    }
-    Some(j)
-}
-
-fn cut(text: &str) -> String {
+/// A sample as shown: at most [`SAMPLE_CHARS`] characters.
+pub(crate) fn cut(text: &str) -> String {
     match text.char_indices().nth(SAMPLE_CHARS) {
         Some((at, _)) => format!("{}…", &text[..at]),
         None => text.to_string(),
@@ -342,6 +331,7 @@ fn cut(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use policy::path::Segment;
 
     fn paths(payload: &str) -> Vec<FieldPath> {
         policy::Policy::default()

@@ -11,7 +11,7 @@
 
 mod destinations;
 mod durability;
-mod fields;
+pub(crate) mod fields;
 mod history;
 mod outbox;
 mod pads;
