@@ -206,8 +206,7 @@ pub fn apply_grid(text: &str, edit: &GridEdit) -> Result<String, EditError> {
     let cell_dests: Vec<&str> = edit.cells.iter().map(|c| c.destination.as_str()).collect();
     if doc.contains_key("rule") {
         array_mut(&mut doc, "rule")?.retain(|t| {
-            !owned_rule(t, &edit.device)
-                .is_some_and(|(f, d)| shown(f) && cell_dests.contains(&d))
+            !owned_rule(t, &edit.device).is_some_and(|(f, d)| shown(f) && cell_dests.contains(&d))
         });
     }
     if doc.contains_key("retain") {
@@ -355,7 +354,11 @@ keep = "30d"
                 cell("power", "backup", Some("seal"), ""),
             ]
         );
-        assert_eq!(r.not_stored, vec!["ssid".to_string()], "voltage was not shown");
+        assert_eq!(
+            r.not_stored,
+            vec!["ssid".to_string()],
+            "voltage was not shown"
+        );
         assert_eq!(r.retention, None);
         for kept in [
             "# my policy",
@@ -428,6 +431,9 @@ keep = "30d"
             apply_grid("rule = 1", &edit),
             Err(EditError::NotTables(_))
         ));
-        assert!(matches!(apply_grid("[[rule]", &edit), Err(EditError::NotToml(_))));
+        assert!(matches!(
+            apply_grid("[[rule]", &edit),
+            Err(EditError::NotToml(_))
+        ));
     }
 }

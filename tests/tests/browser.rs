@@ -39,7 +39,11 @@ async fn browser() -> Result<(Driver, Client)> {
         "goog:chromeOptions".into(),
         serde_json::json!({
             "binary": "/usr/bin/chromium",
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"]
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,900"],
+            "prefs": {
+                "download.default_directory": downloads_dir().to_string_lossy(),
+                "download.prompt_for_download": false
+            }
         }),
     );
     let url = format!("http://127.0.0.1:{port}");
@@ -51,6 +55,18 @@ async fn browser() -> Result<(Driver, Client)> {
         }
     }
     bail!("chromedriver did not answer on port {port}")
+}
+
+/// Where the browser saves downloads: a fresh directory per test run.
+fn downloads_dir() -> std::path::PathBuf {
+    static DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("dataward-downloads-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::create_dir_all(&dir);
+        dir
+    })
+    .clone()
 }
 
 /// The element, once the page has it (a form's answer takes a moment:
@@ -250,6 +266,124 @@ async fn setup_review_held_fields_and_approve_in_the_browser() -> Result<()> {
         "what left shows before its hour closes: {overview}"
     );
     shoot(&c, "overview").await?;
+    no_dialog(&c).await?;
+
+    // The device page: its fields (the hostile name literally), the grid,
+    // and the preview following an edit before it is saved.
+    c.goto(&format!("{base}/devices/plug")).await?;
+    no_dialog(&c).await?;
+    let sent = c.find(Locator::Css("main")).await?.text().await?;
+    assert!(
+        sent.contains(HOSTILE_FIELD) && sent.contains(HOSTILE_VALUE),
+        "{sent}"
+    );
+    assert!(c.find_all(Locator::Css("main img")).await?.is_empty());
+    let row = "table.grid tr:has(input[value=power])";
+    c.find(Locator::Css(&format!("{row} select")))
+        .await?
+        .select_by_value("round")
+        .await?;
+    c.find(Locator::Css(&format!("{row} input.params")))
+        .await?
+        .send_keys("step = 5")
+        .await?;
+    let mut shown = String::new();
+    for _ in 0..100 {
+        shown = c
+            .find(Locator::Css("[data-destination=vendor_cloud] pre.payload"))
+            .await?
+            .text()
+            .await?;
+        if shown == r#"{"power":15}"# {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(shown, r#"{"power":15}"#, "the preview follows the edit");
+    let decided = c
+        .find(Locator::Css("[data-destination=vendor_cloud] ul.decisions"))
+        .await?
+        .text()
+        .await?;
+    assert!(
+        decided.contains("power round · rule r-"),
+        "each field names its rule: {decided}"
+    );
+    shoot(&c, "device").await?;
+    no_dialog(&c).await?;
+    c.find(Locator::Id("save-sharing")).await?.click().await?;
+    let saved = wait_for(&c, Locator::Id("saved")).await?.text().await?;
+    assert!(saved.contains("policy version 2"), "{saved}");
+    publish_each(
+        &gw,
+        &plug,
+        &[serde_json::json!({ HOSTILE_FIELD: "x", "power": 13 }).to_string()],
+    )?;
+    let got = collect(
+        Some(&cloud_sub),
+        &mut cloud_events,
+        Duration::from_secs(10),
+        |g| !g.is_empty(),
+    )
+    .await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&got[0].1),
+        r#"{"power":15}"#,
+        "as previewed"
+    );
+
+    // Export in the browser: the download holds the three messages.
+    c.goto(&format!("{base}/data")).await?;
+    shoot(&c, "data").await?;
+    let downloads = downloads_dir();
+    c.find(Locator::Css(
+        "form[action='/data/export'] select[name=device]",
+    ))
+    .await?
+    .select_by_value("plug")
+    .await?;
+    c.find(Locator::Id("export")).await?.click().await?;
+    let file = downloads.join("dataward-plug.ndjson");
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            lines = text.lines().map(str::to_string).collect();
+            if lines.len() == 3 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    let first: serde_json::Value = serde_json::from_str(&lines[0])?;
+    assert_eq!(first["payload"][HOSTILE_FIELD], HOSTILE_VALUE, "{first}");
+
+    // Delete the device's history: asked first, the name typed, then a report.
+    c.goto(&format!("{base}/data")).await?;
+    c.find(Locator::Css(
+        "form[action='/data/delete'] select[name=device]",
+    ))
+    .await?
+    .select_by_value("plug")
+    .await?;
+    c.find(Locator::Id("delete")).await?.click().await?;
+    wait_for(&c, Locator::Id("confirm"))
+        .await?
+        .send_keys("plug")
+        .await?;
+    shoot(&c, "delete-confirm").await?;
+    c.find(Locator::Id("confirm-delete")).await?.click().await?;
+    let report = wait_for(&c, Locator::Id("report")).await?.text().await?;
+    assert!(report.contains("3 messages"), "{report}");
+    let empty = c
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             fetch('/data/export?device=plug').then(r => r.text()).then(done, e => done('failed: ' + e));",
+            vec![],
+        )
+        .await?;
+    assert_eq!(empty, serde_json::json!(""), "the export is now empty");
     no_dialog(&c).await?;
 
     // Logout, and the pages lead to login.

@@ -118,7 +118,7 @@ pub(crate) fn hub_problem(e: HubError) -> Problem {
     Problem::new(status, title, e.message)
 }
 
-async fn call(state: &AppState, request: Value) -> Result<Json<Value>, Problem> {
+pub(crate) async fn call(state: &AppState, request: Value) -> Result<Json<Value>, Problem> {
     match tokio::time::timeout(CALL_DEADLINE, state.hub.call(request)).await {
         Ok(Ok(v)) => Ok(Json(v)),
         Ok(Err(e)) => Err(hub_problem(e)),

@@ -35,6 +35,7 @@ pub async fn devices_page(
         .await
         .unwrap_or(Value::Null);
     let devices: Vec<Value> = list.as_array().cloned().unwrap_or_default();
+    let now = crate::api::now_ms();
     let shared_with = |id: &str| -> String {
         statement["lines"]
             .as_array()
@@ -54,14 +55,16 @@ pub async fn devices_page(
                 p { "No devices yet. Add one below: it gets its own credentials, and nothing it sends leaves your home until a rule says so." }
             } @else {
                 table {
-                    thead { tr { th { "Name" } th { "Id" } th { "Kind" } th { "Shared with" } } }
+                    thead { tr { th { "Name" } th { "Kind" } th { "Online" } th { "Last message" } th { "Today" } th { "Shared with" } } }
                     tbody {
                         @for d in &devices {
                             @let id = d["id"].as_str().unwrap_or_default();
                             tr {
-                                td { (d["name"].as_str().unwrap_or_default()) }
-                                td.field { (id) }
+                                td { a href={"/devices/" (crate::device_page::urlencode(id))} { (d["name"].as_str().unwrap_or_default()) } br; span.field { (id) } }
                                 td { (d["preset"].as_str().unwrap_or_default()) }
+                                td { @match d["online"].as_bool() { Some(true) => span.ok { "online" }, Some(false) => "offline", None => "?" } }
+                                td { @if let Some(t) = d["last_seen_ms"].as_u64() { (crate::device_page::ago(t, now)) } @else { "—" } }
+                                td { (d["messages_today"].as_u64().map(|n| n.to_string()).unwrap_or_default()) }
                                 td { @let w = shared_with(id); @if w.is_empty() { "nobody" } @else { (w) } }
                             }
                         }

@@ -11,18 +11,25 @@
 //! - `api`: the `/api/v1` handlers.
 //! - `pages`: the HTML pages (setup, login, overview, fields, record,
 //!   statement), server-rendered and readable without JavaScript;
-//!   `devices_page`: the devices, and adding one; `data_page`: export
-//!   (streamed) and delete.
+//!   `devices_page`: the devices, and adding one; `device_page`: one
+//!   device, its sharing grid and live preview, removing it; `data_page`:
+//!   export (streamed) and delete.
+//! - `events`: live updates (server-sent events) for the pages' script.
+//! - `sharing`: the grid (form or JSON) to a candidate policy text
+//!   (`policy::edit`), previewed or applied; the devices' API.
 //!
 //! Every response carries a strict Content-Security-Policy and friends;
 //! request bodies are limited to [`MAX_BODY_BYTES`].
 
 mod api;
 mod data_page;
+mod device_page;
 mod devices_page;
+mod events;
 mod pages;
 mod problem;
 pub mod session;
+mod sharing;
 pub mod throttle;
 
 use std::future::Future;
@@ -121,6 +128,7 @@ pub struct AppState {
     pub(crate) setup_token: Mutex<Option<String>>,
     pub(crate) secure: bool,
     pub(crate) mqtt_port: u16,
+    pub(crate) event_streams: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 pub fn router(hub: Arc<dyn Hub>, config: UiConfig) -> Router {
@@ -131,6 +139,7 @@ pub fn router(hub: Arc<dyn Hub>, config: UiConfig) -> Router {
         setup_token: Mutex::new(config.setup_token),
         secure: config.secure,
         mqtt_port: config.mqtt_port,
+        event_streams: Default::default(),
     });
     let api = Router::new()
         .route("/setup", post(api::setup))
@@ -145,6 +154,17 @@ pub fn router(hub: Arc<dyn Hub>, config: UiConfig) -> Router {
         .route("/fields", get(api::fields))
         .route("/fields/approve", post(api::fields_approve))
         .route("/destinations", get(api::destinations))
+        .route("/devices", get(sharing::api_devices))
+        .route(
+            "/devices/{id}",
+            get(sharing::api_device).delete(sharing::api_remove),
+        )
+        .route(
+            "/devices/{id}/sharing",
+            get(sharing::api_grid).put(sharing::api_save),
+        )
+        .route("/devices/{id}/sharing/preview", post(sharing::api_preview))
+        .route("/events", get(events::events))
         .route("/export", get(data_page::api_export))
         .route("/delete", post(data_page::api_delete))
         .fallback(api::not_found);
@@ -155,6 +175,9 @@ pub fn router(hub: Arc<dyn Hub>, config: UiConfig) -> Router {
         .route("/logout", post(pages::logout_submit))
         .route("/devices", get(devices_page::devices_page))
         .route("/devices/add", post(devices_page::add_submit))
+        .route("/devices/{id}", get(device_page::device_page))
+        .route("/devices/{id}/sharing", post(device_page::sharing_submit))
+        .route("/devices/{id}/remove", post(device_page::remove_submit))
         .route("/data", get(data_page::data_page))
         .route("/data/export", get(data_page::export_download))
         .route(
@@ -166,6 +189,7 @@ pub fn router(hub: Arc<dyn Hub>, config: UiConfig) -> Router {
         .route("/ledger", get(pages::ledger_page))
         .route("/statement", get(pages::statement_page))
         .route("/static/app.css", get(pages::css))
+        .route("/static/app.js", get(pages::js))
         .route("/healthz", get(healthz))
         .nest("/api/v1", api)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

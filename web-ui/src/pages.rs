@@ -94,6 +94,17 @@ pub(crate) async fn ask(state: &AppState, request: Value) -> Value {
     state.hub.call(request).await.unwrap_or(Value::Null)
 }
 
+pub const JS: &str = include_str!("app.js");
+
+pub async fn js() -> Response {
+    let mut resp = JS.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/javascript; charset=utf-8"),
+    );
+    resp
+}
+
 pub async fn css() -> Response {
     let mut resp = CSS.into_response();
     resp.headers_mut().insert(
@@ -426,6 +437,9 @@ pub struct ApproveForm {
     csrf: String,
     device: String,
     field: String,
+    /// The page to go back to: a device's, or the fields list.
+    #[serde(default)]
+    back: Option<String>,
 }
 
 pub async fn approve_submit(
@@ -442,7 +456,18 @@ pub async fn approve_submit(
         .call(json!({"op": "fields_approve", "device": f.device, "field": f.field}))
         .await
     {
-        Ok(_) => Redirect::to("/fields").into_response(),
+        // Only a page of this site's devices: never a redirect elsewhere.
+        Ok(_) => match f.back.as_deref() {
+            Some(b)
+                if b.starts_with("/devices/")
+                    && b[9..]
+                        .bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || b"-_.%".contains(&c)) =>
+            {
+                Redirect::to(b).into_response()
+            }
+            _ => Redirect::to("/fields").into_response(),
+        },
         Err(e) => (StatusCode::BAD_REQUEST, message("Not approved", &e.message)).into_response(),
     }
 }

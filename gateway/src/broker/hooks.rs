@@ -146,6 +146,13 @@ impl Hooks {
         (devices, conns)
     }
 
+    /// Whether `device` has a live connection.
+    pub fn is_online(&self, device: &str) -> bool {
+        self.connections
+            .get(device)
+            .is_some_and(|c| c.values().any(|n| *n > 0))
+    }
+
     /// Counts a new connection, unless the device is at its limit: the
     /// check and the count happen under one lock, so two logins at once
     /// cannot both take the last place (the check at login is only the

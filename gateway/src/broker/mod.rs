@@ -200,6 +200,10 @@ impl Broker {
         self.hooks.connected_counts()
     }
 
+    pub fn is_online(&self, device: &str) -> bool {
+        self.hooks.is_online(device)
+    }
+
     /// Ends every session of `device`: live connections are closed at once,
     /// and offline sessions go with their queued messages (pending
     /// commands), so nothing more reaches or comes from it. Call after the

@@ -20,6 +20,15 @@ pub struct DeviceInfo {
     pub publish: Vec<String>,
     pub subscribe: Vec<String>,
     pub created_ms: u64,
+    /// From the running gateway (none when it is stopped): a live
+    /// connection, the last message's time, and messages today (UTC,
+    /// since the gateway started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages_today: Option<u64>,
 }
 
 impl From<&Device> for DeviceInfo {
@@ -32,6 +41,9 @@ impl From<&Device> for DeviceInfo {
             publish: d.publish.clone(),
             subscribe: d.subscribe.clone(),
             created_ms: d.created_ms,
+            online: None,
+            last_seen_ms: None,
+            messages_today: None,
         }
     }
 }
@@ -88,7 +100,11 @@ impl Operations {
 
     pub fn device_list(&self) -> Result<Vec<DeviceInfo>, OpError> {
         match &self.registry {
-            Some(r) => Ok(r.list().iter().map(|d| DeviceInfo::from(&**d)).collect()),
+            Some(r) => Ok(r
+                .list()
+                .iter()
+                .map(|d| self.with_activity(DeviceInfo::from(&**d)))
+                .collect()),
             // No data directory: no device was ever added.
             None => Ok(Vec::new()),
         }
@@ -100,7 +116,20 @@ impl Operations {
             .as_ref()
             .and_then(|r| r.get(id))
             .ok_or_else(|| DeviceError::NotFound(id.to_string()))?;
-        Ok(DeviceInfo::from(&*device))
+        Ok(self.with_activity(DeviceInfo::from(&*device)))
+    }
+
+    fn with_activity(&self, mut info: DeviceInfo) -> DeviceInfo {
+        if let Some(live) = &self.live {
+            info.online = Some(live.broker.is_online(&info.id));
+            let activity = live
+                .pipeline
+                .last_seen
+                .activity(&info.id, crate::pipeline::now_ms());
+            info.last_seen_ms = activity.map(|a| a.0);
+            info.messages_today = Some(activity.map_or(0, |a| a.1));
+        }
+        info
     }
 
     /// Forgets the device's credential, then ends its sessions (so it cannot

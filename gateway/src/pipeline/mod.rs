@@ -201,9 +201,9 @@ impl Pipeline {
         kept: Kept,
     ) -> Result<(), PipelineError> {
         let durable = kept.qos > 0;
-        self.last_seen.note(device, topic, payload);
-        let active = self.policy.load();
         let now = now_ms();
+        self.last_seen.note(device, topic, payload, now);
+        let active = self.policy.load();
         let eval = active.policy.evaluate_with(
             &Message {
                 device,

@@ -1,0 +1,318 @@
+//! The sharing grid behind the device page and `/api/v1/devices/{id}`:
+//! a grid as the browser sends it (a form, or JSON from the page's script
+//! or an API client), turned into a candidate policy text by
+//! [`policy::edit`], then previewed on the device's last message or
+//! applied as a new policy version. The hub validates the text exactly as
+//! `dataward policy apply` does, so the grid cannot save what the CLI
+//! would refuse.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use policy::edit::{Cell, GridEdit};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::api::{call, Change, Session};
+use crate::problem::Problem;
+use crate::AppState;
+
+/// The grid as JSON: `{"fields": [...], "cells": [{"field", "destination",
+/// "action", "params"}], "not_stored": [...], "retention": "30d"}`.
+#[derive(Debug, Deserialize, Default)]
+pub struct GridBody {
+    #[serde(default)]
+    pub fields: Vec<String>,
+    #[serde(default)]
+    pub cells: Vec<CellBody>,
+    #[serde(default)]
+    pub not_stored: Vec<String>,
+    #[serde(default)]
+    pub retention: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CellBody {
+    pub field: String,
+    pub destination: String,
+    #[serde(default)]
+    pub action: Option<String>,
+    #[serde(default)]
+    pub params: String,
+}
+
+/// Cells a grid may have: 1,024 fields a device may send, times a few
+/// destinations, is far below; a body of 64 KiB is the real bound.
+const MAX_CELLS: usize = 8192;
+
+impl GridBody {
+    pub fn into_edit(self, device: &str) -> Result<GridEdit, Problem> {
+        if self.cells.len() > MAX_CELLS {
+            return Err(Problem::bad_request("too many cells"));
+        }
+        Ok(GridEdit {
+            device: device.to_string(),
+            fields: self.fields,
+            cells: self
+                .cells
+                .into_iter()
+                .map(|c| Cell {
+                    field: c.field,
+                    destination: c.destination,
+                    action: c.action.filter(|a| !a.trim().is_empty()),
+                    params: c.params,
+                })
+                .collect(),
+            not_stored: self.not_stored,
+            retention: self.retention.filter(|r| !r.trim().is_empty()),
+        })
+    }
+
+    /// The page's form: `f{i}` a field, `d{j}` a destination, `a{i}_{j}`
+    /// and `p{i}_{j}` a cell's action and parameters, `n{i}` "don't
+    /// store", `retention`.
+    pub fn from_form(pairs: &[(String, String)]) -> Result<Self, Problem> {
+        let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let indexed = |prefix: char| -> Vec<(usize, String)> {
+            pairs
+                .iter()
+                .filter_map(|(k, v)| {
+                    let i = k.strip_prefix(prefix)?.parse::<usize>().ok()?;
+                    Some((i, v.clone()))
+                })
+                .collect()
+        };
+        let fields = indexed('f');
+        let dests = indexed('d');
+        if fields.len() * dests.len() > MAX_CELLS {
+            return Err(Problem::bad_request("too many cells"));
+        }
+        let mut body = GridBody {
+            fields: fields.iter().map(|(_, f)| f.clone()).collect(),
+            retention: get("retention"),
+            ..GridBody::default()
+        };
+        for (i, field) in &fields {
+            if get(&format!("n{i}")).is_some() {
+                body.not_stored.push(field.clone());
+            }
+            for (j, dest) in &dests {
+                body.cells.push(CellBody {
+                    field: field.clone(),
+                    destination: dest.clone(),
+                    action: get(&format!("a{i}_{j}")),
+                    params: get(&format!("p{i}_{j}")).unwrap_or_default(),
+                });
+            }
+        }
+        Ok(body)
+    }
+}
+
+/// The policy text in force, as the grid edits it.
+async fn text_in_force(state: &AppState) -> Result<String, Problem> {
+    let Json(shown) = call(state, json!({"op": "policy_show"})).await?;
+    match shown["text"].as_str() {
+        Some(t) => Ok(t.to_string()),
+        // Editing "nothing" would replace the user's policy: refuse.
+        None => Err(Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Failed",
+            format!(
+                "the text of policy version {} is not readable",
+                shown["version"]
+            ),
+        )),
+    }
+}
+
+/// The candidate text for `edit`.
+pub(crate) async fn candidate(state: &AppState, edit: &GridEdit) -> Result<String, Problem> {
+    let text = text_in_force(state).await?;
+    policy::edit::apply_grid(&text, edit).map_err(|e| Problem::bad_request(e.to_string()))
+}
+
+/// What each destination would receive of the device's last message
+/// under `edit`; with no edit, under the policy in force.
+pub(crate) async fn preview(
+    state: &AppState,
+    device: &str,
+    edit: Option<&GridEdit>,
+) -> Result<Value, Problem> {
+    let candidate = match edit {
+        Some(e) => Some(candidate(state, e).await?),
+        None => None,
+    };
+    call(
+        state,
+        json!({"op": "policy_preview", "device": device, "last": true, "candidate": candidate}),
+    )
+    .await
+    .map(|Json(v)| v)
+}
+
+/// Applies `edit` as a new policy version.
+pub(crate) async fn save(state: &AppState, edit: &GridEdit) -> Result<Value, Problem> {
+    let text = candidate(state, edit).await?;
+    call(
+        state,
+        json!({"op": "policy_apply", "text": text, "name": format!("the sharing grid of {}", edit.device)}),
+    )
+    .await
+    .map(|Json(v)| v)
+}
+
+/// `GET /api/v1/devices/{id}/sharing`: the grid as it stands.
+pub async fn api_grid(
+    State(state): State<Arc<AppState>>,
+    _s: Session,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    let text = text_in_force(&state).await?;
+    let own =
+        policy::edit::device_rules(&text, &id).map_err(|e| Problem::bad_request(e.to_string()))?;
+    let Json(fields) = call(&state, json!({"op": "fields", "device": id})).await?;
+    let Json(destinations) = call(&state, json!({"op": "destinations"})).await?;
+    Ok(Json(json!({
+        "device": id,
+        "fields": fields["fields"],
+        "destinations": destinations,
+        "cells": own.cells.iter().map(|c| json!({
+            "field": c.field, "destination": c.destination, "action": c.action, "params": c.params,
+        })).collect::<Vec<_>>(),
+        "not_stored": own.not_stored,
+        "retention": own.retention,
+    })))
+}
+
+/// `POST /api/v1/devices/{id}/sharing/preview`: a grid, previewed.
+pub async fn api_preview(
+    State(state): State<Arc<AppState>>,
+    _c: Change,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Result<Json<Value>, Problem> {
+    let edit = crate::api::body::<GridBody>(&bytes)?.into_edit(&id)?;
+    preview(&state, &id, Some(&edit)).await.map(Json)
+}
+
+/// `PUT /api/v1/devices/{id}/sharing`: a grid, applied.
+pub async fn api_save(
+    State(state): State<Arc<AppState>>,
+    _c: Change,
+    Path(id): Path<String>,
+    bytes: Bytes,
+) -> Result<Json<Value>, Problem> {
+    let edit = crate::api::body::<GridBody>(&bytes)?.into_edit(&id)?;
+    save(&state, &edit).await.map(Json)
+}
+
+#[derive(Deserialize)]
+pub struct RemoveQuery {
+    /// `delete`: the history goes too; anything else keeps it.
+    #[serde(default)]
+    history: String,
+}
+
+/// Removes a device, and its history first if asked: a wrong passphrase
+/// or a failed delete then leaves the device as it was, rather than gone
+/// with its history still there. (A message it sends between the two is
+/// kept; the delete report counts what went.)
+pub(crate) async fn remove(
+    state: &AppState,
+    s: &Session,
+    id: &str,
+    delete_history: bool,
+) -> Result<Value, Problem> {
+    let deleted = if delete_history {
+        let passphrase = s.unlock(state)?;
+        Some(
+            state
+                .hub
+                .call_unlocked(json!({"op": "delete", "device": id}), passphrase)
+                .await
+                .map_err(crate::api::hub_problem)?,
+        )
+    } else {
+        None
+    };
+    let Json(removed) = call(state, json!({"op": "device_remove", "id": id})).await?;
+    Ok(json!({ "removed": removed, "deleted": deleted }))
+}
+
+/// `DELETE /api/v1/devices/{id}?history=delete|keep`.
+pub async fn api_remove(
+    State(state): State<Arc<AppState>>,
+    Change(s): Change,
+    Path(id): Path<String>,
+    Query(q): Query<RemoveQuery>,
+) -> Result<Json<Value>, Problem> {
+    remove(&state, &s, &id, q.history == "delete")
+        .await
+        .map(Json)
+}
+
+/// `GET /api/v1/devices` and `/api/v1/devices/{id}`.
+pub async fn api_devices(
+    State(state): State<Arc<AppState>>,
+    _s: Session,
+) -> Result<Json<Value>, Problem> {
+    call(&state, json!({"op": "device_list"})).await
+}
+
+pub async fn api_device(
+    State(state): State<Arc<AppState>>,
+    _s: Session,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, Problem> {
+    call(&state, json!({"op": "device_show", "id": id})).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_form_becomes_the_same_grid_as_json() {
+        let pairs: Vec<(String, String)> = [
+            ("csrf", "x"),
+            ("f0", "power"),
+            ("f1", "<img src=x>"),
+            ("d0", "cloud"),
+            ("a0_0", "round"),
+            ("p0_0", "step = 5"),
+            ("a1_0", ""),
+            ("n1", "on"),
+            ("retention", "30d"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let edit = GridBody::from_form(&pairs)
+            .and_then(|b| b.into_edit("plug"))
+            .expect("a grid");
+        assert_eq!(edit.fields, ["power", "<img src=x>"]);
+        assert_eq!(edit.not_stored, ["<img src=x>"]);
+        assert_eq!(edit.retention.as_deref(), Some("30d"));
+        assert_eq!(
+            edit.cells,
+            vec![
+                Cell {
+                    field: "power".into(),
+                    destination: "cloud".into(),
+                    action: Some("round".into()),
+                    params: "step = 5".into()
+                },
+                Cell {
+                    field: "<img src=x>".into(),
+                    destination: "cloud".into(),
+                    action: None,
+                    params: String::new()
+                },
+            ]
+        );
+    }
+}
