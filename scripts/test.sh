@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs dataward's whole test suite on a fresh machine: installs what the
 # tests need (mosquitto, openssl, age, chromium and chromium-driver from
-# Debian's packages) if missing, then runs `cargo test` over the workspace.
+# Debian's packages, the OpenAPI validator from PyPI) if missing, then runs
+# `cargo test` over the workspace.
 # Used as-is by .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,17 @@ if [ "${#need[@]}" -gt 0 ]; then
   echo "installing: ${need[*]}"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+# The OpenAPI document is checked against the OpenAPI 3.1 schema by the
+# validator from PyPI, in a virtualenv of its own under target/.
+if ! command -v openapi-spec-validator >/dev/null 2>&1; then
+  venv=target/tools/openapi
+  if [ ! -x "$venv/bin/openapi-spec-validator" ]; then
+    echo "installing: openapi-spec-validator (PyPI)"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check openapi-spec-validator==0.9.0
+  fi
+  export PATH="$PWD/$venv/bin:$PATH"
 fi
 # The tests start their own mosquitto on free loopback ports; the one the
 # Debian package may have started as a service is not used.

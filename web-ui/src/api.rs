@@ -17,6 +17,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
+#[allow(unused_imports)]
+use crate::openapi::ProblemDoc;
 use crate::problem::Problem;
 use crate::session;
 use crate::{AppState, HubError};
@@ -135,14 +137,15 @@ pub(crate) fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> Result<T, Pro
         .map_err(|e| Problem::bad_request(format!("the body is not the JSON expected: {e}")))
 }
 
-#[derive(Deserialize)]
-struct SetupBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct SetupBody {
     token: String,
     passphrase: String,
 }
 
 /// First run: the one-time token the gateway printed, and the passphrase.
 /// Answers the recovery key, once, and logs the user in.
+#[utoipa::path(post, path = "/api/v1/setup", tag = "dataward", request_body = SetupBody, responses((status = 201, description = "Set up; the recovery key is shown this once", body = Object), (status = 403, description = "Wrong token", body = ProblemDoc, content_type = "application/problem+json"), (status = 409, description = "Already set up", body = ProblemDoc, content_type = "application/problem+json")), security(()), description = "First run: the one-time token `dataward run` printed, and the passphrase. Answers the recovery key, once, and starts a session.")]
 pub async fn setup(State(state): State<Arc<AppState>>, bytes: Bytes) -> Result<Response, Problem> {
     let b: SetupBody = body(&bytes)?;
     let passphrase = Zeroizing::new(b.passphrase);
@@ -215,12 +218,13 @@ fn set_cookie(resp: &mut Response, value: &str) {
     }
 }
 
-#[derive(Deserialize)]
-struct LoginBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct LoginBody {
     passphrase: String,
 }
 
 /// Login is unlock: the passphrase, checked as `dataward export` checks it.
+#[utoipa::path(post, path = "/api/v1/session", tag = "dataward", request_body = LoginBody, responses((status = 200, description = "Logged in", body = Object), (status = 401, description = "Wrong passphrase", body = ProblemDoc, content_type = "application/problem+json"), (status = 429, description = "Too many wrong passphrases; see Retry-After", body = ProblemDoc, content_type = "application/problem+json")), security(()), description = "Login is unlock: the passphrase starts a session (cookie) and answers its CSRF token. Wrong passphrases slow down.")]
 pub async fn login(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -289,10 +293,12 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// The current session's CSRF token, for a page that just loaded.
+#[utoipa::path(get, path = "/api/v1/session", tag = "dataward", responses((status = 200, description = "The CSRF token", body = Object), (status = 401, description = "No session", body = ProblemDoc, content_type = "application/problem+json")), security(("session" = [])), description = "The session's CSRF token.")]
 pub async fn session_info(s: Session) -> Json<Value> {
     Json(json!({ "csrf_token": s.csrf }))
 }
 
+#[utoipa::path(delete, path = "/api/v1/session", tag = "dataward", responses((status = 204, description = "Logged out"), (status = 401, description = "No session", body = ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "No CSRF token, or a request from another site", body = ProblemDoc, content_type = "application/problem+json")), security(("session" = [], "csrf" = [])), description = "Ends the session.")]
 pub async fn logout(State(state): State<Arc<AppState>>, Change(s): Change) -> Response {
     state.sessions.end(&s.token);
     let mut resp = StatusCode::NO_CONTENT.into_response();
@@ -300,6 +306,7 @@ pub async fn logout(State(state): State<Arc<AppState>>, Change(s): Change) -> Re
     resp
 }
 
+#[utoipa::path(get, path = "/api/v1/status", tag = "dataward", responses((status = 200, description = "The status", body = Object), (status = 401, description = "No session", body = ProblemDoc, content_type = "application/problem+json")), security(("session" = [])), description = "The hub: devices, destinations, policy version, storage.")]
 pub async fn status(
     State(state): State<Arc<AppState>>,
     _s: Session,
@@ -307,6 +314,7 @@ pub async fn status(
     call(&state, json!({ "op": "status" })).await
 }
 
+#[utoipa::path(get, path = "/api/v1/statement", tag = "dataward", responses((status = 200, description = "The statement", body = Object), (status = 401, description = "No session", body = ProblemDoc, content_type = "application/problem+json")), security(("session" = [])), description = "The sharing statement: what the policy shares, per device and destination, in plain words.")]
 pub async fn statement(
     State(state): State<Arc<AppState>>,
     _s: Session,
@@ -314,13 +322,15 @@ pub async fn statement(
     call(&state, json!({ "op": "statement" })).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LedgerQuery {
     since_ms: Option<u64>,
     destination: Option<String>,
     device: Option<String>,
 }
 
+#[utoipa::path(get, path = "/api/v1/ledger", tag = "dataward", params(LedgerQuery), responses((status = 200, description = "Ledger entries", body = Object), (status = 401, description = "No session", body = ProblemDoc, content_type = "application/problem+json")), security(("session" = [])), description = "The record of what left and what was done, filtered.")]
 pub async fn ledger(
     State(state): State<Arc<AppState>>,
     _s: Session,
@@ -333,6 +343,7 @@ pub async fn ledger(
     .await
 }
 
+#[utoipa::path(get, path = "/api/v1/ledger/verify", tag = "dataward", responses((status = 200, description = "The verdict", body = Object), (status = 401, description = "No session", body = ProblemDoc, content_type = "application/problem+json")), security(("session" = [])), description = "Checks the record's hash chain.")]
 pub async fn ledger_verify(
     State(state): State<Arc<AppState>>,
     _s: Session,
@@ -340,13 +351,15 @@ pub async fn ledger_verify(
     call(&state, json!({ "op": "ledger_verify" })).await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct FieldsQuery {
     device: Option<String>,
     #[serde(default)]
     pending: bool,
 }
 
+#[utoipa::path(get, path = "/api/v1/fields", tag = "dataward", params(FieldsQuery), responses((status = 200, description = "The field inventory", body = Object), (status = 401, description = "No session", body = ProblemDoc, content_type = "application/problem+json")), security(("session" = [])), description = "The fields devices sent, held ones marked.")]
 pub async fn fields(
     State(state): State<Arc<AppState>>,
     _s: Session,
@@ -359,12 +372,13 @@ pub async fn fields(
     .await
 }
 
-#[derive(Deserialize)]
-struct ApproveBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct ApproveBody {
     device: String,
     field: Option<String>,
 }
 
+#[utoipa::path(post, path = "/api/v1/fields/approve", tag = "dataward", request_body = ApproveBody, responses((status = 200, description = "What was approved", body = Object), (status = 400, description = "Refused: the input, or the hub said no", body = ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No session", body = ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "No CSRF token, or a request from another site", body = ProblemDoc, content_type = "application/problem+json")), security(("session" = [], "csrf" = [])), description = "Approves a held field (or all of a device's).")]
 pub async fn fields_approve(
     State(state): State<Arc<AppState>>,
     _c: Change,
@@ -378,6 +392,7 @@ pub async fn fields_approve(
     .await
 }
 
+#[utoipa::path(get, path = "/api/v1/destinations", tag = "dataward", responses((status = 200, description = "The destinations", body = Object), (status = 401, description = "No session", body = ProblemDoc, content_type = "application/problem+json")), security(("session" = [])), description = "The configured destinations, and whether rules for every destination reach each.")]
 pub async fn destinations(
     State(state): State<Arc<AppState>>,
     _s: Session,

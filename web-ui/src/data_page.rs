@@ -18,6 +18,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::api::{hub_problem, Change, Session};
+#[allow(unused_imports)]
+use crate::openapi::ProblemDoc;
 use crate::pages::{ask, form_from_this_page, message, page, PageSession};
 use crate::problem::Problem;
 use crate::AppState;
@@ -159,7 +161,8 @@ pub async fn export_download(
 }
 
 /// `GET /api/v1/export`: the same download, the range in milliseconds.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ExportSpec {
     device: Option<String>,
     since_ms: Option<u64>,
@@ -173,6 +176,7 @@ fn ndjson() -> String {
     "ndjson".into()
 }
 
+#[utoipa::path(get, path = "/api/v1/export", tag = "dataward", params(ExportSpec), responses((status = 200, description = "The export: NDJSON, CSV, or an age file", content((String = "application/x-ndjson"), (String = "text/csv"), (Vec<u8> = "application/octet-stream"))), (status = 400, description = "Refused: the input, or the hub said no", body = ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No session", body = ProblemDoc, content_type = "application/problem+json")), security(("session" = [])), description = "The history as a download (NDJSON or CSV, optionally age-encrypted), streamed; opened with the session's passphrase.")]
 pub async fn api_export(
     State(state): State<Arc<AppState>>,
     s: Session,
@@ -439,8 +443,8 @@ async fn delete(
         .map_err(hub_problem)
 }
 
-#[derive(Deserialize)]
-struct DeleteBody {
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct DeleteBody {
     device: Option<String>,
     since_ms: Option<u64>,
     until_ms: Option<u64>,
@@ -450,6 +454,7 @@ struct DeleteBody {
 
 /// `POST /api/v1/delete`: `{"device": "plug"}` (or `"*"` for everything),
 /// an optional range, and `confirm` as the page asks for it.
+#[utoipa::path(post, path = "/api/v1/delete", tag = "dataward", request_body = DeleteBody, responses((status = 200, description = "What was destroyed", body = Object), (status = 400, description = "Refused: the input, or the hub said no", body = ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No session", body = ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "No CSRF token, or a request from another site", body = ProblemDoc, content_type = "application/problem+json")), security(("session" = [], "csrf" = [])), description = "Deletes history: a range of one device's, a device's whole history (confirm = its id), or everything (device = *, confirm = everything).")]
 pub async fn api_delete(
     State(state): State<Arc<AppState>>,
     Change(s): Change,

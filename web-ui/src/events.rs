@@ -18,6 +18,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 use crate::api::Session;
+#[allow(unused_imports)]
+use crate::openapi::ProblemDoc;
 use crate::problem::Problem;
 use crate::AppState;
 
@@ -50,6 +52,7 @@ fn activity(list: &Value) -> HashMap<String, Value> {
         .collect()
 }
 
+#[utoipa::path(get, path = "/api/v1/events", tag = "dataward", responses((status = 200, description = "The event stream", content_type = "text/event-stream"), (status = 401, description = "No session", body = ProblemDoc, content_type = "application/problem+json"), (status = 503, description = "Too many streams open", body = ProblemDoc, content_type = "application/problem+json")), security(("session" = [])), description = "Live updates as server-sent events: a `device` event when a device's activity changes.")]
 pub async fn events(State(state): State<Arc<AppState>>, s: Session) -> Response {
     let open = state.event_streams.fetch_add(1, Ordering::AcqRel);
     let slot = Slot(Arc::clone(&state.event_streams));

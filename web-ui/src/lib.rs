@@ -14,6 +14,7 @@
 //!   `devices_page`: the devices, and adding one; `device_page`: one
 //!   device, its sharing grid and live preview, removing it; `data_page`:
 //!   export (streamed) and delete.
+//! - [`openapi`]: the OpenAPI 3.1 document, generated from the handlers.
 //! - `events`: live updates (server-sent events) for the pages' script.
 //! - `sharing`: the grid (form or JSON) to a candidate policy text
 //!   (`policy::edit`), previewed or applied; the devices' API.
@@ -26,6 +27,7 @@ mod data_page;
 mod device_page;
 mod devices_page;
 mod events;
+pub mod openapi;
 mod pages;
 mod problem;
 pub mod session;
@@ -164,6 +166,7 @@ pub fn router(hub: Arc<dyn Hub>, config: UiConfig) -> Router {
             get(sharing::api_grid).put(sharing::api_save),
         )
         .route("/devices/{id}/sharing/preview", post(sharing::api_preview))
+        .route("/openapi.json", get(openapi::openapi_json))
         .route("/events", get(events::events))
         .route("/export", get(data_page::api_export))
         .route("/delete", post(data_page::api_delete))

@@ -17,12 +17,14 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::api::{call, Change, Session};
+#[allow(unused_imports)]
+use crate::openapi::ProblemDoc;
 use crate::problem::Problem;
 use crate::AppState;
 
 /// The grid as JSON: `{"fields": [...], "cells": [{"field", "destination",
 /// "action", "params"}], "not_stored": [...], "retention": "30d"}`.
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::ToSchema)]
 pub struct GridBody {
     #[serde(default)]
     pub fields: Vec<String>,
@@ -34,7 +36,7 @@ pub struct GridBody {
     pub retention: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CellBody {
     pub field: String,
     pub destination: String,
@@ -166,6 +168,7 @@ pub(crate) async fn save(state: &AppState, edit: &GridEdit) -> Result<Value, Pro
 }
 
 /// `GET /api/v1/devices/{id}/sharing`: the grid as it stands.
+#[utoipa::path(get, path = "/api/v1/devices/{id}/sharing", tag = "dataward", params(("id" = String, Path, description = "The device id")), responses((status = 200, description = "The grid", body = Object), (status = 401, description = "No session", body = ProblemDoc, content_type = "application/problem+json")), security(("session" = [])), description = "The sharing grid: the device's fields, the destinations, its own rules as cells, retention.")]
 pub async fn api_grid(
     State(state): State<Arc<AppState>>,
     _s: Session,
@@ -189,6 +192,7 @@ pub async fn api_grid(
 }
 
 /// `POST /api/v1/devices/{id}/sharing/preview`: a grid, previewed.
+#[utoipa::path(post, path = "/api/v1/devices/{id}/sharing/preview", tag = "dataward", request_body = GridBody, params(("id" = String, Path, description = "The device id")), responses((status = 200, description = "The preview", body = Object), (status = 400, description = "Refused: the input, or the hub said no", body = ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No session", body = ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "No CSRF token, or a request from another site", body = ProblemDoc, content_type = "application/problem+json")), security(("session" = [], "csrf" = [])), description = "What each destination would receive of the device's last message under an edited grid.")]
 pub async fn api_preview(
     State(state): State<Arc<AppState>>,
     _c: Change,
@@ -200,6 +204,7 @@ pub async fn api_preview(
 }
 
 /// `PUT /api/v1/devices/{id}/sharing`: a grid, applied.
+#[utoipa::path(put, path = "/api/v1/devices/{id}/sharing", tag = "dataward", request_body = GridBody, params(("id" = String, Path, description = "The device id")), responses((status = 200, description = "The new policy version", body = Object), (status = 400, description = "Refused: the input, or the hub said no", body = ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No session", body = ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "No CSRF token, or a request from another site", body = ProblemDoc, content_type = "application/problem+json")), security(("session" = [], "csrf" = [])), description = "Applies an edited grid as a new policy version.")]
 pub async fn api_save(
     State(state): State<Arc<AppState>>,
     _c: Change,
@@ -210,7 +215,8 @@ pub async fn api_save(
     save(&state, &edit).await.map(Json)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct RemoveQuery {
     /// `delete`: the history goes too; anything else keeps it.
     #[serde(default)]
@@ -244,6 +250,7 @@ pub(crate) async fn remove(
 }
 
 /// `DELETE /api/v1/devices/{id}?history=delete|keep`.
+#[utoipa::path(delete, path = "/api/v1/devices/{id}", tag = "dataward", params(("id" = String, Path, description = "The device id"), RemoveQuery), responses((status = 200, description = "What was removed", body = Object), (status = 400, description = "Refused: the input, or the hub said no", body = ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No session", body = ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "No CSRF token, or a request from another site", body = ProblemDoc, content_type = "application/problem+json")), security(("session" = [], "csrf" = [])), description = "Removes a device; with history=delete its history first.")]
 pub async fn api_remove(
     State(state): State<Arc<AppState>>,
     Change(s): Change,
@@ -256,6 +263,7 @@ pub async fn api_remove(
 }
 
 /// `GET /api/v1/devices` and `/api/v1/devices/{id}`.
+#[utoipa::path(get, path = "/api/v1/devices", tag = "dataward", responses((status = 200, description = "The devices", body = Object), (status = 401, description = "No session", body = ProblemDoc, content_type = "application/problem+json")), security(("session" = [])), description = "The devices, with online, last message and messages today.")]
 pub async fn api_devices(
     State(state): State<Arc<AppState>>,
     _s: Session,
@@ -263,6 +271,7 @@ pub async fn api_devices(
     call(&state, json!({"op": "device_list"})).await
 }
 
+#[utoipa::path(get, path = "/api/v1/devices/{id}", tag = "dataward", params(("id" = String, Path, description = "The device id")), responses((status = 200, description = "The device", body = Object), (status = 400, description = "Refused: the input, or the hub said no", body = ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No session", body = ProblemDoc, content_type = "application/problem+json")), security(("session" = [])), description = "One device.")]
 pub async fn api_device(
     State(state): State<Arc<AppState>>,
     _s: Session,
