@@ -461,6 +461,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             setup_token: setup_token.clone(),
             secure: false,
             mqtt_port: mqtt_addr.port(),
+            metrics_token: config.http.metrics_token.clone(),
         },
     );
     let mut http_shutdown = shutdown_rx.clone();

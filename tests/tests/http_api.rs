@@ -257,6 +257,25 @@ async fn setup_login_read_and_approve_over_http() -> Result<()> {
     assert!(kinds.contains(&"export web UI".to_string()), "{kinds:?}");
     assert!(kinds.contains(&"deleted web UI".to_string()), "{kinds:?}");
 
+    // The metrics count what happened, for a session only.
+    assert_eq!(api("GET", "/metrics", &[], "")?.status, 401);
+    let metrics = api("GET", "/metrics", &[("Cookie", &cookie)], "")?;
+    assert_eq!(metrics.status, 200);
+    let text = String::from_utf8_lossy(&metrics.body).into_owned();
+    let value = |name: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+    };
+    assert_eq!(value("dataward_messages_in_total"), Some(2), "{text}");
+    assert_eq!(value("dataward_policy_evaluations_total"), Some(2), "{text}");
+    assert_eq!(
+        value("dataward_forwarded_total{destination=\"vendor_cloud\"}"),
+        Some(1),
+        "the first message's only field was held: {text}"
+    );
+    assert_eq!(value("dataward_login_failures_total"), Some(1), "{text}");
+    assert_eq!(value("dataward_devices_connected"), Some(0), "{text}");
+
     // Wrong passphrases slow down, even for the right one after them.
     for _ in 0..3 {
         api("POST", "/api/v1/session", &[], r#"{"passphrase":"guess"}"#)?;

@@ -14,6 +14,8 @@
 //!   `devices_page`: the devices, and adding one; `device_page`: one
 //!   device, its sharing grid and live preview, removing it; `data_page`:
 //!   export (streamed) and delete.
+//! - `metrics`: `/metrics`, Prometheus text, for a session or a scraper's
+//!   bearer token.
 //! - [`openapi`]: the OpenAPI 3.1 document, generated from the handlers.
 //! - `events`: live updates (server-sent events) for the pages' script.
 //! - `sharing`: the grid (form or JSON) to a candidate policy text
@@ -27,6 +29,7 @@ mod data_page;
 mod device_page;
 mod devices_page;
 mod events;
+mod metrics;
 pub mod openapi;
 mod pages;
 mod problem;
@@ -121,6 +124,9 @@ pub struct UiConfig {
     pub secure: bool,
     /// The devices' MQTT port, for the connection settings shown.
     pub mqtt_port: u16,
+    /// A bearer token that may read `/metrics` without a session (a
+    /// Prometheus scraper); none: only a session may.
+    pub metrics_token: Option<String>,
 }
 
 pub struct AppState {
@@ -131,6 +137,7 @@ pub struct AppState {
     pub(crate) secure: bool,
     pub(crate) mqtt_port: u16,
     pub(crate) event_streams: Arc<std::sync::atomic::AtomicUsize>,
+    pub(crate) metrics_token: Option<String>,
 }
 
 pub fn router(hub: Arc<dyn Hub>, config: UiConfig) -> Router {
@@ -142,6 +149,7 @@ pub fn router(hub: Arc<dyn Hub>, config: UiConfig) -> Router {
         secure: config.secure,
         mqtt_port: config.mqtt_port,
         event_streams: Default::default(),
+        metrics_token: config.metrics_token,
     });
     let api = Router::new()
         .route("/setup", post(api::setup))
@@ -194,6 +202,7 @@ pub fn router(hub: Arc<dyn Hub>, config: UiConfig) -> Router {
         .route("/static/app.css", get(pages::css))
         .route("/static/app.js", get(pages::js))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::metrics))
         .nest("/api/v1", api)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(

@@ -135,6 +135,7 @@ fn app(hub: Arc<FakeHub>, token: Option<&str>) -> Router {
             setup_token: token.map(str::to_string),
             secure: false,
             mqtt_port: 1883,
+            metrics_token: Some("scraper-token-0123456789abcdef0123".into()),
         },
     )
     .layer(MockConnectInfo(SocketAddr::from(([192, 0, 2, 1], 5555))))
@@ -481,4 +482,42 @@ async fn export_and_delete_use_the_sessions_passphrase_and_delete_must_be_confir
             "wipe -"
         ]
     );
+}
+
+#[tokio::test]
+async fn metrics_need_a_session_or_the_scrapers_token() {
+    let hub = Arc::new(FakeHub::default());
+    hub.set_up.store(true, Ordering::SeqCst);
+    let app = app(Arc::clone(&hub), None);
+    let r = send(&app, "GET", "/metrics", &[], "").await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = send(
+        &app,
+        "GET",
+        "/metrics",
+        &[("authorization", "Bearer wrong")],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(hub.calls.lock().expect("lock").is_empty(), "nothing read");
+    let (status, body) = {
+        let req = Request::builder()
+            .uri("/metrics")
+            .header("host", "hub.local")
+            .header("authorization", "Bearer scraper-token-0123456789abcdef0123")
+            .body(Body::empty())
+            .expect("request");
+        let resp = app.clone().oneshot(req).await.expect("response");
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    };
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("dataward_login_failures_total 0"), "{body}");
+    let (cookie, _) = logged_in(&app).await;
+    let (status, _) = raw_body(&app, "/metrics", &cookie).await;
+    assert_eq!(status, StatusCode::OK);
 }

@@ -22,6 +22,8 @@ pub struct LoginThrottle {
     global: Mutex<(u32, Option<Instant>)>,
     /// One check at a time.
     pub checking: tokio::sync::Mutex<()>,
+    /// Wrong passphrases since start, for `/metrics`.
+    pub failures_total: std::sync::atomic::AtomicU64,
 }
 
 /// IPv6 clients are counted by their /64: one host has many addresses.
@@ -61,6 +63,8 @@ impl LoginThrottle {
     }
 
     pub fn failed(&self, ip: IpAddr, now: Instant) {
+        self.failures_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if clients.len() >= MAX_CLIENTS {
             clients.retain(|_, (_, until)| *until > now);

@@ -122,6 +122,11 @@ pub struct MqttConfig {
 pub struct HttpConfig {
     #[serde(default = "default_http_listen")]
     pub listen: SocketAddr,
+    /// A bearer token with which a scraper (Prometheus) may read
+    /// `/metrics` without logging in; at least 32 characters. None: only a
+    /// logged-in session may.
+    #[serde(default)]
+    pub metrics_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -271,6 +276,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: default_http_listen(),
+            metrics_token: None,
         }
     }
 }
@@ -344,6 +350,17 @@ impl Config {
             let off = text.find(needle).unwrap_or(0);
             line_col(text, off)
         };
+        if let Some(t) = &self.http.metrics_token {
+            // A guessable token would open the metrics to the LAN.
+            if t.chars().count() < 32 || !t.bytes().all(|b| b.is_ascii_graphic()) {
+                let (line, column) = at("metrics_token");
+                return Err((
+                    line,
+                    column,
+                    "[http] metrics_token must be at least 32 printable characters without spaces (e.g. `openssl rand -hex 16`)".into(),
+                ));
+            }
+        }
         let mut seen = std::collections::HashSet::new();
         for d in &self.destinations {
             let (line, column) = at(&format!("\"{}\"", d.name));

@@ -15,6 +15,12 @@ pub struct DestinationStatus {
     pub oldest_pending_secs: Option<u64>,
     /// Messages the destination kept refusing, set aside so the rest flow.
     pub dead_letters: u64,
+    /// Since the gateway started: messages queued for it, and messages of
+    /// which the policy let nothing go to it.
+    #[serde(default)]
+    pub forwarded: u64,
+    #[serde(default)]
+    pub withheld: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +50,11 @@ pub struct StatusReport {
     /// in history, forwarded nowhere.
     #[serde(default)]
     pub malformed_messages: u64,
+    /// Since the gateway started: messages in, and policy evaluations.
+    #[serde(default)]
+    pub messages_in: u64,
+    #[serde(default)]
+    pub policy_evaluations: u64,
     /// New fields a wildcard rule would share, held until approved.
     #[serde(default)]
     pub held_fields: usize,
@@ -69,6 +80,8 @@ impl Operations {
                     backlog: h.outbox.len(),
                     oldest_pending_secs: age(h.outbox.oldest_queued_ms()?),
                     dead_letters: h.outbox.dead_letters(),
+                    forwarded: 0,
+                    withheld: 0,
                 },
                 (None, Some(store)) if store.has_outbox(&dest.name) => {
                     let ob = store.outbox(&dest.name, self.config.store.outbox_max_entries)?;
@@ -78,6 +91,8 @@ impl Operations {
                         backlog: ob.len(),
                         oldest_pending_secs: age(ob.oldest_queued_ms()?),
                         dead_letters: ob.dead_letters(),
+                        forwarded: 0,
+                        withheld: 0,
                     }
                 }
                 _ => DestinationStatus {
@@ -86,8 +101,24 @@ impl Operations {
                     backlog: 0,
                     oldest_pending_secs: None,
                     dead_letters: 0,
+                    forwarded: 0,
+                    withheld: 0,
                 },
             };
+            let mut status = status;
+            if let Some(live) = &self.live {
+                let c = &live.pipeline.counters;
+                let read = |v: &[std::sync::atomic::AtomicU64]| {
+                    live.pipeline
+                        .destinations()
+                        .iter()
+                        .position(|n| *n == dest.name)
+                        .and_then(|i| v.get(i))
+                        .map_or(0, |a| a.load(std::sync::atomic::Ordering::Relaxed))
+                };
+                status.forwarded = read(&c.forwarded);
+                status.withheld = read(&c.withheld);
+            }
             destinations.push(status);
         }
         let (connected, connections) = self.live.as_ref().map_or((0, 0), |l| l.broker.connected());
@@ -112,6 +143,18 @@ impl Operations {
                 .live
                 .as_ref()
                 .map_or(0, |l| l.pipeline.malformed_count()),
+            messages_in: self.live.as_ref().map_or(0, |l| {
+                l.pipeline
+                    .counters
+                    .messages_in
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            }),
+            policy_evaluations: self.live.as_ref().map_or(0, |l| {
+                l.pipeline
+                    .counters
+                    .evaluations
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            }),
             held_fields: self
                 .store
                 .as_ref()

@@ -19,6 +19,7 @@ mod last_seen;
 pub use context::{seal_to_age, RateLimits, SendContext, AGE_VALUE_PREFIX};
 pub use last_seen::LastSeen;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -67,6 +68,36 @@ pub struct Lane {
     pub wake: Arc<Notify>,
 }
 
+/// What the pipeline did since start. Relaxed atomics: each is read on
+/// its own, for display, never to decide anything.
+#[derive(Default)]
+pub struct Counters {
+    /// Messages handed to the pipeline by the broker.
+    pub messages_in: AtomicU64,
+    /// Policy evaluations (one per message).
+    pub evaluations: AtomicU64,
+    /// Per lane, in the lanes' order: messages queued for the destination,
+    /// and messages of which the policy let nothing go to it.
+    pub forwarded: Vec<AtomicU64>,
+    pub withheld: Vec<AtomicU64>,
+}
+
+impl Counters {
+    fn new(lanes: usize) -> Self {
+        Counters {
+            forwarded: (0..lanes).map(|_| AtomicU64::new(0)).collect(),
+            withheld: (0..lanes).map(|_| AtomicU64::new(0)).collect(),
+            ..Counters::default()
+        }
+    }
+
+    fn bump(counter: Option<&AtomicU64>) {
+        if let Some(c) = counter {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// How a message arrived, as history keeps it.
 #[derive(Debug, Clone, Copy)]
 pub struct Kept {
@@ -94,6 +125,8 @@ pub struct Pipeline {
     default_keep: policy::retention::Keep,
     /// Messages that looked like JSON but did not parse, since start.
     malformed: std::sync::atomic::AtomicU64,
+    /// Counts since start, for `status` and `/metrics`.
+    pub counters: Counters,
     /// HMAC keys of `pseudonymize`, one per destination.
     pseudonym_keys: std::collections::HashMap<String, ring::hmac::Key>,
     rate_limits: RateLimits,
@@ -116,6 +149,7 @@ impl Pipeline {
         pseudonym_keys: std::collections::HashMap<String, ring::hmac::Key>,
     ) -> Self {
         let names = lanes.iter().map(|l| l.name.clone()).collect();
+        let counters = Counters::new(lanes.len());
         Self {
             policy: ArcSwap::from_pointee(policy),
             history: store.history(),
@@ -124,6 +158,7 @@ impl Pipeline {
             durability: Arc::clone(&store.durability),
             default_keep,
             malformed: Default::default(),
+            counters,
             pseudonym_keys,
             rate_limits: RateLimits::default(),
             fields: store.fields(),
@@ -201,6 +236,7 @@ impl Pipeline {
         kept: Kept,
     ) -> Result<(), PipelineError> {
         let durable = kept.qos > 0;
+        Counters::bump(Some(&self.counters.messages_in));
         let now = now_ms();
         self.last_seen.note(device, topic, payload, now);
         let active = self.policy.load();
@@ -222,6 +258,7 @@ impl Pipeline {
                 seals: Default::default(),
             },
         );
+        Counters::bump(Some(&self.counters.evaluations));
         let held: Vec<bool> = (0..eval.fields.len())
             .map(|i| {
                 eval.outputs
@@ -252,8 +289,12 @@ impl Pipeline {
                 })
                 .inspect_err(|_| self.durability.check_now())?;
         }
-        for (lane, out) in self.lanes.iter().zip(&eval.outputs) {
+        for (i, (lane, out)) in self.lanes.iter().zip(&eval.outputs).enumerate() {
+            if out.payload.is_none() {
+                Counters::bump(self.counters.withheld.get(i));
+            }
             if let Some(p) = &out.payload {
+                Counters::bump(self.counters.forwarded.get(i));
                 // Queued and counted in one step, as the group commit sees it.
                 let _step = self.ledger.in_step();
                 lane.outbox
