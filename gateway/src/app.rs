@@ -440,6 +440,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )
     })?;
 
+    let http_tls = crate::http_tls::load(&config.http, &config.data_dir)
+        .context("setting up HTTPS for the web UI")?;
+    let scheme = if http_tls.is_some() { "https" } else { "http" };
     let http = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http.listen))?;
@@ -459,23 +462,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }),
         web_ui::UiConfig {
             setup_token: setup_token.clone(),
-            secure: false,
+            secure: http_tls.is_some(),
             mqtt_port: mqtt_addr.port(),
             metrics_token: config.http.metrics_token.clone(),
         },
     );
     let mut http_shutdown = shutdown_rx.clone();
+    let tls_config = http_tls.as_ref().map(|t| Arc::clone(&t.config));
     let http_task = supervisor.spawn("http", async move {
-        let serve = axum::serve(
-            http,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move {
+        web_ui::serve::serve(http, app, tls_config, async move {
             let _ = http_shutdown.changed().await;
-        });
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
+        })
+        .await;
     });
 
     match store.migrate_plaintext_history() {
@@ -504,12 +502,20 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         std::process::id()
     );
     tracing::info!(mqtt = %mqtt_addr, http = %http_addr, destinations = config.destinations.len(), devices = registry.list().len(), "dataward running");
+    if let Some(tls) = &http_tls {
+        println!(
+            "https: certificate {} SHA-256 fingerprint {}",
+            tls.cert_path.display(),
+            tls.fingerprint
+        );
+        tracing::info!(cert = %tls.cert_path.display(), fingerprint = %tls.fingerprint, "the web UI is served over HTTPS; check the browser shows this fingerprint");
+    }
     if let Some(token) = &setup_token {
         println!(
-            "setup: http://{http_addr}/setup?token={token} (one time: it sets your passphrase)"
+            "setup: {scheme}://{http_addr}/setup?token={token} (one time: it sets your passphrase)"
         );
         tracing::warn!(
-            "first run: set your passphrase at http://{http_addr}/setup?token={token} or with `dataward init`"
+            "first run: set your passphrase at {scheme}://{http_addr}/setup?token={token} or with `dataward init`"
         );
     }
 

@@ -35,6 +35,7 @@ pub mod commands;
 pub mod config;
 pub mod control;
 pub mod devices;
+pub mod http_tls;
 pub mod keys;
 pub mod ledger;
 pub mod pipeline;

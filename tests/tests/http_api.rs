@@ -267,7 +267,11 @@ async fn setup_login_read_and_approve_over_http() -> Result<()> {
             .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
     };
     assert_eq!(value("dataward_messages_in_total"), Some(2), "{text}");
-    assert_eq!(value("dataward_policy_evaluations_total"), Some(2), "{text}");
+    assert_eq!(
+        value("dataward_policy_evaluations_total"),
+        Some(2),
+        "{text}"
+    );
     assert_eq!(
         value("dataward_forwarded_total{destination=\"vendor_cloud\"}"),
         Some(1),

@@ -21,6 +21,9 @@
 //! - `sharing`: the grid (form or JSON) to a candidate policy text
 //!   (`policy::edit`), previewed or applied; the devices' API.
 //!
+//! - [`serve`]: the listener loop (plain or TLS) with its connection
+//!   limits and deadlines.
+//!
 //! Every response carries a strict Content-Security-Policy and friends;
 //! request bodies are limited to [`MAX_BODY_BYTES`].
 
@@ -33,6 +36,7 @@ mod metrics;
 pub mod openapi;
 mod pages;
 mod problem;
+pub mod serve;
 pub mod session;
 mod sharing;
 pub mod throttle;
@@ -205,6 +209,7 @@ pub fn router(hub: Arc<dyn Hub>, config: UiConfig) -> Router {
         .route("/metrics", get(metrics::metrics))
         .nest("/api/v1", api)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(serve::body_deadline))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             refresh_cookie,

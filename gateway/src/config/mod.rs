@@ -127,6 +127,14 @@ pub struct HttpConfig {
     /// logged-in session may.
     #[serde(default)]
     pub metrics_token: Option<String>,
+    /// Serve the web UI over HTTPS, with a self-signed certificate made at
+    /// first start (unless `tls_cert` and `tls_key` give the user's own).
+    #[serde(default)]
+    pub tls: bool,
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -277,6 +285,9 @@ impl Default for HttpConfig {
         Self {
             listen: default_http_listen(),
             metrics_token: None,
+            tls: false,
+            tls_cert: None,
+            tls_key: None,
         }
     }
 }
@@ -350,6 +361,14 @@ impl Config {
             let off = text.find(needle).unwrap_or(0);
             line_col(text, off)
         };
+        if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
+            let (line, column) = at("tls_");
+            return Err((
+                line,
+                column,
+                "[http] needs both tls_cert and tls_key, or neither".into(),
+            ));
+        }
         if let Some(t) = &self.http.metrics_token {
             // A guessable token would open the metrics to the LAN.
             if t.chars().count() < 32 || !t.bytes().all(|b| b.is_ascii_graphic()) {

@@ -1,0 +1,169 @@
+//! The web UI's TLS certificate: the user's own (`[http] tls_cert` and
+//! `tls_key`), or, with `tls = true` alone, a self-signed one generated
+//! at first start and kept in `<data_dir>/http-tls/`. Its SHA-256
+//! fingerprint is printed at every start, so the user can check that the
+//! certificate the browser warns about is the hub's.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::HttpConfig;
+
+pub struct HttpTls {
+    pub config: Arc<rustls::ServerConfig>,
+    /// SHA-256 of the certificate (DER), as `AB:CD:…`.
+    pub fingerprint: String,
+    /// Where the certificate is, for the user to install or compare.
+    pub cert_path: PathBuf,
+}
+
+/// `AB:CD:…` over the SHA-256 of `der`.
+pub fn fingerprint(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The names the generated certificate is for: this host as the LAN
+/// reaches it, and loopback.
+fn names() -> Vec<String> {
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    if let Ok(h) = std::fs::read_to_string("/etc/hostname") {
+        let h = h.trim();
+        if !h.is_empty() && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            names.push(h.to_string());
+            names.push(format!("{h}.local"));
+        }
+    }
+    names
+}
+
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Generates the self-signed pair into `dir`, unless both files exist.
+fn ensure_generated(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    if cert.exists() && key.exists() {
+        return Ok((cert, key));
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let made = rcgen::generate_simple_self_signed(names())
+        .map_err(|e| anyhow!("generating the web UI's certificate: {e}"))?;
+    // The key first: a crash between the two leaves no certificate
+    // without its key, and the next start makes a fresh pair.
+    write_private(&key, &made.key_pair.serialize_pem())?;
+    write_private(&cert, &made.cert.pem())?;
+    tracing::info!(cert = %cert.display(), "generated a self-signed certificate for the web UI");
+    Ok((cert, key))
+}
+
+fn read_pair(
+    cert: &Path,
+    key: &Path,
+) -> anyhow::Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
+        std::fs::File::open(cert).with_context(|| format!("opening {}", cert.display()))?,
+    ))
+    .collect::<Result<Vec<_>, _>>()
+    .with_context(|| format!("reading the certificates in {}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(anyhow!("{} holds no certificate", cert.display()));
+    }
+    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
+        std::fs::File::open(key).with_context(|| format!("opening {}", key.display()))?,
+    ))
+    .with_context(|| format!("reading the private key in {}", key.display()))?
+    .ok_or_else(|| anyhow!("{} holds no private key", key.display()))?;
+    Ok((certs, key))
+}
+
+/// The web UI's TLS, if the config asks for it.
+pub fn load(cfg: &HttpConfig, data_dir: &Path) -> anyhow::Result<Option<HttpTls>> {
+    let (cert_path, key_path) = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        (None, None) if cfg.tls => ensure_generated(&data_dir.join("http-tls"))?,
+        (None, None) => return Ok(None),
+        _ => {
+            return Err(anyhow!(
+                "[http] needs both tls_cert and tls_key, or neither"
+            ))
+        }
+    };
+    let (certs, key) = read_pair(&cert_path, &key_path)?;
+    let fingerprint = fingerprint(certs[0].as_ref());
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| anyhow!("TLS versions: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .with_context(|| {
+            format!(
+                "the key in {} does not fit its certificate",
+                key_path.display()
+            )
+        })?;
+    Ok(Some(HttpTls {
+        config: Arc::new(config),
+        fingerprint,
+        cert_path,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_certificate_is_kept_and_reused_with_a_private_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cfg = HttpConfig {
+            tls: true,
+            ..HttpConfig::default()
+        };
+        let first = load(&cfg, dir.path()).expect("loads").expect("tls");
+        let again = load(&cfg, dir.path()).expect("loads").expect("tls");
+        assert_eq!(first.fingerprint, again.fingerprint, "reused, not remade");
+        assert_eq!(first.fingerprint.len(), 32 * 3 - 1);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("http-tls/key.pem"))
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(load(&HttpConfig::default(), dir.path())
+            .expect("loads")
+            .is_none());
+        let half = HttpConfig {
+            tls_cert: Some(first.cert_path.clone()),
+            ..HttpConfig::default()
+        };
+        assert!(load(&half, dir.path()).is_err());
+        std::fs::write(dir.path().join("http-tls/key.pem"), "not a key").expect("write");
+        assert!(
+            load(&cfg, dir.path()).is_err(),
+            "a broken key is an error, not a new pair"
+        );
+    }
+}
