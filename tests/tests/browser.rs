@@ -255,16 +255,42 @@ async fn setup_review_held_fields_and_approve_in_the_browser() -> Result<()> {
     let record = c.find(Locator::Css("main")).await?.text().await?;
     assert!(record.contains("approved power"), "{record}");
     shoot(&c, "record").await?;
+    c.goto(&format!("{base}/ledger?destination=vendor_cloud&days=1"))
+        .await?;
+    let verdict = c.find(Locator::Id("verdict")).await?.text().await?;
+    assert!(verdict.contains("checks out"), "{verdict}");
+    c.find(Locator::LinkText("What did vendor_cloud receive?"))
+        .await?
+        .click()
+        .await?;
+    let received = wait_for(&c, Locator::Css("h1")).await?.text().await?;
+    assert_eq!(received, "What vendor_cloud received in the last 30 days");
+    shoot(&c, "received").await?;
     c.goto(&format!("{base}/statement")).await?;
     let statement = c.find(Locator::Css("main")).await?.text().await?;
     assert!(statement.contains("plug → vendor_cloud"), "{statement}");
     shoot(&c, "statement").await?;
+    let jsonld = c
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             const a = document.querySelector('a[href=\"/statement.jsonld\"]');
+             fetch(a.href).then(r => r.json()).then(done, e => done('failed: ' + e));",
+            vec![],
+        )
+        .await?;
+    assert!(jsonld.get("@context").is_some(), "{jsonld}");
     c.goto(&format!("{base}/")).await?;
     let overview = c.find(Locator::Css("main")).await?.text().await?;
     assert!(
         overview.contains("vendor_cloud") && overview.contains("power"),
         "what left shows before its hour closes: {overview}"
     );
+    assert!(
+        overview.contains("plug: 1 message\n") || overview.ends_with("plug: 1 message"),
+        "the devices that shared the most: {overview}"
+    );
+    let decisions = c.find(Locator::Id("decisions")).await?.text().await?;
+    assert!(decisions.contains("1 new field is held"), "{decisions}");
     shoot(&c, "overview").await?;
     no_dialog(&c).await?;
 

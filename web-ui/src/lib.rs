@@ -9,8 +9,10 @@
 //! - `throttle`: wrong passphrases slow down, per client and for everyone.
 //! - `problem`: errors as RFC 7807 problem documents.
 //! - `api`: the `/api/v1` handlers.
-//! - `pages`: the HTML pages (setup, login, overview, fields, record,
-//!   statement), server-rendered and readable without JavaScript;
+//! - `pages`: the page layout, setup, login and the new fields; the
+//!   other pages, each in its module, are server-rendered and readable
+//!   without JavaScript: `overview_page`, `record_page` (the ledger, what
+//!   a destination received, the statement);
 //!   `devices_page`: the devices, and adding one; `device_page`: one
 //!   device, its sharing grid and live preview, removing it; `data_page`:
 //!   export (streamed) and delete.
@@ -34,8 +36,10 @@ mod devices_page;
 mod events;
 mod metrics;
 pub mod openapi;
+mod overview_page;
 mod pages;
 mod problem;
+mod record_page;
 pub mod serve;
 pub mod session;
 mod sharing;
@@ -184,7 +188,7 @@ pub fn router(hub: Arc<dyn Hub>, config: UiConfig) -> Router {
         .route("/delete", post(data_page::api_delete))
         .fallback(api::not_found);
     Router::new()
-        .route("/", get(pages::overview))
+        .route("/", get(overview_page::overview))
         .route("/setup", get(pages::setup_page).post(pages::setup_submit))
         .route("/login", get(pages::login_page).post(pages::login_submit))
         .route("/logout", post(pages::logout_submit))
@@ -201,8 +205,10 @@ pub fn router(hub: Arc<dyn Hub>, config: UiConfig) -> Router {
         )
         .route("/fields", get(pages::fields_page))
         .route("/fields/approve", post(pages::approve_submit))
-        .route("/ledger", get(pages::ledger_page))
-        .route("/statement", get(pages::statement_page))
+        .route("/ledger", get(record_page::ledger_page))
+        .route("/received", get(record_page::received_page))
+        .route("/statement", get(record_page::statement_page))
+        .route("/statement.jsonld", get(record_page::statement_jsonld))
         .route("/static/app.css", get(pages::css))
         .route("/static/app.js", get(pages::js))
         .route("/healthz", get(healthz))

@@ -3,7 +3,6 @@
 //! post back to the server. Each page asks the hub the same operations the
 //! API does.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -20,8 +19,6 @@ use crate::session;
 use crate::AppState;
 
 pub const CSS: &str = include_str!("app.css");
-
-const DAY_MS: u64 = 86_400_000;
 
 pub(crate) fn page(title: &str, csrf: Option<&str>, body: Markup) -> Html<String> {
     Html(
@@ -294,103 +291,6 @@ pub async fn logout_submit(
     resp
 }
 
-/// Seven bars, one per day, oldest first, as an SVG drawn here.
-fn bars(per_day: &[u64; 7]) -> Markup {
-    let max = per_day.iter().copied().max().unwrap_or(0).max(1);
-    html! {
-        svg.bars viewBox="0 0 70 30" role="img" aria-label="messages per day, the last 7 days" {
-            @for (i, n) in per_day.iter().enumerate() {
-                @let h = (*n as f64 / max as f64 * 28.0).round() as u64;
-                rect x=(i * 10 + 1) y=(30 - h.max(1)) width="8" height=(h.max(1)) {
-                    title { (n) " messages" }
-                }
-            }
-        }
-    }
-}
-
-pub async fn overview(State(state): State<Arc<AppState>>, PageSession(s): PageSession) -> Response {
-    let now = crate::api::now_ms();
-    let since = now - now % DAY_MS - 6 * DAY_MS;
-    let summary = ask(&state, json!({"op": "ledger_summary", "since_ms": since})).await;
-    let statement = ask(&state, json!({"op": "statement"})).await;
-    let held = ask(&state, json!({"op": "fields", "pending": true})).await;
-    let verdict = ask(&state, json!({"op": "ledger_verify"})).await;
-    // Per destination: messages per day, and the fields that left.
-    let mut per_dest: BTreeMap<String, ([u64; 7], std::collections::BTreeSet<String>)> =
-        BTreeMap::new();
-    for row in summary.as_array().into_iter().flatten() {
-        let dest = row["destination"].as_str().unwrap_or_default().to_string();
-        let entry = per_dest.entry(dest).or_default();
-        let field = row["field"].as_str().unwrap_or_default();
-        if field.is_empty() {
-            let day = row["day"].as_u64().unwrap_or(0) * DAY_MS;
-            if let Some(slot) = day
-                .checked_sub(since)
-                .map(|d| (d / DAY_MS) as usize)
-                .filter(|i| *i < 7)
-            {
-                entry.0[slot] += row["count"].as_u64().unwrap_or(0);
-            }
-        } else {
-            entry.1.insert(field.to_string());
-        }
-    }
-    let mut who: BTreeMap<String, String> = BTreeMap::new();
-    for l in statement["lines"].as_array().into_iter().flatten() {
-        let name = l["destination"].as_str().unwrap_or_default().to_string();
-        let parts: Vec<String> = ["recipient", "country", "purpose"]
-            .iter()
-            .filter_map(|k| l[*k].as_str().map(str::to_string))
-            .collect();
-        who.entry(name).or_insert_with(|| parts.join(" · "));
-    }
-    let held: Vec<&Value> = held["fields"]
-        .as_array()
-        .map(|a| a.iter().collect())
-        .unwrap_or_default();
-    page(
-        "Overview",
-        Some(&s.csrf),
-        html! {
-            h1 { "What left your home in the last 7 days" }
-            @if per_dest.is_empty() {
-                p { "Nothing has left your home in the last 7 days." }
-            }
-            @for (dest, (days, fields)) in &per_dest {
-                section.card {
-                    h2 { (dest) }
-                    @if let Some(w) = who.get(dest).filter(|w| !w.is_empty()) { p.who { (w) } }
-                    p { (days.iter().sum::<u64>()) " messages" }
-                    (bars(days))
-                    p.fields { "Fields shared: " (fields.iter().cloned().collect::<Vec<_>>().join(", ")) }
-                }
-            }
-            section.card {
-                h2 { "Needs your decision" }
-                @if held.is_empty() {
-                    p { "Nothing: no new field waits." }
-                } @else {
-                    p {
-                        @if held.len() == 1 { "1 new field is held until you decide. " }
-                        @else { (held.len()) " new fields are held until you decide. " }
-                        a href="/fields" { "Review" }
-                    }
-                }
-            }
-            section.card {
-                h2 { "The record" }
-                @if verdict["intact"] == true {
-                    p.ok { "The record of what left is intact (" (verdict["entries"].as_u64().unwrap_or(0)) " entries)." }
-                } @else {
-                    p.bad { "The record does not check out: " (verdict["reason"].as_str().unwrap_or("unknown")) }
-                }
-            }
-        },
-    )
-    .into_response()
-}
-
 pub async fn fields_page(
     State(state): State<Arc<AppState>>,
     PageSession(s): PageSession,
@@ -470,98 +370,4 @@ pub async fn approve_submit(
         },
         Err(e) => (StatusCode::BAD_REQUEST, message("Not approved", &e.message)).into_response(),
     }
-}
-
-pub async fn ledger_page(
-    State(state): State<Arc<AppState>>,
-    PageSession(s): PageSession,
-) -> Response {
-    let since = crate::api::now_ms().saturating_sub(7 * DAY_MS);
-    let listing = ask(&state, json!({"op": "ledger", "since_ms": since})).await;
-    let entries: Vec<Value> = listing["entries"].as_array().cloned().unwrap_or_default();
-    page(
-        "Record",
-        Some(&s.csrf),
-        html! {
-            h1 { "The record of the last 7 days" }
-            ol.ledger reversed {
-                @for e in entries.iter().rev() {
-                    li {
-                        span.kind { (e["kind"].as_str().unwrap_or_default()) }
-                        " "
-                        span.what { (describe(e)) }
-                    }
-                }
-            }
-        },
-    )
-    .into_response()
-}
-
-/// One entry in a line of plain text (escaped by the template).
-fn describe(e: &Value) -> String {
-    let s = |k: &str| e[k].as_str().unwrap_or_default().to_string();
-    match e["kind"].as_str().unwrap_or_default() {
-        "egress" => format!(
-            "{} → {}: {} messages ({})",
-            s("device"),
-            s("destination"),
-            e["messages"].as_u64().unwrap_or(0),
-            e["fields"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|f| format!(
-                    "{} {}",
-                    f["field"].as_str().unwrap_or_default(),
-                    f["action"].as_str().unwrap_or_default()
-                ))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        "fields_approved" => format!(
-            "{}: approved {}",
-            s("device"),
-            e["fields"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Value::as_str)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        "policy_applied" => format!("policy version {} ({})", e["version"], s("source")),
-        "device_added" => format!("{} added", s("device")),
-        "device_removed" => format!("{} removed", s("device")),
-        _ => e
-            .as_object()
-            .map(|o| {
-                o.iter()
-                    .filter(|(k, _)| !matches!(k.as_str(), "seq" | "at_ms" | "prev" | "kind"))
-                    .map(|(k, v)| format!("{k}: {v}"))
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            })
-            .unwrap_or_default(),
-    }
-}
-
-pub async fn statement_page(
-    State(state): State<Arc<AppState>>,
-    PageSession(s): PageSession,
-) -> Response {
-    let st = ask(&state, json!({"op": "statement"})).await;
-    let lines: Vec<Value> = st["lines"].as_array().cloned().unwrap_or_default();
-    page(
-        "Statement",
-        Some(&s.csrf),
-        html! {
-            h1 { "What your policy shares" }
-            @if lines.is_empty() { p { "No devices or no destinations: nothing leaves." } }
-            ul.statement {
-                @for l in &lines { li { (l["text"].as_str().unwrap_or_default()) } }
-            }
-        },
-    )
-    .into_response()
 }
