@@ -21,7 +21,9 @@
 //! - [`uplink`]: one MQTT client per destination, fed from its outbox.
 //! - [`commands`]: cloud → device commands, allowed only by a rule.
 //! - [`control`]: the operations layer: everything a user can ask for,
-//!   behind the CLI, the control socket and (later) the HTTP API.
+//!   behind the CLI, the control socket and the web UI.
+//! - [`http_tls`]: the web UI's certificate (the user's, or one made at
+//!   first start) and its fingerprint.
 //! - [`cli`]: the text the command line prints for each answer.
 //! - [`supervise`]: long-lived tasks, watched; a failed stage stops the
 //!   gateway with a non-zero exit, for the service manager to restart.

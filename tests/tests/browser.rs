@@ -412,6 +412,35 @@ async fn setup_review_held_fields_and_approve_in_the_browser() -> Result<()> {
     assert_eq!(empty, serde_json::json!(""), "the export is now empty");
     no_dialog(&c).await?;
 
+    // A page of another site posts a form to the hub while the session is
+    // live: refused (no cookie goes with it, and its origin is foreign).
+    let forged = format!(
+        "data:text/html,<form method=post action='{base}/devices/add'>\
+         <input name=csrf value=x><input name=name value=evil><input name=preset value=generic>\
+         </form><script>document.forms[0].submit()</script>"
+    );
+    c.goto(&forged).await?;
+    // The form did go: the browser is on the hub's answer, which is the
+    // login page (the cookie stayed home) or a refusal.
+    let mut landed = String::new();
+    for _ in 0..50 {
+        landed = c.current_url().await?.to_string();
+        if landed.starts_with(&base) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        landed.ends_with("/login") || landed.ends_with("/devices/add"),
+        "{landed}"
+    );
+    let devices = cli_json(&data, &["device", "list"])?;
+    assert!(
+        !devices.to_string().contains("evil"),
+        "a cross-site form added a device: {devices}"
+    );
+    c.goto(&format!("{base}/devices")).await?;
+
     // Logout, and the pages lead to login.
     c.find(Locator::Css("nav form button"))
         .await?
