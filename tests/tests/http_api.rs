@@ -307,3 +307,166 @@ async fn setup_login_read_and_approve_over_http() -> Result<()> {
     assert!(gw.stop()?.success());
     Ok(())
 }
+
+/// Logs in over the API: (cookie, CSRF token).
+fn log_in_api(gw: &Gateway) -> Result<(String, String)> {
+    let token = gw.setup_token()?;
+    let body = format!(r#"{{"token":"{token}","passphrase":"{PASSPHRASE}"}}"#);
+    let done = http(gw.http, "POST", "/api/v1/setup", &[], body.as_bytes())?;
+    assert_eq!(done.status, 201);
+    let cookie = done.cookie().unwrap_or_default();
+    let csrf = done.json()["csrf_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    Ok((cookie, csrf))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sharing_grid_live_events_and_removing_a_device_over_http() -> Result<()> {
+    let (dir, data, cloud) = scratch()?;
+    let plug = add_device(&data, "plug", "generic")?;
+    let policy = write_policy(
+        dir.path(),
+        "# the user's own comment\n[[rule]]\ndevice = \"*\"\nfield = \"volts\"\ndestination = \"*\"\naction = \"share\"\n",
+    )?;
+    let gw = Gateway::start(dir.path(), &config_for(&data, &cloud, Some(&policy), ""))?;
+    let (cookie, csrf) = log_in_api(&gw)?;
+    let read = [("Cookie", cookie.as_str())];
+    let change = [("Cookie", cookie.as_str()), ("X-CSRF-Token", csrf.as_str())];
+
+    // Live events: a device event once the plug publishes.
+    let mut events = std::net::TcpStream::connect(gw.http)?;
+    std::io::Write::write_all(
+        &mut events,
+        format!(
+            "GET /api/v1/events HTTP/1.1\r\nHost: {}\r\nCookie: {cookie}\r\n\r\n",
+            gw.http
+        )
+        .as_bytes(),
+    )?;
+    events.set_read_timeout(Some(std::time::Duration::from_secs(15)))?;
+    publish_each(&gw, &plug, &[r#"{"power":12,"volts":230}"#.to_string()])?;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("event: device") {
+        let n = std::io::Read::read(&mut events, &mut buf)?;
+        anyhow::ensure!(
+            n > 0,
+            "the event stream ended: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&seen).into_owned();
+    assert!(text.contains("text/event-stream"), "{text}");
+    assert!(
+        text.contains(r#""id":"plug""#) && text.contains(r#""messages_today":1"#),
+        "{text}"
+    );
+
+    // The grid as it stands: the plug's fields, no rules of its own.
+    let grid = http(gw.http, "GET", "/api/v1/devices/plug/sharing", &read, b"")?;
+    assert_eq!(grid.status, 200);
+    let fields: Vec<String> = grid.json()["fields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["field"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(fields, ["power", "volts"]);
+    // A preview of an edit changes nothing; a bad parameter is refused.
+    let edit = r#"{"fields":["power","volts"],"cells":[{"field":"power","destination":"vendor_cloud","action":"round","params":"step = 5"}]}"#;
+    let preview = http(
+        gw.http,
+        "POST",
+        "/api/v1/devices/plug/sharing/preview",
+        &change,
+        edit.as_bytes(),
+    )?;
+    assert_eq!(
+        preview.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&preview.body)
+    );
+    assert_eq!(
+        preview.json()["destinations"][0]["payload"],
+        r#"{"power":10,"volts":230}"#
+    );
+    let bad = r#"{"fields":["power"],"cells":[{"field":"power","destination":"vendor_cloud","action":"round","params":"step = \"x\""}]}"#;
+    let refused = http(
+        gw.http,
+        "PUT",
+        "/api/v1/devices/plug/sharing",
+        &change,
+        bad.as_bytes(),
+    )?;
+    assert_eq!(
+        refused.status,
+        400,
+        "{}",
+        String::from_utf8_lossy(&refused.body)
+    );
+    assert_eq!(
+        cli_json(&data, &["policy", "show", "--list"])?
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+    // Saved: a new version with the cell, the user's rule and comment kept.
+    let saved = http(
+        gw.http,
+        "PUT",
+        "/api/v1/devices/plug/sharing",
+        &change,
+        edit.as_bytes(),
+    )?;
+    assert_eq!(
+        saved.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&saved.body)
+    );
+    let text = cli_ok(&data, &["policy", "show"])?;
+    assert!(
+        text.contains("# the user's own comment") && text.contains("field = \"volts\""),
+        "{text}"
+    );
+    assert!(text.contains("action = \"round\"\nstep = 5"), "{text}");
+    let grid = http(gw.http, "GET", "/api/v1/devices/plug/sharing", &read, b"")?;
+    assert_eq!(grid.json()["cells"][0]["params"], "step = 5");
+
+    // Removing the device keeps its history unless asked.
+    assert_eq!(
+        http(gw.http, "DELETE", "/api/v1/devices/plug", &read, b"")?.status,
+        403,
+        "without the CSRF token"
+    );
+    let removed = http(
+        gw.http,
+        "DELETE",
+        "/api/v1/devices/plug?history=keep",
+        &change,
+        b"",
+    )?;
+    assert_eq!(
+        removed.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&removed.body)
+    );
+    assert!(removed.json()["deleted"].is_null());
+    assert_eq!(
+        http(gw.http, "GET", "/api/v1/devices", &read, b"")?.json(),
+        serde_json::json!([])
+    );
+    let export = http(gw.http, "GET", "/api/v1/export?device=plug", &read, b"")?;
+    assert_eq!(
+        String::from_utf8_lossy(&export.body).lines().count(),
+        1,
+        "history kept"
+    );
+    assert!(gw.stop()?.success());
+    Ok(())
+}
