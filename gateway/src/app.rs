@@ -53,6 +53,7 @@ const UI_OPS: &[&str] = &[
     "fields_approve",
     "destinations",
     "device_list",
+    "device_activity",
     "device_show",
     "policy_show",
     "policy_versions",

@@ -6,6 +6,10 @@
 //! The same for `[[retain]]`: the device's own retention, and its
 //! per-field `keep = "none"` ("don't store").
 //!
+//! A cell whose action and parameters did not change keeps its rule as
+//! written (name, comments, place in the file). Only the (field,
+//! destination) pairs a grid sends are touched.
+//!
 //! Nothing here validates the result as a policy: the caller parses the
 //! new text, so an edit can never apply what [`crate::Policy::parse`]
 //! would refuse.
@@ -47,9 +51,27 @@ pub struct GridEdit {
     pub fields: Vec<String>,
     pub cells: Vec<Cell>,
     pub not_stored: Vec<String>,
-    /// The device's own retention ("30d", "forever", "none"); none: the
-    /// config's default or a group's rule.
+    /// The device's own retention: none leaves it as it is; `""` removes
+    /// it (the config's default or a group's rule then decide); else
+    /// "30d", "forever", "none".
     pub retention: Option<String>,
+}
+
+/// Whether the grid can write a rule for `field` as its name says: a
+/// device's key with `*`, `$` or `"` in it would read as a wildcard (a
+/// key named `*` would become `field = "*"`, every field), so such a
+/// field is left to rules written by hand.
+pub fn grid_can_name(field: &str) -> bool {
+    if field == "$payload" {
+        return true;
+    }
+    let without_indices = field.replace("[*]", "");
+    !field.is_empty()
+        && !without_indices.contains(['*', '$', '"', '[', ']'])
+        && !field.starts_with('.')
+        && !field.ends_with('.')
+        && !field.contains("..")
+        && crate::FieldPattern::parse(field).is_ok()
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -58,6 +80,8 @@ pub enum EditError {
     NotToml(String),
     #[error("`{0}` is not a list of tables ([[{0}]]); edit the file by hand")]
     NotTables(String),
+    #[error("the field {0:?} cannot be named by a rule as it is (its name has *, $ or \"); write a rule for it by hand")]
+    Unnameable(String),
     #[error("the parameters of {field} → {destination} ({params:?}) are not `key = value` pairs separated by commas: {why}")]
     Params {
         field: String,
@@ -102,16 +126,11 @@ pub fn device_rules(text: &str, device: &str) -> Result<DeviceRules, EditError> 
         let Some((field, destination)) = owned_rule(t, device) else {
             continue;
         };
-        let params: Vec<String> = t
-            .iter()
-            .filter(|(k, _)| !OWN_KEYS.contains(k))
-            .filter_map(|(k, v)| Some(format!("{k} = {}", v.as_value()?.to_string().trim())))
-            .collect();
         out.cells.push(Cell {
             field: field.into(),
             destination: destination.into(),
             action: str_of(t, "action").map(str::to_string),
-            params: params.join(", "),
+            params: params_text(t),
         });
     }
     for t in tables(&doc, "retain")? {
@@ -125,6 +144,27 @@ pub fn device_rules(text: &str, device: &str) -> Result<DeviceRules, EditError> 
         }
     }
     Ok(out)
+}
+
+/// A value on one line, without the comments or layout around it.
+fn plain(v: &toml_edit::Value) -> String {
+    let mut v = v.clone();
+    match &mut v {
+        toml_edit::Value::Array(a) => a.fmt(),
+        toml_edit::Value::InlineTable(t) => t.fmt(),
+        _ => {}
+    }
+    v.decor_mut().clear();
+    v.to_string().trim().to_string()
+}
+
+/// A rule's parameters as a cell shows them: `step = 0.5, unit = "hour"`.
+fn params_text(t: &Table) -> String {
+    t.iter()
+        .filter(|(k, _)| !OWN_KEYS.contains(k))
+        .filter_map(|(k, v)| Some(format!("{k} = {}", plain(v.as_value()?))))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `step = 0.5, unit = "hour"` as key/value pairs.
@@ -160,6 +200,15 @@ fn params_of(cell: &Cell) -> Result<Vec<(String, toml_edit::Value)>, EditError> 
     Ok(out)
 }
 
+/// The cell's parameters as [`params_text`] would show them once written.
+fn params_normal(cell: &Cell) -> Result<String, EditError> {
+    Ok(params_of(cell)?
+        .iter()
+        .map(|(k, v)| format!("{k} = {}", plain(v)))
+        .collect::<Vec<_>>()
+        .join(", "))
+}
+
 fn array_mut<'d>(doc: &'d mut DocumentMut, key: &str) -> Result<&'d mut ArrayOfTables, EditError> {
     if !doc.contains_key(key) {
         doc.insert(key, Item::ArrayOfTables(ArrayOfTables::new()));
@@ -183,43 +232,93 @@ fn last_position(doc: &DocumentMut) -> isize {
 }
 
 /// The text with the grid's cells in place of the device's own rules for
-/// the fields it showed.
+/// the (field, destination) pairs it sent.
 pub fn apply_grid(text: &str, edit: &GridEdit) -> Result<String, EditError> {
     let mut doc = parse(text)?;
     let shown = |f: &str| edit.fields.iter().any(|s| s == f);
-    // Parameters first: a bad one changes nothing.
-    let mut new_rules = Vec::new();
+    // What each sent pair should be: (action, its parameters normalised).
+    let mut wanted: Vec<(&Cell, Option<(&str, String)>)> = Vec::new();
     for cell in &edit.cells {
-        let Some(action) = cell.action.as_deref().filter(|a| !a.is_empty()) else {
+        let action = cell.action.as_deref().filter(|a| !a.is_empty());
+        if action.is_some() && !grid_can_name(&cell.field) {
+            return Err(EditError::Unnameable(cell.field.clone()));
+        }
+        // Parameters first: a bad one changes nothing.
+        let normal = match action {
+            Some(a) => Some((a, params_normal(cell)?)),
+            None => None,
+        };
+        wanted.push((cell, normal));
+    }
+    let wants = |f: &str, d: &str| {
+        wanted
+            .iter()
+            .find(|(c, _)| c.field == f && c.destination == d)
+    };
+    // Rules that already say what their cell wants stay as written.
+    let mut kept: Vec<(String, String)> = Vec::new();
+    if doc.contains_key("rule") {
+        array_mut(&mut doc, "rule")?.retain(|t| {
+            let Some((f, d)) = owned_rule(t, &edit.device) else {
+                return true;
+            };
+            let Some((_, want)) = wants(f, d) else {
+                return true;
+            };
+            let same = want
+                .as_ref()
+                .is_some_and(|(a, p)| str_of(t, "action") == Some(*a) && params_text(t) == *p);
+            if same && !kept.iter().any(|(kf, kd)| kf == f && kd == d) {
+                kept.push((f.to_string(), d.to_string()));
+                return true;
+            }
+            false
+        });
+    }
+    let mut new_rules = Vec::new();
+    for (cell, want) in &wanted {
+        let Some((action, _)) = want else {
             continue;
         };
+        if kept
+            .iter()
+            .any(|(f, d)| *f == cell.field && *d == cell.destination)
+        {
+            continue;
+        }
         let mut t = Table::new();
         t.insert("device", toml_edit::value(edit.device.as_str()));
         t.insert("field", toml_edit::value(cell.field.as_str()));
         t.insert("destination", toml_edit::value(cell.destination.as_str()));
-        t.insert("action", toml_edit::value(action));
+        t.insert("action", toml_edit::value(*action));
         for (k, v) in params_of(cell)? {
             t.insert(&k, Item::Value(v));
         }
         new_rules.push(t);
     }
-    let cell_dests: Vec<&str> = edit.cells.iter().map(|c| c.destination.as_str()).collect();
-    if doc.contains_key("rule") {
-        array_mut(&mut doc, "rule")?.retain(|t| {
-            !owned_rule(t, &edit.device).is_some_and(|(f, d)| shown(f) && cell_dests.contains(&d))
-        });
+    for f in edit.not_stored.iter().filter(|f| shown(f)) {
+        if !grid_can_name(f) {
+            return Err(EditError::Unnameable(f.clone()));
+        }
     }
+    let retention = edit.retention.as_deref().map(str::trim);
     if doc.contains_key("retain") {
         array_mut(&mut doc, "retain")?.retain(|t| {
             if str_of(t, "device") != Some(edit.device.as_str()) {
                 return true;
             }
             match str_of(t, "field") {
-                None => false,
+                None => match retention {
+                    None => true,
+                    Some(r) => str_of(t, "keep") == Some(r) && !r.is_empty(),
+                },
                 Some(f) => !(shown(f) && str_of(t, "keep") == Some("none")),
             }
         });
     }
+    let has_own_keep = tables(&doc, "retain")?
+        .iter()
+        .any(|t| str_of(t, "device") == Some(edit.device.as_str()) && !t.contains_key("field"));
     let mut at = last_position(&doc) + 1;
     if !new_rules.is_empty() {
         let rules = array_mut(&mut doc, "rule")?;
@@ -230,10 +329,10 @@ pub fn apply_grid(text: &str, edit: &GridEdit) -> Result<String, EditError> {
         }
     }
     let mut retains = Vec::new();
-    if let Some(keep) = edit.retention.as_deref().filter(|k| !k.trim().is_empty()) {
+    if let Some(keep) = retention.filter(|k| !k.is_empty() && !has_own_keep) {
         let mut t = Table::new();
         t.insert("device", toml_edit::value(edit.device.as_str()));
-        t.insert("keep", toml_edit::value(keep.trim()));
+        t.insert("keep", toml_edit::value(keep));
         retains.push(t);
     }
     for f in edit.not_stored.iter().filter(|f| shown(f)) {
@@ -359,7 +458,7 @@ keep = "30d"
             vec!["ssid".to_string()],
             "voltage was not shown"
         );
-        assert_eq!(r.retention, None);
+        assert_eq!(r.retention.as_deref(), Some("30d"), "not sent: left alone");
         for kept in [
             "# my policy",
             "# everything of the plug to the vendor",
@@ -390,10 +489,75 @@ keep = "30d"
         );
         let cleared = GridEdit {
             cells: vec![cell("power", "vendor", None, "")],
-            retention: None,
+            retention: Some(String::new()),
             ..edit
         };
         assert_eq!(apply_grid(&out, &cleared).expect("edits"), "");
+    }
+
+    #[test]
+    fn unchanged_cells_keep_their_rule_and_only_sent_pairs_change() {
+        let text = "[[rule]]\nname = \"mine\"  # my rule\ndevice = \"plug\"\nfield = \"power\"\ndestination = \"vendor\"\naction = \"round\"\nstep = 5 # watts\n\n[[rule]]\ndevice = \"plug\"\nfield = \"power\"\ndestination = \"backup\"\naction = \"seal\"\n\n[[rule]]\ndevice = \"plug\"\nfield = \"power\"\ndestination = \"lab\"\naction = \"bucket\"\nedges = [\n  1,\n  2,\n]\nlabels = [\"a\", \"b\", \"c\"]\n";
+        let own = device_rules(text, "plug").expect("reads");
+        assert_eq!(
+            own.cells[0].params, "step = 5",
+            "the comment is not a parameter"
+        );
+        assert_eq!(
+            own.cells[2].params,
+            "edges = [1, 2], labels = [\"a\", \"b\", \"c\"]"
+        );
+        // The grid sends back what it read, for vendor and lab only.
+        let edit = GridEdit {
+            device: "plug".into(),
+            fields: vec!["power".into()],
+            cells: vec![own.cells[0].clone(), own.cells[2].clone()],
+            ..GridEdit::default()
+        };
+        assert_eq!(
+            apply_grid(text, &edit).expect("edits"),
+            text,
+            "nothing changed"
+        );
+        // Changing vendor's cell leaves backup's rule, which was not sent.
+        let mut changed = edit.clone();
+        changed.cells[0].params = "step = 10".into();
+        let out = apply_grid(text, &changed).expect("edits");
+        assert!(out.contains("destination = \"backup\""), "{out}");
+        assert!(
+            out.contains("step = 10") && !out.contains("# watts"),
+            "{out}"
+        );
+        assert!(
+            out.contains("edges = [\n  1,\n  2,\n]"),
+            "lab's rule kept as written: {out}"
+        );
+    }
+
+    #[test]
+    fn fields_whose_names_read_as_wildcards_are_refused() {
+        for ok in ["power", "loc.lat", "nets[*].ssid", "$payload", "a-b_c"] {
+            assert!(grid_can_name(ok), "{ok}");
+        }
+        for bad in ["*", "a.*", "$x", "a\"b", "", "[0]", "a..b", "x[1]"] {
+            assert!(!grid_can_name(bad), "{bad}");
+        }
+        let edit = GridEdit {
+            device: "plug".into(),
+            fields: vec!["*".into()],
+            cells: vec![cell("*", "vendor", Some("share"), "")],
+            ..GridEdit::default()
+        };
+        assert!(matches!(
+            apply_grid("", &edit),
+            Err(EditError::Unnameable(_))
+        ));
+        // Leaving such a cell to other rules is fine.
+        let edit = GridEdit {
+            cells: vec![cell("*", "vendor", None, "")],
+            ..edit
+        };
+        assert_eq!(apply_grid("", &edit).expect("edits"), "");
     }
 
     #[test]
@@ -417,16 +581,21 @@ keep = "30d"
                 "{params:?}"
             );
         }
-        // A name with quotes and newlines is a TOML string, not syntax.
+        // A device or destination with quotes and newlines is a TOML
+        // string, not syntax.
+        let hostile = "p\"\n[[rule]]\ndevice = \"*";
         let edit = GridEdit {
-            device: "plug".into(),
-            fields: vec!["a\"\n[[rule]]".into()],
-            cells: vec![cell("a\"\n[[rule]]", "vendor", Some("share"), "")],
+            device: hostile.into(),
+            fields: vec!["power".into()],
+            cells: vec![cell("power", hostile, Some("share"), "")],
             ..GridEdit::default()
         };
         let out = apply_grid("", &edit).expect("edits");
-        let r = device_rules(&out, "plug").expect("reads");
-        assert_eq!(r.cells[0].field, "a\"\n[[rule]]");
+        let r = device_rules(&out, hostile).expect("reads");
+        assert_eq!(r.cells[0].destination, hostile);
+        let doc = parse(&out).expect("TOML");
+        assert_eq!(tables(&doc, "rule").expect("rules").len(), 1, "{out}");
+        assert!(device_rules(&out, "*").expect("reads").cells.is_empty());
         assert!(matches!(
             apply_grid("rule = 1", &edit),
             Err(EditError::NotTables(_))

@@ -436,12 +436,46 @@ async fn the_sharing_grid_live_events_and_removing_a_device_over_http() -> Resul
     assert!(text.contains("action = \"round\"\nstep = 5"), "{text}");
     let grid = http(gw.http, "GET", "/api/v1/devices/plug/sharing", &read, b"")?;
     assert_eq!(grid.json()["cells"][0]["params"], "step = 5");
+    assert_eq!(grid.json()["base"], 2);
+    // A grid drawn from version 1 cannot overwrite version 2 unseen.
+    let stale = edit.replace(r#"{"fields""#, r#"{"base":1,"fields""#);
+    let conflict = http(
+        gw.http,
+        "PUT",
+        "/api/v1/devices/plug/sharing",
+        &change,
+        stale.as_bytes(),
+    )?;
+    assert_eq!(
+        conflict.status,
+        409,
+        "{}",
+        String::from_utf8_lossy(&conflict.body)
+    );
+    let listed = http(gw.http, "GET", "/api/v1/devices", &read, b"")?.json();
+    assert_eq!(listed[0]["messages_today"], 1, "{listed}");
 
     // Removing the device keeps its history unless asked.
     assert_eq!(
         http(gw.http, "DELETE", "/api/v1/devices/plug", &read, b"")?.status,
         403,
         "without the CSRF token"
+    );
+    let untyped = http(
+        gw.http,
+        "DELETE",
+        "/api/v1/devices/plug?history=delete",
+        &change,
+        b"",
+    )?;
+    assert_eq!(
+        untyped.status, 400,
+        "deleting its history needs its id typed"
+    );
+    assert_eq!(
+        http(gw.http, "GET", "/api/v1/devices/plug", &read, b"")?.status,
+        200,
+        "still there"
     );
     let removed = http(
         gw.http,

@@ -199,9 +199,9 @@ fn trickling_idle_and_surplus_clients_are_cut_off() -> Result<()> {
         slow_body.0
     );
     assert!(slow_body.1.starts_with("HTTP/1.1 408"), "{}", slow_body.1);
-    // The connection cap: beyond it, a connection is closed at once, and
-    // the listener still serves once they go.
-    let held: Vec<TcpStream> = (0..web_ui::serve::MAX_CONNECTIONS)
+    // The cap per address: beyond it, a connection is closed at once,
+    // while another address still gets in.
+    let held: Vec<TcpStream> = (0..web_ui::serve::MAX_PER_ADDRESS)
         .map(|_| TcpStream::connect(gw.http))
         .collect::<std::io::Result<_>>()?;
     std::thread::sleep(Duration::from_millis(300));
@@ -211,6 +211,26 @@ fn trickling_idle_and_surplus_clients_are_cut_off() -> Result<()> {
         took < Duration::from_secs(5) && got.is_empty(),
         "{took:?} {got:?}"
     );
+    let other = std::thread::scope(|s| {
+        s.spawn(|| -> Result<String> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let sock = tokio::net::TcpSocket::new_v4()?;
+                sock.bind("127.0.0.2:0".parse()?)?;
+                let mut s = sock.connect(gw.http).await?;
+                s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .await?;
+                let mut out = Vec::new();
+                s.read_to_end(&mut out).await?;
+                Ok(String::from_utf8_lossy(&out).into_owned())
+            })
+        })
+        .join()
+        .map_err(|_| anyhow!("client thread"))?
+    })?;
+    assert!(other.starts_with("HTTP/1.1 200"), "{other}");
     drop(held);
     let mut ok = false;
     for _ in 0..50 {

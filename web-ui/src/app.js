@@ -26,6 +26,8 @@
       if (m) dests.push([m[1], v]);
     }
     const body = { fields: [], cells: [], not_stored: [], retention: data.get("retention") || "" };
+    const base = data.get("base");
+    if (base) body.base = Number(base);
     for (const [i, f] of fields) {
       body.fields.push(f);
       if (data.get("n" + i)) body.not_stored.push(f);

@@ -69,14 +69,11 @@ fn day_range(
     Ok((since, until))
 }
 
-/// What has to be typed before a delete goes ahead, if anything: the
-/// device's name for its whole history, `everything` for a wipe.
-fn must_type(device: Option<&str>, ranged: bool) -> Option<String> {
-    match device {
-        None => Some("everything".into()),
-        Some(d) if !ranged => Some(d.to_string()),
-        Some(_) => None,
-    }
+/// What has to be typed before a delete goes ahead: the device's id (a
+/// range too: an open-ended one is the whole history), `everything` for
+/// a wipe.
+fn must_type(device: Option<&str>, _ranged: bool) -> Option<String> {
+    Some(device.unwrap_or("everything").to_string())
 }
 
 pub async fn data_page(
@@ -497,6 +494,6 @@ mod tests {
     fn a_whole_device_or_everything_must_be_typed() {
         assert_eq!(must_type(None, false).as_deref(), Some("everything"));
         assert_eq!(must_type(Some("plug"), false).as_deref(), Some("plug"));
-        assert_eq!(must_type(Some("plug"), true), None);
+        assert_eq!(must_type(Some("plug"), true).as_deref(), Some("plug"));
     }
 }

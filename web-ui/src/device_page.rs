@@ -85,6 +85,8 @@ pub async fn device_page(
         }
     };
     let now = crate::api::now_ms();
+    let activity = crate::events::activity(&ask(&state, json!({"op": "device_activity"})).await);
+    let active = activity.get(&id).cloned().unwrap_or(Value::Null);
     let fields = ask(&state, json!({"op": "fields", "device": id})).await;
     let fields: Vec<Value> = fields["fields"].as_array().cloned().unwrap_or_default();
     let dests = ask(&state, json!({"op": "destinations"})).await;
@@ -95,14 +97,33 @@ pub async fn device_page(
         .flatten()
         .filter_map(|d| d["name"].as_str().map(str::to_string))
         .collect();
-    let text = ask(&state, json!({"op": "policy_show"})).await;
-    let own = policy::edit::device_rules(text["text"].as_str().unwrap_or_default(), &id)
-        .unwrap_or_default();
+    // The grid is drawn only from a policy read in full: drawn empty, a
+    // save would remove the device's rules.
+    let own = match sharing::text_in_force(&state)
+        .await
+        .and_then(|(text, version)| {
+            policy::edit::device_rules(&text, &id)
+                .map(|own| (own, version))
+                .map_err(|e| crate::problem::Problem::bad_request(e.to_string()))
+        }) {
+        Ok(own) => own,
+        Err(p) => {
+            return (
+                p.status,
+                message(
+                    "The policy could not be read",
+                    &format!("{} (reload to try again)", p.detail),
+                ),
+            )
+                .into_response()
+        }
+    };
+    let (own, base) = own;
     let preview = state
         .hub
         .call(json!({"op": "policy_preview", "device": id, "last": true}))
         .await;
-    let since = now - now % DAY_MS - 6 * DAY_MS;
+    let since = (now - now % DAY_MS).saturating_sub(6 * DAY_MS);
     let summary = ask(&state, json!({"op": "ledger_summary", "since_ms": since})).await;
 
     // The grid's rows: what the device sent, then fields only its rules name.
@@ -155,6 +176,7 @@ pub async fn device_page(
     let grid = html! {
         form #sharing method="post" action={"/devices/" (id) "/sharing"} data-device=(id) data-csrf=(s.csrf) {
             input type="hidden" name="csrf" value=(s.csrf);
+            input type="hidden" name="base" value=(base);
             @for (j, d) in dests.iter().enumerate() { input type="hidden" name={"d" (j)} value=(d); }
             div.scroll {
                 table.grid {
@@ -163,7 +185,11 @@ pub async fn device_page(
                         @for (i, name) in names.iter().enumerate() {
                             tr {
                                 th.field scope="row" { (name) input type="hidden" name={"f" (i)} value=(name); }
-                                @for (j, d) in dests.iter().enumerate() {
+                                @let nameable = policy::edit::grid_can_name(name);
+                                @if !nameable {
+                                    td colspan=(dests.len() + 1) { "Its name reads as a wildcard (it has *, $ or \"): only a rule written in the policy file can decide it." }
+                                }
+                                @for (j, d) in dests.iter().enumerate().filter(|_| nameable) {
                                     @let cell = own.cells.iter().find(|c| &c.field == name && &c.destination == d);
                                     @let chosen = cell.and_then(|c| c.action.as_deref()).unwrap_or("");
                                     td {
@@ -177,7 +203,7 @@ pub async fn device_page(
                                         input.params type="text" name={"p" (i) "_" (j)} value=(cell.map(|c| c.params.as_str()).unwrap_or_default()) placeholder="parameters" aria-label={"parameters for " (name) " to " (d)};
                                     }
                                 }
-                                td { input type="checkbox" name={"n" (i)} checked[own.not_stored.contains(name)] aria-label={"don't store " (name)}; }
+                                @if nameable { td { input type="checkbox" name={"n" (i)} checked[own.not_stored.contains(name)] aria-label={"don't store " (name)}; } }
                             }
                         }
                     }
@@ -200,13 +226,12 @@ pub async fn device_page(
             h1 { (name) }
             p.meta {
                 span.field { (id) } " · " (str_of(&info, "preset")) " · "
-                @match info["online"].as_bool() {
-                    Some(true) => span.ok { "online" },
-                    Some(false) => span { "offline" },
-                    None => span { "gateway stopped" },
+                @match active["online"].as_bool() {
+                    Some(true) => span.ok #online { "online" },
+                    _ => span #online { "offline" },
                 }
-                @if let Some(t) = info["last_seen_ms"].as_u64() { " · last message " (ago(t, now)) }
-                @if let Some(n) = info["messages_today"].as_u64() { " · " (n) " messages today" }
+                @if let Some(t) = active["last_seen_ms"].as_u64() { " · last message " (ago(t, now)) }
+                @if let Some(n) = active["messages_today"].as_u64() { " · " (n) " messages today" }
             }
             @if let Some(v) = q.saved { p.ok id="saved" { "Saved: policy version " (v) " is in force." } }
             section.card {
@@ -271,6 +296,7 @@ pub async fn device_page(
                     input type="hidden" name="csrf" value=(s.csrf);
                     label.choice { input type="radio" name="history" value="keep" checked; " Keep its history (export or delete it later)" }
                     label.choice { input type="radio" name="history" value="delete"; " Delete its history too, for good" }
+                    label { "To delete its history, type " code { (id) } input type="text" name="confirm" autocomplete="off"; }
                     button.danger type="submit" id="remove" { "Remove " (name) }
                 }
             }
@@ -332,8 +358,14 @@ pub async fn sharing_submit(
     if let Some(refused) = form_from_this_page(&headers, csrf, &s) {
         return refused;
     }
-    let saved = match GridBody::from_form(&pairs).and_then(|b| b.into_edit(&id)) {
-        Ok(edit) => sharing::save(&state, &edit).await,
+    let saved = match GridBody::from_form(&pairs) {
+        Ok(body) => {
+            let base = body.base;
+            match body.into_edit(&id) {
+                Ok(edit) => sharing::save(&state, &edit, base).await,
+                Err(p) => Err(p),
+            }
+        }
         Err(p) => Err(p),
     };
     match saved {
@@ -364,6 +396,8 @@ pub struct RemoveForm {
     csrf: String,
     #[serde(default)]
     history: String,
+    #[serde(default)]
+    confirm: String,
 }
 
 pub async fn remove_submit(
@@ -376,7 +410,7 @@ pub async fn remove_submit(
     if let Some(refused) = form_from_this_page(&headers, &f.csrf, &s) {
         return refused;
     }
-    match sharing::remove(&state, &s, &id, f.history == "delete").await {
+    match sharing::remove(&state, &s, &id, f.history == "delete", &f.confirm).await {
         Ok(done) => page(
             "Removed",
             Some(&s.csrf),

@@ -36,6 +36,19 @@ pub async fn devices_page(
         .unwrap_or(Value::Null);
     let devices: Vec<Value> = list.as_array().cloned().unwrap_or_default();
     let now = crate::api::now_ms();
+    let activity = crate::events::activity(
+        &state
+            .hub
+            .call(json!({"op": "device_activity"}))
+            .await
+            .unwrap_or(Value::Null),
+    );
+    let active = |id: &str, k: &str| -> Value {
+        activity
+            .get(id)
+            .map(|a| a[k].clone())
+            .unwrap_or(Value::Null)
+    };
     let shared_with = |id: &str| -> String {
         statement["lines"]
             .as_array()
@@ -62,9 +75,9 @@ pub async fn devices_page(
                             tr {
                                 td { a href={"/devices/" (crate::device_page::urlencode(id))} { (d["name"].as_str().unwrap_or_default()) } br; span.field { (id) } }
                                 td { (d["preset"].as_str().unwrap_or_default()) }
-                                td { @match d["online"].as_bool() { Some(true) => span.ok { "online" }, Some(false) => "offline", None => "?" } }
-                                td { @if let Some(t) = d["last_seen_ms"].as_u64() { (crate::device_page::ago(t, now)) } @else { "—" } }
-                                td { (d["messages_today"].as_u64().map(|n| n.to_string()).unwrap_or_default()) }
+                                td { @match active(id, "online").as_bool() { Some(true) => span.ok { "online" }, Some(false) => "offline", None => "?" } }
+                                td { @if let Some(t) = active(id, "last_seen_ms").as_u64() { (crate::device_page::ago(t, now)) } @else { "—" } }
+                                td { (active(id, "messages_today").as_u64().map(|n| n.to_string()).unwrap_or_default()) }
                                 td { @let w = shared_with(id); @if w.is_empty() { "nobody" } @else { (w) } }
                             }
                         }

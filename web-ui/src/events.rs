@@ -35,7 +35,8 @@ impl Drop for Slot {
     }
 }
 
-fn activity(list: &Value) -> HashMap<String, Value> {
+/// The hub's `device_activity` answer, by device id.
+pub(crate) fn activity(list: &Value) -> HashMap<String, Value> {
     list.as_array()
         .into_iter()
         .flatten()
@@ -66,7 +67,7 @@ pub async fn events(State(state): State<Arc<AppState>>, s: Session) -> Response 
     }
     let first = state
         .hub
-        .call(json!({"op": "device_list"}))
+        .call(json!({"op": "device_activity"}))
         .await
         .map(|v| activity(&v))
         .unwrap_or_default();
@@ -81,7 +82,7 @@ pub async fn events(State(state): State<Arc<AppState>>, s: Session) -> Response 
                 if !state.sessions.is_live(&token, Instant::now()) {
                     return None;
                 }
-                let Ok(list) = state.hub.call(json!({"op": "device_list"})).await else {
+                let Ok(list) = state.hub.call(json!({"op": "device_activity"})).await else {
                     continue;
                 };
                 let now = activity(&list);

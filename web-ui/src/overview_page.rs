@@ -34,7 +34,7 @@ fn bars(per_day: &[u64; 7]) -> Markup {
 
 pub async fn overview(State(state): State<Arc<AppState>>, PageSession(s): PageSession) -> Response {
     let now = crate::api::now_ms();
-    let since = now - now % DAY_MS - 6 * DAY_MS;
+    let since = (now - now % DAY_MS).saturating_sub(6 * DAY_MS);
     let summary = ask(&state, json!({"op": "ledger_summary", "since_ms": since})).await;
     let statement = ask(&state, json!({"op": "statement"})).await;
     let held = ask(&state, json!({"op": "fields", "pending": true})).await;

@@ -1,7 +1,9 @@
 //! Serving the router: plain HTTP, or HTTPS with the gateway's
 //! certificate, with the limits a LAN-facing listener needs.
 //!
-//! - At most [`MAX_CONNECTIONS`] at once; one more is closed at accept.
+//! - At most [`MAX_CONNECTIONS`] at once, and [`MAX_PER_ADDRESS`] from
+//!   one address (IPv6: one /64), so one LAN client cannot take every
+//!   place; one more is closed at accept.
 //! - A TLS handshake must finish within [`HANDSHAKE_DEADLINE`].
 //! - A request's head must arrive within [`HEADER_DEADLINE`], and so must
 //!   the next one on a kept-alive connection: an idle or trickling client
@@ -10,12 +12,13 @@
 //!   [`body_deadline`]).
 //!
 //! On shutdown, no new connection is taken; those open get
-//! [`DRAIN`] to finish (an export or a live page's event stream would
-//! otherwise hold the gateway's exit).
+//! [`DRAIN`] to finish, then are aborted (an export or a live page's
+//! event stream would otherwise hold the gateway's exit).
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -27,11 +30,13 @@ use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
 
 use crate::problem::Problem;
 
 pub const MAX_CONNECTIONS: usize = 128;
+pub const MAX_PER_ADDRESS: usize = 32;
 pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(10);
 pub const HEADER_DEADLINE: Duration = Duration::from_secs(15);
 pub const BODY_DEADLINE: Duration = Duration::from_secs(15);
@@ -67,6 +72,54 @@ pub async fn body_deadline(req: Request<Body>, next: Next) -> Response {
     }
 }
 
+/// Open connections, overall and per address (IPv6 by /64).
+#[derive(Default)]
+struct Places(Mutex<(usize, HashMap<IpAddr, usize>)>);
+
+/// A place taken; given back when the connection ends.
+struct Place(Arc<Places>, IpAddr);
+
+fn address_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let mut seg = v6.segments();
+            for s in &mut seg[4..] {
+                *s = 0;
+            }
+            IpAddr::V6(seg.into())
+        }
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+impl Places {
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<Place> {
+        let key = address_key(ip);
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mine = g.1.get(&key).copied().unwrap_or(0);
+        if g.0 >= MAX_CONNECTIONS || mine >= MAX_PER_ADDRESS {
+            return None;
+        }
+        g.0 += 1;
+        g.1.insert(key, mine + 1);
+        Some(Place(Arc::clone(self), key))
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut g = self.0 .0.lock().unwrap_or_else(|e| e.into_inner());
+        g.0 = g.0.saturating_sub(1);
+        if let Some(n) = g.1.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                g.1.remove(&self.1);
+            }
+        }
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` resolves; over TLS with
 /// `tls`.
 pub async fn serve(
@@ -76,11 +129,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let places = Arc::new(Places::default());
     let (stop_tx, stop_rx) = watch::channel(false);
+    let mut open = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         let (tcp, peer) = tokio::select! {
+            // Ended connections are reaped as they end.
+            Some(_) = open.join_next(), if !open.is_empty() => continue,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -92,7 +148,7 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
-        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+        let Some(place) = places.take(peer.ip()) else {
             tracing::debug!(%peer, "HTTP connection refused: too many open");
             continue;
         };
@@ -100,8 +156,8 @@ pub async fn serve(
         let app = app.clone();
         let acceptor = acceptor.clone();
         let stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
+        open.spawn(async move {
+            let _place = place;
             match acceptor {
                 None => connection(tcp, peer, app, stop).await,
                 Some(acceptor) => {
@@ -115,13 +171,14 @@ pub async fn serve(
         });
     }
     let _ = stop_tx.send(true);
-    // Every permit back means every connection ended.
-    let all = u32::try_from(MAX_CONNECTIONS).unwrap_or(u32::MAX);
-    if tokio::time::timeout(DRAIN, slots.acquire_many(all))
-        .await
-        .is_err()
-    {
-        tracing::info!("HTTP connections still open at shutdown were dropped");
+    let drained =
+        tokio::time::timeout(DRAIN, async { while open.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::info!(
+            open = open.len(),
+            "HTTP connections still open at shutdown were closed"
+        );
+        open.abort_all();
     }
 }
 

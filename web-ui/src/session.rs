@@ -76,9 +76,18 @@ impl Sessions {
         Some((token, csrf))
     }
 
+    /// The map, with sessions idle too long gone (their passphrases
+    /// zeroized as they drop): at most 32 entries, so a sweep on every
+    /// look is cheap, and an idle passphrase does not linger.
+    fn swept(&self, now: Instant) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Session>> {
+        let mut map = self.by_token_hash.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, s| now.duration_since(s.last_seen) < IDLE);
+        map
+    }
+
     /// The CSRF token of a live session, which this request keeps alive.
     pub fn touch(&self, token: &str, now: Instant) -> Option<String> {
-        let mut map = self.by_token_hash.lock().unwrap_or_else(|e| e.into_inner());
+        let mut map = self.swept(now);
         let key = hash(token);
         let live = map
             .get(&key)
@@ -94,9 +103,7 @@ impl Sessions {
 
     /// The passphrase a live session was opened with.
     pub fn unlock(&self, token: &str, now: Instant) -> Option<Zeroizing<String>> {
-        self.by_token_hash
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.swept(now)
             .get(&hash(token))
             .filter(|s| now.duration_since(s.last_seen) < IDLE)
             .map(|s| s.unlock.clone())
@@ -104,9 +111,7 @@ impl Sessions {
 
     /// Whether `token` is a live session, without keeping it alive.
     pub fn is_live(&self, token: &str, now: Instant) -> bool {
-        self.by_token_hash
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        self.swept(now)
             .get(&hash(token))
             .is_some_and(|s| now.duration_since(s.last_seen) < IDLE)
     }

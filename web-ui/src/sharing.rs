@@ -32,8 +32,14 @@ pub struct GridBody {
     pub cells: Vec<CellBody>,
     #[serde(default)]
     pub not_stored: Vec<String>,
+    /// Absent: the device's retention stays as it is; `""`: removed.
     #[serde(default)]
     pub retention: Option<String>,
+    /// The policy version the grid was drawn from: if another version is
+    /// in force by the time it is saved, the save is refused (409), so an
+    /// edit made elsewhere meanwhile is not overwritten unseen.
+    #[serde(default)]
+    pub base: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -69,7 +75,7 @@ impl GridBody {
                 })
                 .collect(),
             not_stored: self.not_stored,
-            retention: self.retention.filter(|r| !r.trim().is_empty()),
+            retention: self.retention,
         })
     }
 
@@ -95,6 +101,7 @@ impl GridBody {
         let mut body = GridBody {
             fields: fields.iter().map(|(_, f)| f.clone()).collect(),
             retention: get("retention"),
+            base: get("base").and_then(|b| b.parse().ok()),
             ..GridBody::default()
         };
         for (i, field) in &fields {
@@ -114,13 +121,13 @@ impl GridBody {
     }
 }
 
-/// The policy text in force, as the grid edits it.
-async fn text_in_force(state: &AppState) -> Result<String, Problem> {
+/// The policy text in force, as the grid edits it, and its version.
+pub(crate) async fn text_in_force(state: &AppState) -> Result<(String, u64), Problem> {
     let Json(shown) = call(state, json!({"op": "policy_show"})).await?;
-    match shown["text"].as_str() {
-        Some(t) => Ok(t.to_string()),
+    match (shown["text"].as_str(), shown["version"].as_u64()) {
+        (Some(t), Some(v)) => Ok((t.to_string(), v)),
         // Editing "nothing" would replace the user's policy: refuse.
-        None => Err(Problem::new(
+        _ => Err(Problem::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Failed",
             format!(
@@ -131,9 +138,23 @@ async fn text_in_force(state: &AppState) -> Result<String, Problem> {
     }
 }
 
-/// The candidate text for `edit`.
-pub(crate) async fn candidate(state: &AppState, edit: &GridEdit) -> Result<String, Problem> {
-    let text = text_in_force(state).await?;
+/// The candidate text for `edit`, on the version in force, which must
+/// be `base` when one is given.
+pub(crate) async fn candidate(
+    state: &AppState,
+    edit: &GridEdit,
+    base: Option<u64>,
+) -> Result<String, Problem> {
+    let (text, version) = text_in_force(state).await?;
+    if let Some(b) = base.filter(|b| *b != version) {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "Changed meanwhile",
+            format!(
+                "policy version {version} came into force after this grid was drawn from version {b}; reload the page and edit again"
+            ),
+        ));
+    }
     policy::edit::apply_grid(&text, edit).map_err(|e| Problem::bad_request(e.to_string()))
 }
 
@@ -145,7 +166,7 @@ pub(crate) async fn preview(
     edit: Option<&GridEdit>,
 ) -> Result<Value, Problem> {
     let candidate = match edit {
-        Some(e) => Some(candidate(state, e).await?),
+        Some(e) => Some(candidate(state, e, None).await?),
         None => None,
     };
     call(
@@ -156,9 +177,15 @@ pub(crate) async fn preview(
     .map(|Json(v)| v)
 }
 
-/// Applies `edit` as a new policy version.
-pub(crate) async fn save(state: &AppState, edit: &GridEdit) -> Result<Value, Problem> {
-    let text = candidate(state, edit).await?;
+/// Applies `edit` as a new policy version. (Between the version check
+/// and the apply, a CLI apply could still slip in; the window is one
+/// round trip, where before it was as long as the page was open.)
+pub(crate) async fn save(
+    state: &AppState,
+    edit: &GridEdit,
+    base: Option<u64>,
+) -> Result<Value, Problem> {
+    let text = candidate(state, edit, base).await?;
     call(
         state,
         json!({"op": "policy_apply", "text": text, "name": format!("the sharing grid of {}", edit.device)}),
@@ -174,7 +201,7 @@ pub async fn api_grid(
     _s: Session,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, Problem> {
-    let text = text_in_force(&state).await?;
+    let (text, version) = text_in_force(&state).await?;
     let own =
         policy::edit::device_rules(&text, &id).map_err(|e| Problem::bad_request(e.to_string()))?;
     let Json(fields) = call(&state, json!({"op": "fields", "device": id})).await?;
@@ -188,6 +215,7 @@ pub async fn api_grid(
         })).collect::<Vec<_>>(),
         "not_stored": own.not_stored,
         "retention": own.retention,
+        "base": version,
     })))
 }
 
@@ -211,8 +239,10 @@ pub async fn api_save(
     Path(id): Path<String>,
     bytes: Bytes,
 ) -> Result<Json<Value>, Problem> {
-    let edit = crate::api::body::<GridBody>(&bytes)?.into_edit(&id)?;
-    save(&state, &edit).await.map(Json)
+    let body = crate::api::body::<GridBody>(&bytes)?;
+    let base = body.base;
+    let edit = body.into_edit(&id)?;
+    save(&state, &edit, base).await.map(Json)
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -221,31 +251,62 @@ pub struct RemoveQuery {
     /// `delete`: the history goes too; anything else keeps it.
     #[serde(default)]
     history: String,
+    /// With `history=delete`: the device's id, typed.
+    #[serde(default)]
+    confirm: String,
 }
 
-/// Removes a device, and its history first if asked: a wrong passphrase
-/// or a failed delete then leaves the device as it was, rather than gone
-/// with its history still there. (A message it sends between the two is
-/// kept; the delete report counts what went.)
+/// Removes a device, and its history if asked (`confirm` must then be
+/// its id, as for deleting a whole history). The passphrase is checked
+/// first, then the device goes (so nothing more arrives), then its
+/// history.
 pub(crate) async fn remove(
     state: &AppState,
     s: &Session,
     id: &str,
     delete_history: bool,
+    confirm: &str,
 ) -> Result<Value, Problem> {
-    let deleted = if delete_history {
-        let passphrase = s.unlock(state)?;
-        Some(
-            state
-                .hub
-                .call_unlocked(json!({"op": "delete", "device": id}), passphrase)
-                .await
-                .map_err(crate::api::hub_problem)?,
-        )
+    let passphrase = if delete_history {
+        if confirm.trim() != id {
+            return Err(Problem::bad_request(format!(
+                "not confirmed: type {id:?} to delete its history with it"
+            )));
+        }
+        let p = s.unlock(state)?;
+        if !state
+            .hub
+            .check_passphrase(p.clone())
+            .await
+            .map_err(crate::api::hub_problem)?
+        {
+            return Err(Problem::unauthorized());
+        }
+        Some(p)
     } else {
         None
     };
     let Json(removed) = call(state, json!({"op": "device_remove", "id": id})).await?;
+    let deleted = match passphrase {
+        None => None,
+        Some(p) => match state
+            .hub
+            .call_unlocked(json!({"op": "delete", "device": id}), p)
+            .await
+        {
+            Ok(report) => Some(report),
+            Err(e) => {
+                return Err(Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Removed, history kept",
+                    format!(
+                        "{id} was removed, but its history could not be deleted ({}); delete it under Your data",
+                        e.message
+                    ),
+                ))
+            }
+        },
+    };
     Ok(json!({ "removed": removed, "deleted": deleted }))
 }
 
@@ -257,7 +318,7 @@ pub async fn api_remove(
     Path(id): Path<String>,
     Query(q): Query<RemoveQuery>,
 ) -> Result<Json<Value>, Problem> {
-    remove(&state, &s, &id, q.history == "delete")
+    remove(&state, &s, &id, q.history == "delete", &q.confirm)
         .await
         .map(Json)
 }
@@ -268,7 +329,18 @@ pub async fn api_devices(
     State(state): State<Arc<AppState>>,
     _s: Session,
 ) -> Result<Json<Value>, Problem> {
-    call(&state, json!({"op": "device_list"})).await
+    let Json(mut list) = call(&state, json!({"op": "device_list"})).await?;
+    let Json(activity) = call(&state, json!({"op": "device_activity"})).await?;
+    let activity = crate::events::activity(&activity);
+    for d in list.as_array_mut().into_iter().flatten() {
+        let id = d["id"].as_str().unwrap_or_default().to_string();
+        if let (Some(obj), Some(a)) = (d.as_object_mut(), activity.get(&id)) {
+            for k in ["online", "last_seen_ms", "messages_today"] {
+                obj.insert(k.into(), a[k].clone());
+            }
+        }
+    }
+    Ok(Json(list))
 }
 
 #[utoipa::path(get, path = "/api/v1/devices/{id}", tag = "dataward", params(("id" = String, Path, description = "The device id")), responses((status = 200, description = "The device", body = Object), (status = 400, description = "Refused: the input, or the hub said no", body = ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No session", body = ProblemDoc, content_type = "application/problem+json")), security(("session" = [])), description = "One device.")]

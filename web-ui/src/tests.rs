@@ -438,6 +438,10 @@ async fn export_and_delete_use_the_sessions_passphrase_and_delete_must_be_confir
             "a range of everything",
         ),
         (r#"{"confirm":"everything"}"#, "no device"),
+        (
+            r#"{"device":"plug","since_ms":0}"#,
+            "an open range, not typed",
+        ),
     ] {
         let r = send(&app, "POST", "/api/v1/delete", &change, body).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{why}");
@@ -453,7 +457,7 @@ async fn export_and_delete_use_the_sessions_passphrase_and_delete_must_be_confir
     assert_eq!(r.status, StatusCode::FORBIDDEN, "no CSRF token");
     for body in [
         r#"{"device":"plug","confirm":"plug"}"#,
-        r#"{"device":"plug","since_ms":1000}"#,
+        r#"{"device":"plug","since_ms":1000,"confirm":"plug"}"#,
         r#"{"device":"*","confirm":"everything"}"#,
     ] {
         let r = send(&app, "POST", "/api/v1/delete", &change, body).await;

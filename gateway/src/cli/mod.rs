@@ -34,6 +34,20 @@ pub fn render(request: &Request, reply: &Value) -> Result<String, OpError> {
                     .collect()
             }
         }
+        Request::DeviceActivity => {
+            let all: Vec<crate::control::DeviceActivity> = typed(reply)?;
+            all.iter()
+                .map(|a| {
+                    format!(
+                        "{}\t{}\tlast message {}\t{} today\n",
+                        a.id,
+                        if a.online { "online" } else { "offline" },
+                        a.last_seen_ms.map_or("none since start".to_string(), utc),
+                        a.messages_today
+                    )
+                })
+                .collect()
+        }
         Request::DeviceShow { .. } => {
             let d: DeviceInfo = typed(reply)?;
             format!(

@@ -20,15 +20,19 @@ pub struct DeviceInfo {
     pub publish: Vec<String>,
     pub subscribe: Vec<String>,
     pub created_ms: u64,
-    /// From the running gateway (none when it is stopped): a live
-    /// connection, the last message's time, and messages today (UTC,
-    /// since the gateway started).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub online: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+}
+
+/// What the running gateway knows of a device's activity (from memory:
+/// it starts again at each start).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceActivity {
+    pub id: String,
+    /// A live connection now.
+    pub online: bool,
+    /// Its last message since the gateway started.
     pub last_seen_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub messages_today: Option<u64>,
+    /// Messages today (UTC), since the gateway started.
+    pub messages_today: u64,
 }
 
 impl From<&Device> for DeviceInfo {
@@ -41,9 +45,6 @@ impl From<&Device> for DeviceInfo {
             publish: d.publish.clone(),
             subscribe: d.subscribe.clone(),
             created_ms: d.created_ms,
-            online: None,
-            last_seen_ms: None,
-            messages_today: None,
         }
     }
 }
@@ -100,11 +101,7 @@ impl Operations {
 
     pub fn device_list(&self) -> Result<Vec<DeviceInfo>, OpError> {
         match &self.registry {
-            Some(r) => Ok(r
-                .list()
-                .iter()
-                .map(|d| self.with_activity(DeviceInfo::from(&**d)))
-                .collect()),
+            Some(r) => Ok(r.list().iter().map(|d| DeviceInfo::from(&**d)).collect()),
             // No data directory: no device was ever added.
             None => Ok(Vec::new()),
         }
@@ -116,20 +113,29 @@ impl Operations {
             .as_ref()
             .and_then(|r| r.get(id))
             .ok_or_else(|| DeviceError::NotFound(id.to_string()))?;
-        Ok(self.with_activity(DeviceInfo::from(&*device)))
+        Ok(DeviceInfo::from(&*device))
     }
 
-    fn with_activity(&self, mut info: DeviceInfo) -> DeviceInfo {
-        if let Some(live) = &self.live {
-            info.online = Some(live.broker.is_online(&info.id));
-            let activity = live
-                .pipeline
-                .last_seen
-                .activity(&info.id, crate::pipeline::now_ms());
-            info.last_seen_ms = activity.map(|a| a.0);
-            info.messages_today = Some(activity.map_or(0, |a| a.1));
-        }
-        info
+    /// Every device's activity; none with the gateway stopped (it is
+    /// known only to the running gateway's memory).
+    pub fn device_activity(&self) -> Result<Vec<DeviceActivity>, OpError> {
+        let (Some(live), Some(registry)) = (&self.live, &self.registry) else {
+            return Ok(Vec::new());
+        };
+        let now = crate::pipeline::now_ms();
+        Ok(registry
+            .list()
+            .iter()
+            .map(|d| {
+                let activity = live.pipeline.last_seen.activity(&d.id, now);
+                DeviceActivity {
+                    id: d.id.clone(),
+                    online: live.broker.is_online(&d.id),
+                    last_seen_ms: activity.map(|a| a.0),
+                    messages_today: activity.map_or(0, |a| a.1),
+                }
+            })
+            .collect())
     }
 
     /// Forgets the device's credential, then ends its sessions (so it cannot

@@ -36,7 +36,7 @@ use crate::pipeline::Pipeline;
 use crate::store::{Outbox, Store, StoreError};
 use crate::uplink::LinkState;
 
-pub use devices::{AddedDevice, DeviceInfo, RemovedDevice};
+pub use devices::{AddedDevice, DeviceActivity, DeviceInfo, RemovedDevice};
 pub use erase::DeleteReport;
 pub use export::{ndjson_line, ExportFormat, ExportRequest, ExportSummary};
 pub use keys::{InitReport, Passphrase, PassphraseChanged};
@@ -219,6 +219,7 @@ impl Operations {
                 json(self.device_add(&name, id.as_deref(), &preset).await?)
             }
             Request::DeviceList => json(self.device_list()?),
+            Request::DeviceActivity => json(self.device_activity()?),
             Request::DeviceShow { id } => json(self.device_show(&id)?),
             Request::DeviceRemove { id } => json(self.device_remove(&id).await?),
             Request::PolicyCheck { text, name } => json(self.policy_check(&text, &name)?),

@@ -127,6 +127,9 @@ pub enum Request {
         preset: String,
     },
     DeviceList,
+    /// The running gateway's view of each device: online, last message,
+    /// messages today.
+    DeviceActivity,
     DeviceShow {
         id: String,
     },
