@@ -20,6 +20,8 @@
 //! - [`aggregate`]: the windows of `aggregate`, and the message a closed
 //!   window sends.
 //! - [`statement`]: the policy in plain words, per device and destination.
+//! - [`calendar`]: days since 1970 and civil dates, for everything that
+//!   shows or reads a date.
 //! - [`edit`]: the device's own rules in the text, replaced as the web
 //!   UI's sharing grid saves them, the rest of the file kept as written.
 //!
@@ -28,6 +30,7 @@
 //! parent of it) without a wildcard, unless the policy's `[quarantine] exempt` list names the device.
 
 pub mod aggregate;
+pub mod calendar;
 pub mod edit;
 mod evaluate;
 pub mod json;

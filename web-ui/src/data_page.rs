@@ -43,14 +43,11 @@ pub(crate) fn day_ms(text: &str) -> Result<u64, Problem> {
     if !(1..=12).contains(&m) || !(1..=31).contains(&d) || y < 1970 {
         return Err(bad());
     }
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
+    let days = policy::calendar::days_from_civil(y, m as u32, d as u32);
+    // 2026-02-31 is no date, though the arithmetic would make one of it.
+    if policy::calendar::civil_from_days(days) != (y, m as u32, d as u32) {
+        return Err(bad());
+    }
     u64::try_from(days).map(|d| d * DAY_MS).map_err(|_| bad())
 }
 
@@ -480,6 +477,7 @@ mod tests {
             "30-11-2026",
             "2026-11-30x",
             "1969-12-31",
+            "2026-02-31",
         ] {
             assert!(day_ms(bad).is_err(), "{bad:?}");
         }

@@ -330,17 +330,7 @@ fn preview_markup(preview: &Result<Value, crate::HubError>) -> Markup {
 
 /// Days since 1970 as `2026-11-30`.
 pub(crate) fn day_text(day: u64) -> String {
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = day as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
+    policy::calendar::date_of_day(day as i64)
 }
 
 pub async fn sharing_submit(
@@ -445,7 +435,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn days_values_and_paths_read_right() {
+    fn values_paths_and_days_read_right() {
         assert_eq!(day_text(0), "1970-01-01");
         assert_eq!(day_text(20_787), "2026-11-30");
         assert_eq!(day_text(19_782), "2024-02-29");
