@@ -99,6 +99,28 @@ async fn no_dialog(c: &Client) -> Result<()> {
     Ok(())
 }
 
+/// Every request the page made went to the hub: nothing a device wrote
+/// made the browser fetch from anywhere else.
+async fn only_this_site(c: &Client, base: &str) -> Result<()> {
+    let urls = c
+        .execute(
+            "return performance.getEntriesByType('resource').map(e => e.name).concat([location.href]);",
+            vec![],
+        )
+        .await?;
+    let urls: Vec<String> = serde_json::from_value(urls)?;
+    assert!(
+        urls.len() >= 2,
+        "the page loaded its stylesheet at least: {urls:?}"
+    );
+    for u in &urls {
+        if !u.starts_with(base) {
+            bail!("the page requested {u}");
+        }
+    }
+    Ok(())
+}
+
 const HOSTILE_FIELD: &str = "<img src=x onerror=alert(1)>";
 const HOSTILE_VALUE: &str = "</script><script>alert(2)</script>";
 
@@ -166,6 +188,11 @@ async fn setup_review_held_fields_and_approve_in_the_browser() -> Result<()> {
         (id.as_str(), port.parse::<u16>()?),
         ("plug", gw.mqtt.port())
     );
+    let settings = c.find(Locator::Id("settings")).await?.text().await?;
+    assert!(
+        settings.contains(&format!("-p {port} -i plug -u plug -P '{password}'")),
+        "connection settings ready to copy: {settings}"
+    );
     shoot(&c, "device-added").await?;
     let plug = DeviceCreds { id, password };
     c.goto(&format!("{base}/devices")).await?;
@@ -202,6 +229,7 @@ async fn setup_review_held_fields_and_approve_in_the_browser() -> Result<()> {
     );
     shoot(&c, "fields").await?;
     no_dialog(&c).await?;
+    only_this_site(&c, &base).await?;
 
     // Approve `power` only; the cloud then receives exactly it.
     c.find(Locator::Css(
@@ -337,6 +365,7 @@ async fn setup_review_held_fields_and_approve_in_the_browser() -> Result<()> {
     );
     shoot(&c, "device").await?;
     no_dialog(&c).await?;
+    only_this_site(&c, &base).await?;
     c.find(Locator::Id("save-sharing")).await?.click().await?;
     let saved = wait_for(&c, Locator::Id("saved")).await?.text().await?;
     assert!(saved.contains("policy version 2"), "{saved}");

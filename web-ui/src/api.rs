@@ -314,12 +314,64 @@ pub async fn status(
     call(&state, json!({ "op": "status" })).await
 }
 
-#[utoipa::path(get, path = "/api/v1/statement", tag = "dataward", responses((status = 200, description = "The statement", body = Object), (status = 401, description = "No session", body = ProblemDoc, content_type = "application/problem+json")), security(("session" = [])), description = "The sharing statement: what the policy shares, per device and destination, in plain words.")]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StatementQuery {
+    /// `jsonld`: the statement as JSON-LD (W3C DPV) instead of plain words.
+    #[serde(default)]
+    format: String,
+}
+
+#[utoipa::path(get, path = "/api/v1/statement", tag = "dataward", params(StatementQuery), responses((status = 200, description = "The statement", body = Object), (status = 401, description = "No session", body = ProblemDoc, content_type = "application/problem+json")), security(("session" = [])), description = "The sharing statement: what the policy shares, per device and destination, in plain words (or JSON-LD).")]
 pub async fn statement(
     State(state): State<Arc<AppState>>,
     _s: Session,
+    Query(q): Query<StatementQuery>,
 ) -> Result<Json<Value>, Problem> {
-    call(&state, json!({ "op": "statement" })).await
+    call(
+        &state,
+        json!({ "op": "statement", "json_ld": q.format == "jsonld" }),
+    )
+    .await
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SummaryQuery {
+    since_ms: Option<u64>,
+}
+
+#[utoipa::path(get, path = "/api/v1/ledger/summary", tag = "dataward", params(SummaryQuery), responses((status = 200, description = "Rows of day, destination, device, field and count", body = Object), (status = 401, description = "No session", body = ProblemDoc, content_type = "application/problem+json")), security(("session" = [])), description = "What left, counted per day, destination, device and field (the overview's numbers).")]
+pub async fn ledger_summary(
+    State(state): State<Arc<AppState>>,
+    _s: Session,
+    Query(q): Query<SummaryQuery>,
+) -> Result<Json<Value>, Problem> {
+    call(
+        &state,
+        json!({ "op": "ledger_summary", "since_ms": q.since_ms }),
+    )
+    .await
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ReceivedQuery {
+    destination: String,
+    since_ms: Option<u64>,
+}
+
+#[utoipa::path(get, path = "/api/v1/ledger/received", tag = "dataward", params(ReceivedQuery), responses((status = 200, description = "Per device: messages, bytes, the fields and how they left", body = Object), (status = 400, description = "No such destination", body = ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No session", body = ProblemDoc, content_type = "application/problem+json")), security(("session" = [])), description = "What one destination received.")]
+pub async fn ledger_received(
+    State(state): State<Arc<AppState>>,
+    _s: Session,
+    Query(q): Query<ReceivedQuery>,
+) -> Result<Json<Value>, Problem> {
+    call(
+        &state,
+        json!({ "op": "ledger_received", "destination": q.destination, "since_ms": q.since_ms }),
+    )
+    .await
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

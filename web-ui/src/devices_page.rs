@@ -100,6 +100,34 @@ pub async fn devices_page(
     .into_response()
 }
 
+/// Where a preset's device takes its MQTT settings.
+fn settings_hint(preset: &str) -> &'static str {
+    match preset {
+        "tasmota" => "In the device's web page: Configuration → Configure MQTT.",
+        "shelly" => "In the device's web page: Internet & Security → Advanced - Developer Settings (enable MQTT).",
+        "zigbee2mqtt" => "In zigbee2mqtt's configuration.yaml:",
+        _ => "To try it from a shell (mosquitto-clients):",
+    }
+}
+
+/// The preset's connection settings, ready to copy.
+fn settings(preset: &str, host: &str, port: u16, id: &str, password: &str) -> String {
+    match preset {
+        "tasmota" => format!(
+            "Host: {host}\nPort: {port}\nClient: {id}\nUser: {id}\nPassword: {password}\nTopic: {id}\nFull Topic: %prefix%/%topic%/"
+        ),
+        "shelly" => format!(
+            "Server: {host}:{port}\nClient ID: {id}\nUsername: {id}\nPassword: {password}\nCustom MQTT prefix: shellies/{id}"
+        ),
+        "zigbee2mqtt" => format!(
+            "mqtt:\n  server: mqtt://{host}:{port}\n  user: {id}\n  password: '{password}'\n  client_id: {id}\n  base_topic: {id}"
+        ),
+        _ => format!(
+            "mosquitto_pub -h {host} -p {port} -i {id} -u {id} -P '{password}' -t devices/{id}/state -m '{{\"temp\": 21.5}}'"
+        ),
+    }
+}
+
 #[derive(Deserialize)]
 pub struct AddForm {
     csrf: String,
@@ -158,6 +186,15 @@ pub async fn add_submit(
                     tr { th { "It receives commands on" } td.field { (list("subscribe")) } }
                 }
             }
+            h2 { "Settings for the device" }
+            p { (settings_hint(added["preset"].as_str().unwrap_or_default())) }
+            pre.settings id="settings" { (settings(
+                added["preset"].as_str().unwrap_or_default(),
+                &host,
+                state.mqtt_port,
+                added["id"].as_str().unwrap_or_default(),
+                added["password"].as_str().unwrap_or_default(),
+            )) }
             p { "Nothing it sends leaves your home until a rule shares it, and its first fields are held until you approve them." }
             p { a.button href="/devices" { "Done" } }
         },

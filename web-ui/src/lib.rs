@@ -169,10 +169,12 @@ pub fn router(hub: Arc<dyn Hub>, config: UiConfig) -> Router {
         .route("/statement", get(api::statement))
         .route("/ledger", get(api::ledger))
         .route("/ledger/verify", get(api::ledger_verify))
+        .route("/ledger/summary", get(api::ledger_summary))
+        .route("/ledger/received", get(api::ledger_received))
         .route("/fields", get(api::fields))
         .route("/fields/approve", post(api::fields_approve))
         .route("/destinations", get(api::destinations))
-        .route("/devices", get(sharing::api_devices))
+        .route("/devices", get(sharing::api_devices).post(sharing::api_add))
         .route(
             "/devices/{id}",
             get(sharing::api_device).delete(sharing::api_remove),

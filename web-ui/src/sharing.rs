@@ -343,6 +343,33 @@ pub async fn api_devices(
     Ok(Json(list))
 }
 
+#[derive(Deserialize, utoipa::ToSchema)]
+pub(crate) struct AddBody {
+    name: String,
+    /// generic, tasmota, shelly or zigbee2mqtt.
+    preset: String,
+    /// The id (MQTT username); made from the name if absent.
+    #[serde(default)]
+    id: Option<String>,
+}
+
+/// `POST /api/v1/devices`: a new device; its password is in the answer,
+/// this once.
+#[utoipa::path(post, path = "/api/v1/devices", tag = "dataward", request_body = AddBody, responses((status = 201, description = "Added: the device and its password, shown this once", body = Object), (status = 400, description = "Refused: the input, or the hub said no", body = ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No session", body = ProblemDoc, content_type = "application/problem+json"), (status = 403, description = "No CSRF token, or a request from another site", body = ProblemDoc, content_type = "application/problem+json")), security(("session" = [], "csrf" = [])), description = "Adds a device with its own generated credentials.")]
+pub async fn api_add(
+    State(state): State<Arc<AppState>>,
+    _c: Change,
+    bytes: Bytes,
+) -> Result<(StatusCode, Json<Value>), Problem> {
+    let b: AddBody = crate::api::body(&bytes)?;
+    let Json(added) = call(
+        &state,
+        json!({"op": "device_add", "name": b.name, "preset": b.preset, "id": b.id}),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(added)))
+}
+
 #[utoipa::path(get, path = "/api/v1/devices/{id}", tag = "dataward", params(("id" = String, Path, description = "The device id")), responses((status = 200, description = "The device", body = Object), (status = 400, description = "Refused: the input, or the hub said no", body = ProblemDoc, content_type = "application/problem+json"), (status = 401, description = "No session", body = ProblemDoc, content_type = "application/problem+json")), security(("session" = [])), description = "One device.")]
 pub async fn api_device(
     State(state): State<Arc<AppState>>,
