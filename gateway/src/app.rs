@@ -237,6 +237,21 @@ impl HubState {
     }
 }
 
+/// Where the running gateway keeps its setup link until the keys exist.
+pub const SETUP_LINK_FILE: &str = "setup-link";
+
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())
+}
+
 /// Who the ledger says acted, for what the web UI does.
 const WEB_ACTOR: &str = "web UI";
 
@@ -511,7 +526,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
         tracing::info!(cert = %tls.cert_path.display(), fingerprint = %tls.fingerprint, "the web UI is served over HTTPS; check the browser shows this fingerprint");
     }
+    let token_file = config.data_dir.join(SETUP_LINK_FILE);
+    let _ = std::fs::remove_file(&token_file);
     if let Some(token) = &setup_token {
+        let link = format!("{scheme}://{http_addr}/setup?token={token}");
+        // For `dataward status`, as the service's user or root: under
+        // systemd, nobody watches the console.
+        if let Err(e) = write_private(&token_file, &link) {
+            tracing::warn!(error = %e, "the setup link could not be kept for `dataward status`");
+        }
         println!(
             "setup: {scheme}://{http_addr}/setup?token={token} (one time: it sets your passphrase)"
         );
@@ -520,6 +543,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
 
+    crate::notify::notify(&format!(
+        "READY=1\nSTATUS=running: mqtt {mqtt_addr}, http {http_addr}"
+    ));
     let outcome = loop {
         let signal = tokio::select! {
             s = signals.next() => s,
@@ -545,6 +571,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
     };
     supervisor.stopping();
+    crate::notify::notify("STOPPING=1");
+    let _ = std::fs::remove_file(&token_file);
     tracing::info!("shutting down");
     // The control socket first (no new requests), then devices, so nothing
     // new arrives; then uplinks and HTTP; the committer flushes last.

@@ -188,6 +188,12 @@ pub enum Command {
         #[arg(long)]
         passphrase_file: Option<PathBuf>,
     },
+    /// Write the man pages and shell completions into DIR (for packaging)
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Where `man/` and `completions/` are written
+        dir: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]

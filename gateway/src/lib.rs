@@ -27,7 +27,8 @@
 //! - [`cli`]: the text the command line prints for each answer.
 //! - [`supervise`]: long-lived tasks, watched; a failed stage stops the
 //!   gateway with a non-zero exit, for the service manager to restart.
-//! - [`app`]: `dataward run`, wiring it all and shutting down cleanly.
+//! - [`app`]: `dataward run`, wiring it all and shutting down cleanly;
+//!   [`notify`]: telling systemd it is ready.
 //! - [`when`]: times and durations as users read and write them (UTC).
 
 pub mod app;
@@ -40,6 +41,7 @@ pub mod devices;
 pub mod http_tls;
 pub mod keys;
 pub mod ledger;
+pub mod notify;
 pub mod pipeline;
 pub mod retention;
 pub mod store;

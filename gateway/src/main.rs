@@ -51,6 +51,30 @@ fn main() -> ExitCode {
     }
 }
 
+/// The man pages (one per command, as `dataward-device-add.1`) and the
+/// bash, zsh and fish completions, from the same clap definition that
+/// parses the command line: they cannot drift from it.
+fn generate_docs(dir: &Path) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    let man = dir.join("man");
+    let completions = dir.join("completions");
+    for d in [&man, &completions] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let cmd = Cli::command();
+    clap_mangen::generate_to(cmd.clone(), &man)
+        .with_context(|| format!("writing man pages into {}", man.display()))?;
+    for shell in [
+        clap_complete::Shell::Bash,
+        clap_complete::Shell::Zsh,
+        clap_complete::Shell::Fish,
+    ] {
+        clap_complete::generate_to(shell, &mut cmd.clone(), "dataward", &completions)
+            .with_context(|| format!("writing {shell} completions"))?;
+    }
+    Ok(())
+}
+
 fn exit_code(e: &anyhow::Error) -> u8 {
     let bad_input = e.downcast_ref::<BadInput>().is_some()
         || e.downcast_ref::<OpError>()
@@ -348,6 +372,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             input,
             passphrase_file,
         } => return decrypt(&common, value, input, passphrase_file.as_deref()),
+        Command::GenerateDocs { dir } => return generate_docs(&dir),
     };
     let config = load_config(&common)?;
     // An output file is written beside its final name and renamed only once

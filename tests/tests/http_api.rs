@@ -18,6 +18,14 @@ async fn setup_login_read_and_approve_over_http() -> Result<()> {
     let gw = Gateway::start(dir.path(), &config_for(&data, &cloud, Some(&policy), ""))?;
     let token = gw.setup_token()?;
     let api = |m: &str, p: &str, h: &[(&str, &str)], b: &str| http(gw.http, m, p, h, b.as_bytes());
+    // The link reaches whoever runs `dataward status` too (under systemd,
+    // nobody reads the console).
+    let link = cli_json(&data, &["status"])?["setup_link"].clone();
+    assert!(
+        link.as_str()
+            .is_some_and(|l| l.ends_with(&format!("/setup?token={token}"))),
+        "{link}"
+    );
 
     // Nothing without a session; setup only with the token.
     assert_eq!(api("GET", "/api/v1/status", &[], "")?.status, 401);
@@ -48,8 +56,9 @@ async fn setup_login_read_and_approve_over_http() -> Result<()> {
         409,
         "once only"
     );
-    // The CLI sees the keys the web set up.
+    // The CLI sees the keys the web set up; the link is gone.
     let status = cli_json(&data, &["status"])?;
+    assert!(status.get("setup_link").is_none(), "{status}");
     assert!(
         status["history"]
             .as_str()

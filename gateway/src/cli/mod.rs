@@ -331,6 +331,11 @@ fn status(s: &StatusReport) -> String {
         }
         _ => "dataward: not running\n".to_string(),
     };
+    if let Some(link) = &s.setup_link {
+        out.push_str(&format!(
+            "setup: open {link} to set your passphrase (one time), or run `dataward init`\n"
+        ));
+    }
     out.push_str(&format!("data directory: {}\n", s.data_dir));
     out.push_str(&format!(
         "devices: {} known, {} connected ({} connections)\n",

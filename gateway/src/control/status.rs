@@ -55,6 +55,9 @@ pub struct StatusReport {
     pub messages_in: u64,
     #[serde(default)]
     pub policy_evaluations: u64,
+    /// The running gateway's one-time setup link, until the keys exist.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup_link: Option<String>,
     /// New fields a wildcard rule would share, held until approved.
     #[serde(default)]
     pub held_fields: usize,
@@ -155,6 +158,13 @@ impl Operations {
                     .evaluations
                     .load(std::sync::atomic::Ordering::Relaxed)
             }),
+            setup_link: match &self.live {
+                Some(_) if !self.is_set_up() => {
+                    std::fs::read_to_string(self.config.data_dir.join(crate::app::SETUP_LINK_FILE))
+                        .ok()
+                }
+                _ => None,
+            },
             held_fields: self
                 .store
                 .as_ref()
