@@ -2,7 +2,9 @@
 # Runs dataward's whole test suite on a fresh machine: installs what the
 # tests need (mosquitto, openssl, age, chromium and chromium-driver from
 # Debian's packages, the OpenAPI validator from PyPI) if missing, then runs
-# `cargo test` over the workspace.
+# `cargo test` over the workspace, then the Debian package's test
+# (scripts/test-package.sh: it installs and purges the package, and
+# installs lintian and cargo-deb if missing).
 # Used as-is by .ci/run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,4 +50,14 @@ set -e
 # the last of which is often an empty doc-test run).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed;?$/) p += $(i-1); if ($i ~ /^failed;?$/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+# The Debian package: built, installed, run as its user, purged (root, or
+# sudo: it installs a package on this machine).
+set +e
+bash scripts/test-package.sh
+package=$?
+set -e
+if [ "$package" -ne 0 ]; then
+  echo "package test: failed"
+  [ "$status" -ne 0 ] || status=$package
+fi
 exit "$status"

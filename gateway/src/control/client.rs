@@ -78,6 +78,38 @@ pub async fn request(
 /// The data directory is held by another process.
 struct Busy(LockError);
 
+/// Root working on a store that belongs to another user (the service's)
+/// would leave files that user cannot open, and the service would fail
+/// at its next start: refused, with the command that works.
+fn not_its_owner(dir: &std::path::Path) -> Option<OpError> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no failure mode and touches no memory.
+    let me = unsafe { libc::geteuid() };
+    let owner = std::fs::metadata(dir).ok()?.uid();
+    if me != 0 || owner == 0 {
+        return None;
+    }
+    // SAFETY: getpwuid returns a pointer into static storage or null; the
+    // name is copied out at once, before any other call could reuse it.
+    let name = unsafe {
+        let pw = libc::getpwuid(owner);
+        if pw.is_null() || (*pw).pw_name.is_null() {
+            None
+        } else {
+            Some(
+                std::ffi::CStr::from_ptr((*pw).pw_name)
+                    .to_string_lossy()
+                    .into_owned(),
+            )
+        }
+    };
+    let user = name.unwrap_or_else(|| owner.to_string());
+    Some(OpError::input(format!(
+        "{} belongs to user {user}, and the gateway is not running: run the command as that user (`sudo -u {user} dataward …`), so that the files it writes stay the gateway's",
+        dir.display()
+    )))
+}
+
 async fn local(
     config: &Config,
     request: &Request,
@@ -94,6 +126,9 @@ async fn local(
             "cannot create the data directory {}: {e}",
             dir.display()
         ))));
+    }
+    if let Some(e) = not_its_owner(dir) {
+        return Ok(Err(e));
     }
     let _lock = match DataDirLock::try_acquire(dir, super::lock::Role::Command) {
         Ok(l) => l,
