@@ -381,10 +381,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!(destination = %name, "a new destination: rules for every destination (\"*\") do not reach it until you approve it (dataward destinations approve {name}); rules that name it apply");
     }
 
+    let mqtt_tls = crate::tls::for_mqtt(&config.mqtt, &config.data_dir)
+        .context("setting up TLS for devices")?;
     let broker = Arc::new(
         Broker::start(
             BrokerSettings {
                 listen: config.mqtt.listen,
+                plain: config.mqtt.plain,
+                tls: match (&mqtt_tls, config.mqtt.tls_listen) {
+                    (Some(t), Some(addr)) => Some((addr, Arc::clone(&t.config))),
+                    _ => None,
+                },
                 max_packet_bytes: config.mqtt.max_packet_bytes,
                 max_connections_per_device: config.mqtt.max_connections_per_device,
                 max_queued_messages: config.mqtt.max_queued_messages,
@@ -456,7 +463,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         )
     })?;
 
-    let http_tls = crate::http_tls::load(&config.http, &config.data_dir)
+    let http_tls = crate::tls::for_http(&config.http, &config.data_dir)
         .context("setting up HTTPS for the web UI")?;
     let scheme = if http_tls.is_some() { "https" } else { "http" };
     let http = tokio::net::TcpListener::bind(config.http.listen)
@@ -481,6 +488,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             secure: http_tls.is_some(),
             mqtt_port: mqtt_addr.port(),
             metrics_token: config.http.metrics_token.clone(),
+            closing: Some(shutdown_rx.clone()),
         },
     );
     let mut http_shutdown = shutdown_rx.clone();
@@ -511,13 +519,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     // Tests and scripts read this line to find the ports.
     println!(
-        "dataward running: mqtt={} http={} data_dir={} pid={}",
+        "dataward running: mqtt={} http={} data_dir={} pid={}{}",
         mqtt_addr,
         http_addr,
         config.data_dir.display(),
-        std::process::id()
+        std::process::id(),
+        broker
+            .tls_addr()
+            .map(|a| format!(" mqtts={a}"))
+            .unwrap_or_default()
     );
     tracing::info!(mqtt = %mqtt_addr, http = %http_addr, destinations = config.destinations.len(), devices = registry.list().len(), "dataward running");
+    if let (Some(tls), Some(addr)) = (&mqtt_tls, broker.tls_addr()) {
+        println!(
+            "mqtts: {addr} certificate {} SHA-256 fingerprint {}",
+            tls.cert_path.display(),
+            tls.fingerprint
+        );
+        tracing::info!(%addr, cert = %tls.cert_path.display(), mqtt_fingerprint = %tls.fingerprint, "devices may connect over TLS");
+    }
     if let Some(tls) = &http_tls {
         println!(
             "https: certificate {} SHA-256 fingerprint {}",

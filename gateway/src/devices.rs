@@ -16,7 +16,7 @@ use crate::store::{Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
-    #[error("{:?} does not make a valid device id: use letters, digits, '-' or '_' (at most 64)", shown(.0))]
+    #[error("{:?} does not make a valid device id: use letters, digits, '-' or '_' (at most 64), starting with a letter or digit", shown(.0))]
     InvalidId(String),
     #[error("the device name {:?} is not accepted: at most {MAX_NAME_CHARS} characters, and no control characters", shown(.0))]
     InvalidName(String),
@@ -247,7 +247,8 @@ impl DeviceRegistry {
         preset: Preset,
         now_ms: u64,
     ) -> Result<(Device, Zeroizing<String>), DeviceError> {
-        if !policy::is_valid_name(id) {
+        // A leading '-' would read as an option on the command line.
+        if !policy::is_valid_name(id) || id.starts_with('-') {
             return Err(DeviceError::InvalidId(id.to_string()));
         }
         if name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {

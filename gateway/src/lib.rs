@@ -22,8 +22,8 @@
 //! - [`commands`]: cloud → device commands, allowed only by a rule.
 //! - [`control`]: the operations layer: everything a user can ask for,
 //!   behind the CLI, the control socket and the web UI.
-//! - [`http_tls`]: the web UI's certificate (the user's, or one made at
-//!   first start) and its fingerprint.
+//! - [`tls`]: the hub's certificates for the web UI and the devices' TLS
+//!   port (the user's, or one made at first start) and their fingerprints.
 //! - [`cli`]: the text the command line prints for each answer.
 //! - [`supervise`]: long-lived tasks, watched; a failed stage stops the
 //!   gateway with a non-zero exit, for the service manager to restart.
@@ -38,7 +38,6 @@ pub mod commands;
 pub mod config;
 pub mod control;
 pub mod devices;
-pub mod http_tls;
 pub mod keys;
 pub mod ledger;
 pub mod notify;
@@ -46,6 +45,7 @@ pub mod pipeline;
 pub mod retention;
 pub mod store;
 pub mod supervise;
+pub mod tls;
 pub mod uplink;
 pub mod when;
 pub mod windows;

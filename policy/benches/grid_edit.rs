@@ -38,7 +38,7 @@ fn grid() -> GridEdit {
         device: "dev-7".into(),
         fields,
         cells,
-        not_stored: vec!["f9".into()],
+        not_stored: Some(vec!["f9".into()]),
         retention: Some("30d".into()),
     }
 }

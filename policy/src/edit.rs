@@ -50,7 +50,8 @@ pub struct GridEdit {
     /// these are replaced, for any other field they stay.
     pub fields: Vec<String>,
     pub cells: Vec<Cell>,
-    pub not_stored: Vec<String>,
+    /// The shown fields not to store; none leaves "don't store" as it is.
+    pub not_stored: Option<Vec<String>>,
     /// The device's own retention: none leaves it as it is; `""` removes
     /// it (the config's default or a group's rule then decide); else
     /// "30d", "forever", "none".
@@ -59,14 +60,18 @@ pub struct GridEdit {
 
 /// Whether the grid can write a rule for `field` as its name says: a
 /// device's key with `*`, `$` or `"` in it would read as a wildcard (a
-/// key named `*` would become `field = "*"`, every field), so such a
-/// field is left to rules written by hand.
+/// key named `*` would become `field = "*"`, every field), and one with a
+/// control character would not come back from a browser as it went, so
+/// such a field is left to rules written by hand.
 pub fn grid_can_name(field: &str) -> bool {
     if field == "$payload" {
         return true;
     }
     let without_indices = field.replace("[*]", "");
     !field.is_empty()
+        // A control character (NUL above all) does not survive a form: a
+        // browser would send another name back.
+        && !field.chars().any(char::is_control)
         && !without_indices.contains(['*', '$', '"', '[', ']'])
         && !field.starts_with('.')
         && !field.ends_with('.')
@@ -296,7 +301,8 @@ pub fn apply_grid(text: &str, edit: &GridEdit) -> Result<String, EditError> {
         }
         new_rules.push(t);
     }
-    for f in edit.not_stored.iter().filter(|f| shown(f)) {
+    let not_stored = edit.not_stored.as_deref();
+    for f in not_stored.into_iter().flatten().filter(|f| shown(f)) {
         if !grid_can_name(f) {
             return Err(EditError::Unnameable(f.clone()));
         }
@@ -312,7 +318,7 @@ pub fn apply_grid(text: &str, edit: &GridEdit) -> Result<String, EditError> {
                     None => true,
                     Some(r) => str_of(t, "keep") == Some(r) && !r.is_empty(),
                 },
-                Some(f) => !(shown(f) && str_of(t, "keep") == Some("none")),
+                Some(f) => !(not_stored.is_some() && shown(f) && str_of(t, "keep") == Some("none")),
             }
         });
     }
@@ -335,7 +341,7 @@ pub fn apply_grid(text: &str, edit: &GridEdit) -> Result<String, EditError> {
         t.insert("keep", toml_edit::value(keep));
         retains.push(t);
     }
-    for f in edit.not_stored.iter().filter(|f| shown(f)) {
+    for f in not_stored.into_iter().flatten().filter(|f| shown(f)) {
         let mut t = Table::new();
         t.insert("device", toml_edit::value(edit.device.as_str()));
         t.insert("field", toml_edit::value(f.as_str()));
@@ -439,7 +445,7 @@ keep = "30d"
                 cell("ssid", "vendor", None, ""),
                 cell("power", "backup", Some("seal"), ""),
             ],
-            not_stored: vec!["ssid".into(), "voltage".into()],
+            not_stored: Some(vec!["ssid".into(), "voltage".into()]),
             retention: None,
         };
         let out = apply_grid(TEXT, &edit).expect("edits");
@@ -479,7 +485,7 @@ keep = "30d"
             device: "plug".into(),
             fields: vec!["power".into()],
             cells: vec![cell("power", "vendor", Some("share"), "")],
-            not_stored: vec![],
+            not_stored: Some(vec![]),
             retention: Some("7d".into()),
         };
         let out = apply_grid("", &edit).expect("edits");
@@ -539,7 +545,9 @@ keep = "30d"
         for ok in ["power", "loc.lat", "nets[*].ssid", "$payload", "a-b_c"] {
             assert!(grid_can_name(ok), "{ok}");
         }
-        for bad in ["*", "a.*", "$x", "a\"b", "", "[0]", "a..b", "x[1]"] {
+        for bad in [
+            "*", "a.*", "$x", "a\"b", "", "[0]", "a..b", "x[1]", "x\0y", "a\nb",
+        ] {
             assert!(!grid_can_name(bad), "{bad}");
         }
         let edit = GridEdit {

@@ -103,6 +103,8 @@ pub fn add_device(data_dir: &Path, name: &str, preset: &str) -> Result<DeviceCre
 pub struct Gateway {
     pub mqtt: SocketAddr,
     pub http: SocketAddr,
+    /// The devices' TLS port, when the config opens one.
+    pub mqtts: Option<SocketAddr>,
     child: Child,
     stderr_log: PathBuf,
 }
@@ -166,6 +168,7 @@ impl Gateway {
         Ok(Self {
             mqtt: addr("mqtt=")?,
             http: addr("http=")?,
+            mqtts: addr("mqtts=").ok(),
             child,
             stderr_log: dir.join("gateway.log"),
         })

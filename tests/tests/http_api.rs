@@ -461,6 +461,54 @@ async fn the_sharing_grid_live_events_and_removing_a_device_over_http() -> Resul
         "{}",
         String::from_utf8_lossy(&conflict.body)
     );
+    // A reload with the policy file unchanged keeps the grid's version.
+    signal_pid(gw.pid(), "HUP")?;
+    gw.wait_for_log(
+        "SIGHUP: policy file unchanged",
+        std::time::Duration::from_secs(10),
+    )?;
+    let after = cli_ok(&data, &["policy", "show"])?;
+    assert!(
+        after.contains("step = 5"),
+        "the grid's rule survived the reload: {after}"
+    );
+    // A grid without not_stored or retention leaves them as they are.
+    let keep = r#"{"fields":["power"],"cells":[],"not_stored":["power"],"retention":"30d"}"#;
+    assert_eq!(
+        http(
+            gw.http,
+            "PUT",
+            "/api/v1/devices/plug/sharing",
+            &change,
+            keep.as_bytes()
+        )?
+        .status,
+        200
+    );
+    let partial = r#"{"fields":["power"],"cells":[{"field":"power","destination":"vendor_cloud","action":"round","params":"step = 5"}]}"#;
+    assert_eq!(
+        http(
+            gw.http,
+            "PUT",
+            "/api/v1/devices/plug/sharing",
+            &change,
+            partial.as_bytes()
+        )?
+        .status,
+        200
+    );
+    let grid = http(gw.http, "GET", "/api/v1/devices/plug/sharing", &read, b"")?.json();
+    assert_eq!(
+        (grid["not_stored"][0].as_str(), grid["retention"].as_str()),
+        (Some("power"), Some("30d")),
+        "{grid}"
+    );
+    // A query the API cannot read is a problem document too.
+    let bad = http(gw.http, "GET", "/api/v1/export?since_ms=-1", &read, b"")?;
+    assert_eq!(
+        (bad.status, bad.header("content-type")),
+        (400, Some("application/problem+json"))
+    );
     let listed = http(gw.http, "GET", "/api/v1/devices", &read, b"")?.json();
     assert_eq!(listed[0]["messages_today"], 1, "{listed}");
 

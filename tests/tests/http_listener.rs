@@ -35,7 +35,7 @@ impl ServerCertVerifier for Pinned {
         _: &[u8],
         _: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let got = ::gateway::http_tls::fingerprint(end_entity.as_ref());
+        let got = ::gateway::tls::fingerprint(end_entity.as_ref());
         if got == self.pin {
             Ok(ServerCertVerified::assertion())
         } else {

@@ -184,8 +184,8 @@ pub async fn device_page(
                     tbody {
                         @for (i, name) in names.iter().enumerate() {
                             tr {
-                                th.field scope="row" { (name) input type="hidden" name={"f" (i)} value=(name); }
                                 @let nameable = policy::edit::grid_can_name(name);
+                                th.field scope="row" { (name) @if nameable { input type="hidden" name={"f" (i)} value=(name); } }
                                 @if !nameable {
                                     td colspan=(dests.len() + 1) { "Its name reads as a wildcard (it has *, $ or \"): only a rule written in the policy file can decide it." }
                                 }

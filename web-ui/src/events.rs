@@ -78,7 +78,18 @@ pub async fn events(State(state): State<Arc<AppState>>, s: Session) -> Response 
                 if let Some(e) = ready.pop() {
                     return Some((Ok::<_, Infallible>(e), (state, token, seen, ready, slot)));
                 }
-                tokio::time::sleep(TICK).await;
+                let mut closing = state.closing.clone();
+                tokio::select! {
+                    _ = tokio::time::sleep(TICK) => {}
+                    // The hub is stopping: the stream ends, the page keeps
+                    // what it shows.
+                    _ = async {
+                        match closing.as_mut() {
+                            Some(c) => { let _ = c.wait_for(|closing| *closing).await; }
+                            None => std::future::pending::<()>().await,
+                        }
+                    } => return None,
+                }
                 if !state.sessions.is_live(&token, Instant::now()) {
                     return None;
                 }

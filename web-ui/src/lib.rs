@@ -62,6 +62,10 @@ pub use problem::Problem;
 
 /// Request bodies larger than this are refused (413).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// A sharing grid's body may be larger: a device may send 1,024 fields
+/// with names of 256 bytes, and the grid sends each with every
+/// destination's cell.
+pub const MAX_GRID_BODY_BYTES: usize = 4 << 20;
 
 /// The hub's state as the health check reports it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -135,6 +139,9 @@ pub struct UiConfig {
     /// A bearer token that may read `/metrics` without a session (a
     /// Prometheus scraper); none: only a session may.
     pub metrics_token: Option<String>,
+    /// Turns true when the hub shuts down: live event streams end then,
+    /// instead of holding the exit.
+    pub closing: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 pub struct AppState {
@@ -146,6 +153,7 @@ pub struct AppState {
     pub(crate) mqtt_port: u16,
     pub(crate) event_streams: Arc<std::sync::atomic::AtomicUsize>,
     pub(crate) metrics_token: Option<String>,
+    pub(crate) closing: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 pub fn router(hub: Arc<dyn Hub>, config: UiConfig) -> Router {
@@ -158,6 +166,7 @@ pub fn router(hub: Arc<dyn Hub>, config: UiConfig) -> Router {
         mqtt_port: config.mqtt_port,
         event_streams: Default::default(),
         metrics_token: config.metrics_token,
+        closing: config.closing,
     });
     let api = Router::new()
         .route("/setup", post(api::setup))
@@ -181,9 +190,14 @@ pub fn router(hub: Arc<dyn Hub>, config: UiConfig) -> Router {
         )
         .route(
             "/devices/{id}/sharing",
-            get(sharing::api_grid).put(sharing::api_save),
+            get(sharing::api_grid)
+                .put(sharing::api_save)
+                .layer(DefaultBodyLimit::max(MAX_GRID_BODY_BYTES)),
         )
-        .route("/devices/{id}/sharing/preview", post(sharing::api_preview))
+        .route(
+            "/devices/{id}/sharing/preview",
+            post(sharing::api_preview).layer(DefaultBodyLimit::max(MAX_GRID_BODY_BYTES)),
+        )
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/events", get(events::events))
         .route("/export", get(data_page::api_export))
@@ -197,7 +211,10 @@ pub fn router(hub: Arc<dyn Hub>, config: UiConfig) -> Router {
         .route("/devices", get(devices_page::devices_page))
         .route("/devices/add", post(devices_page::add_submit))
         .route("/devices/{id}", get(device_page::device_page))
-        .route("/devices/{id}/sharing", post(device_page::sharing_submit))
+        .route(
+            "/devices/{id}/sharing",
+            post(device_page::sharing_submit).layer(DefaultBodyLimit::max(MAX_GRID_BODY_BYTES)),
+        )
         .route("/devices/{id}/remove", post(device_page::remove_submit))
         .route("/data", get(data_page::data_page))
         .route("/data/export", get(data_page::export_download))
@@ -218,6 +235,7 @@ pub fn router(hub: Arc<dyn Hub>, config: UiConfig) -> Router {
         .nest("/api/v1", api)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(serve::body_deadline))
+        .layer(axum::middleware::from_fn(problem::plain_rejections))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state),
             refresh_cookie,

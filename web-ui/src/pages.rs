@@ -21,7 +21,7 @@ use crate::AppState;
 pub const CSS: &str = include_str!("app.css");
 
 pub(crate) fn page(title: &str, csrf: Option<&str>, body: Markup) -> Html<String> {
-    Html(
+    Html(without_controls(
         html! {
             (DOCTYPE)
             html lang="en" {
@@ -54,7 +54,28 @@ pub(crate) fn page(title: &str, csrf: Option<&str>, body: Markup) -> Html<String
             }
         }
         .into_string(),
-    )
+    ))
+}
+
+/// A device's string may hold control characters (NUL above all), which
+/// HTML cannot carry: each is shown as U+FFFD. The escaping that keeps
+/// markup out is maud's; this keeps the page well-formed.
+fn without_controls(html: String) -> String {
+    if !html
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return html;
+    }
+    html.chars()
+        .map(|c| {
+            if c.is_control() && !matches!(c, '\n' | '\r' | '\t') {
+                '\u{FFFD}'
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 pub(crate) fn message(title: &str, text: &str) -> Response {
@@ -245,7 +266,14 @@ pub async fn login_submit(
             }
             resp
         }
-        Err(p) => (p.status, message(p.title, &p.detail)).into_response(),
+        Err(p) => {
+            let retry = p.retry_after;
+            let mut resp = (p.status, message(p.title, &p.detail)).into_response();
+            if let Some(v) = retry.and_then(|s| HeaderValue::from_str(&s.to_string()).ok()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            resp
+        }
     }
 }
 
@@ -369,5 +397,18 @@ pub async fn approve_submit(
             _ => Redirect::to("/fields").into_response(),
         },
         Err(e) => (StatusCode::BAD_REQUEST, message("Not approved", &e.message)).into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_characters_do_not_reach_the_html() {
+        assert_eq!(
+            super::without_controls("a\0b\u{1b}c\nd".into()),
+            "a\u{FFFD}b\u{FFFD}c\nd"
+        );
+        let page = super::page("x", None, maud::html! { p { "field x\0y" } });
+        assert!(!page.0.contains('\0') && page.0.contains("field x\u{FFFD}y"));
     }
 }

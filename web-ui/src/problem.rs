@@ -60,3 +60,28 @@ impl IntoResponse for Problem {
         resp
     }
 }
+
+/// axum answers a query or form it cannot read (a bad number, a wrong
+/// content type) with plain text; under `/api` every error is a problem
+/// document, so such an answer is rewritten as one.
+pub async fn plain_rejections(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let api = req.uri().path().starts_with("/api/");
+    let resp = next.run(req).await;
+    let plain = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("text/plain"));
+    if !api || !plain || !resp.status().is_client_error() {
+        return resp;
+    }
+    let status = resp.status();
+    let detail = match axum::body::to_bytes(resp.into_body(), 4096).await {
+        Ok(b) => String::from_utf8_lossy(&b).into_owned(),
+        Err(_) => String::new(),
+    };
+    Problem::new(status, "Bad request", detail).into_response()
+}

@@ -47,12 +47,12 @@ pub const DRAIN: Duration = Duration::from_secs(5);
 /// off with 408 instead of holding a connection and a task.
 pub async fn body_deadline(req: Request<Body>, next: Next) -> Response {
     let (parts, body) = req.into_parts();
-    match tokio::time::timeout(
-        BODY_DEADLINE,
-        axum::body::to_bytes(body, crate::MAX_BODY_BYTES),
-    )
-    .await
-    {
+    let limit = if parts.uri.path().contains("/sharing") {
+        crate::MAX_GRID_BODY_BYTES
+    } else {
+        crate::MAX_BODY_BYTES
+    };
+    match tokio::time::timeout(BODY_DEADLINE, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(bytes)) => {
             next.run(Request::from_parts(parts, Body::from(bytes)))
                 .await
@@ -60,7 +60,7 @@ pub async fn body_deadline(req: Request<Body>, next: Next) -> Response {
         Ok(Err(_)) => Problem::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "Too large",
-            format!("a request body is at most {} bytes", crate::MAX_BODY_BYTES),
+            format!("a request body is at most {limit} bytes"),
         )
         .into_response(),
         Err(_) => Problem::new(

@@ -30,8 +30,10 @@ pub struct GridBody {
     pub fields: Vec<String>,
     #[serde(default)]
     pub cells: Vec<CellBody>,
+    /// Absent: "don't store" stays as it is for every field; a list: the
+    /// shown fields in it are not stored, the others are.
     #[serde(default)]
-    pub not_stored: Vec<String>,
+    pub not_stored: Option<Vec<String>>,
     /// Absent: the device's retention stays as it is; `""`: removed.
     #[serde(default)]
     pub retention: Option<String>,
@@ -102,11 +104,14 @@ impl GridBody {
             fields: fields.iter().map(|(_, f)| f.clone()).collect(),
             retention: get("retention"),
             base: get("base").and_then(|b| b.parse().ok()),
+            not_stored: Some(Vec::new()),
             ..GridBody::default()
         };
         for (i, field) in &fields {
             if get(&format!("n{i}")).is_some() {
-                body.not_stored.push(field.clone());
+                body.not_stored
+                    .get_or_insert_with(Vec::new)
+                    .push(field.clone());
             }
             for (j, dest) in &dests {
                 body.cells.push(CellBody {
@@ -403,7 +408,7 @@ mod tests {
             .and_then(|b| b.into_edit("plug"))
             .expect("a grid");
         assert_eq!(edit.fields, ["power", "<img src=x>"]);
-        assert_eq!(edit.not_stored, ["<img src=x>"]);
+        assert_eq!(edit.not_stored, Some(vec!["<img src=x>".to_string()]));
         assert_eq!(edit.retention.as_deref(), Some("30d"));
         assert_eq!(
             edit.cells,

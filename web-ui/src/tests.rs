@@ -136,6 +136,7 @@ fn app(hub: Arc<FakeHub>, token: Option<&str>) -> Router {
             secure: false,
             mqtt_port: 1883,
             metrics_token: Some("scraper-token-0123456789abcdef0123".into()),
+            closing: None,
         },
     )
     .layer(MockConnectInfo(SocketAddr::from(([192, 0, 2, 1], 5555))))

@@ -14,6 +14,9 @@
 //!   loopback-only listener, sends a PROXY protocol v2 header with the
 //!   device's real address (so per-source limits and logs see it), then the
 //!   CONNECT, and relays bytes both ways until either side closes.
+//! - On the TLS port, the gate ends TLS itself: the handshake counts
+//!   against the same deadline as the CONNECT, and the broker behind it
+//!   sees plain MQTT on loopback.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -107,12 +110,17 @@ enum Turned {
     Evicted,
     #[error("the connection closed before its CONNECT was complete")]
     Closed,
+    #[error("the TLS handshake failed: {0}")]
+    Tls(std::io::Error),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
 /// Reads exactly one CONNECT packet (fixed header included) into a buffer.
-async fn read_connect(stream: &mut TcpStream, max: u32) -> Result<Vec<u8>, Turned> {
+async fn read_connect<S>(stream: &mut S, max: u32) -> Result<Vec<u8>, Turned>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
     let eof = |e: std::io::Error| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             Turned::Closed
@@ -213,11 +221,17 @@ impl Gate {
         listener: TcpListener,
         upstream: SocketAddr,
         limits: GateLimits,
+        tls: Option<tokio_rustls::TlsAcceptor>,
         supervisor: &Supervisor,
     ) -> Self {
         let counts: Arc<Mutex<Counts>> = Arc::default();
         let local = listener.local_addr().ok();
-        let task = supervisor.spawn("device port", async move {
+        let name = if tls.is_some() {
+            "device TLS port"
+        } else {
+            "device port"
+        };
+        let task = supervisor.spawn(name, async move {
             loop {
                 let (stream, peer) = match listener.accept().await {
                     Ok(c) => c,
@@ -235,9 +249,10 @@ impl Gate {
                 };
                 let limits = limits.clone();
                 let local = local.unwrap_or(upstream);
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     if let Err(why) =
-                        serve(stream, peer, local, upstream, &limits, place, evicted).await
+                        serve(stream, peer, local, upstream, &limits, place, evicted, tls).await
                     {
                         tracing::debug!(?peer, reason = %why, "device connection closed by the gate");
                     }
@@ -328,21 +343,61 @@ fn admit(
     ))
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve(
-    mut client: TcpStream,
+    client: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+    upstream: SocketAddr,
+    limits: &GateLimits,
+    place: Place,
+    mut evicted: tokio::sync::oneshot::Receiver<()>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> Result<(), Turned> {
+    let _ = client.set_nodelay(true);
+    keep_alive(&client);
+    let local = client.local_addr().unwrap_or(local);
+    // One deadline for the TLS handshake and the CONNECT together.
+    let deadline = tokio::time::Instant::now() + limits.connect_timeout;
+    match tls {
+        None => {
+            relay(
+                client, peer, local, upstream, limits, place, evicted, deadline,
+            )
+            .await
+        }
+        Some(acceptor) => {
+            let stream = tokio::select! {
+                s = tokio::time::timeout_at(deadline, acceptor.accept(client)) => {
+                    s.map_err(|_| Turned::Deadline)?.map_err(Turned::Tls)?
+                }
+                Ok(()) = &mut evicted => return Err(Turned::Evicted),
+            };
+            relay(
+                stream, peer, local, upstream, limits, place, evicted, deadline,
+            )
+            .await
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn relay<S>(
+    mut client: S,
     peer: SocketAddr,
     local: SocketAddr,
     upstream: SocketAddr,
     limits: &GateLimits,
     mut place: Place,
     evicted: tokio::sync::oneshot::Receiver<()>,
-) -> Result<(), Turned> {
-    let _ = client.set_nodelay(true);
-    keep_alive(&client);
-    let local = client.local_addr().unwrap_or(local);
+    deadline: tokio::time::Instant,
+) -> Result<(), Turned>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let connect = tokio::select! {
-        c = tokio::time::timeout(
-            limits.connect_timeout,
+        c = tokio::time::timeout_at(
+            deadline,
             read_connect(&mut client, limits.max_packet_bytes),
         ) => c.map_err(|_| Turned::Deadline)??,
         // Only a send means eviction; the sender also goes when the
@@ -366,10 +421,11 @@ async fn serve(
         return Ok(());
     }
     client.write_all(&answer[..n]).await?;
+    client.flush().await?;
     // Until either side is done. Not a half-close: a device that stops
     // talking after the broker closed (a refused login, an expired
     // keepalive) must not keep the relay and its descriptors.
-    let (mut from_device, mut to_device) = client.split();
+    let (mut from_device, mut to_device) = tokio::io::split(client);
     let (mut from_broker, mut to_broker) = broker.split();
     tokio::select! {
         _ = tokio::io::copy(&mut from_device, &mut to_broker) => {}
@@ -398,14 +454,18 @@ where
         if n == 0 {
             return Ok(());
         }
-        tokio::time::timeout(DEVICE_STALL, to.write_all(&buf[..n]))
-            .await
-            .map_err(|_| {
-                std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "nothing read for 30 s while data waited",
-                )
-            })??;
+        // Flushed: over TLS, written bytes wait in the session until then.
+        tokio::time::timeout(DEVICE_STALL, async {
+            to.write_all(&buf[..n]).await?;
+            to.flush().await
+        })
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "nothing read for 30 s while data waited",
+            )
+        })??;
     }
 }
 

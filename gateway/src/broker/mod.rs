@@ -47,6 +47,10 @@ pub enum BrokerError {
 #[derive(Debug, Clone)]
 pub struct BrokerSettings {
     pub listen: SocketAddr,
+    /// Plain MQTT on `listen` (off: TLS only).
+    pub plain: bool,
+    /// MQTT over TLS: where, and with which certificate.
+    pub tls: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
     pub max_packet_bytes: u32,
     pub max_connections_per_device: u32,
     pub max_queued_messages: usize,
@@ -62,7 +66,8 @@ const DEVICE_LISTENER: rmqtt::types::ListenerId = 1;
 
 pub struct Broker {
     scx: ServerContext,
-    gate: gate::Gate,
+    gates: Vec<gate::Gate>,
+    tls_addr: Option<SocketAddr>,
     hooks: Arc<hooks::Hooks>,
     retained: retain::InMemoryRetain,
     local_addr: SocketAddr,
@@ -112,11 +117,29 @@ impl Broker {
             addr: settings.listen,
             reason: format!("the broker's loopback listener: {e}"),
         })?;
-        let public = bind_public(settings.listen).await?;
-        let local_addr = public.local_addr().map_err(|e| BrokerError::Bind {
-            addr: settings.listen,
-            reason: e.to_string(),
-        })?;
+        let public = if settings.plain {
+            Some(bind_public(settings.listen).await?)
+        } else {
+            None
+        };
+        let tls_public = match &settings.tls {
+            Some((addr, _)) => Some(bind_public(*addr).await?),
+            None => None,
+        };
+        let tls_addr = match &tls_public {
+            Some(l) => Some(l.local_addr().map_err(|e| BrokerError::Bind {
+                addr: settings.listen,
+                reason: e.to_string(),
+            })?),
+            None => None,
+        };
+        let local_addr = match &public {
+            Some(l) => l.local_addr().map_err(|e| BrokerError::Bind {
+                addr: settings.listen,
+                reason: e.to_string(),
+            })?,
+            None => tls_addr.unwrap_or(settings.listen),
+        };
         // A fixed listener id: rmqtt keys per-listener state by it, and
         // derives one from the port otherwise (0 when the OS picks it).
         let server = MqttServer::new(scx.clone())
@@ -127,22 +150,37 @@ impl Broker {
                 tracing::error!(error = %e, "the MQTT broker stopped");
             }
         });
-        let gate = gate::Gate::start(
-            public,
-            upstream,
-            gate::GateLimits {
-                connect_timeout: settings.connect_timeout,
-                max_pending: settings.max_handshakes,
-                max_pending_per_source: settings.max_handshakes_per_address,
-                max_connections: settings.max_connections,
-                max_packet_bytes: settings.max_packet_bytes,
-            },
-            supervisor,
-        );
+        let limits = gate::GateLimits {
+            connect_timeout: settings.connect_timeout,
+            max_pending: settings.max_handshakes,
+            max_pending_per_source: settings.max_handshakes_per_address,
+            max_connections: settings.max_connections,
+            max_packet_bytes: settings.max_packet_bytes,
+        };
+        let mut gates = Vec::new();
+        if let Some(public) = public {
+            gates.push(gate::Gate::start(
+                public,
+                upstream,
+                limits.clone(),
+                None,
+                supervisor,
+            ));
+        }
+        if let (Some(listener), Some((_, config))) = (tls_public, &settings.tls) {
+            gates.push(gate::Gate::start(
+                listener,
+                upstream,
+                limits,
+                Some(tokio_rustls::TlsAcceptor::from(Arc::clone(config))),
+                supervisor,
+            ));
+        }
         tracing::info!(%local_addr, "MQTT broker listening for devices");
         Ok(Self {
             scx,
-            gate,
+            gates,
+            tls_addr,
             hooks: handler,
             retained,
             local_addr,
@@ -150,8 +188,14 @@ impl Broker {
         })
     }
 
+    /// The plain device port (the TLS one when plain MQTT is off).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The devices' TLS port, if there is one.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// Delivers a message to whichever devices subscribed to `topic`, as the
@@ -227,7 +271,9 @@ impl Broker {
     }
 
     pub fn stop(&self) {
-        self.gate.stop();
+        for g in &self.gates {
+            g.stop();
+        }
         self.task.abort();
     }
 }

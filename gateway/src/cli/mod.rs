@@ -337,6 +337,12 @@ fn status(s: &StatusReport) -> String {
         ));
     }
     out.push_str(&format!("data directory: {}\n", s.data_dir));
+    if let Some(f) = &s.mqtt_tls_fingerprint {
+        out.push_str(&format!("devices' TLS certificate: SHA-256 {f}\n"));
+    }
+    if let Some(f) = &s.http_tls_fingerprint {
+        out.push_str(&format!("web UI's TLS certificate: SHA-256 {f}\n"));
+    }
     out.push_str(&format!(
         "devices: {} known, {} connected ({} connections)\n",
         s.devices.known, s.devices.connected, s.devices.connections

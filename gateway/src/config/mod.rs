@@ -79,6 +79,17 @@ const REMEMBERED: &str = "config-file";
 pub struct MqttConfig {
     #[serde(default = "default_mqtt_listen")]
     pub listen: SocketAddr,
+    /// Plain MQTT on `listen`; false turns it off (TLS only).
+    #[serde(default = "yes")]
+    pub plain: bool,
+    /// MQTT over TLS for devices (e.g. "0.0.0.0:8883"), with `tls_cert`
+    /// and `tls_key`, or a self-signed certificate made at first start.
+    #[serde(default)]
+    pub tls_listen: Option<SocketAddr>,
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
     /// Largest MQTT packet a device may send; a larger one closes its
     /// connection.
     #[serde(default = "default_max_packet")]
@@ -266,6 +277,10 @@ impl Default for MqttConfig {
     fn default() -> Self {
         Self {
             listen: default_mqtt_listen(),
+            plain: true,
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
             max_packet_bytes: default_max_packet(),
             max_connections_per_device: default_conn_per_device(),
             max_queued_messages: default_mqueue(),
@@ -361,6 +376,30 @@ impl Config {
             let off = text.find(needle).unwrap_or(0);
             line_col(text, off)
         };
+        if self.mqtt.tls_cert.is_some() != self.mqtt.tls_key.is_some() {
+            let (line, column) = at("tls_");
+            return Err((
+                line,
+                column,
+                "[mqtt] needs both tls_cert and tls_key, or neither".into(),
+            ));
+        }
+        if (self.mqtt.tls_cert.is_some()) && self.mqtt.tls_listen.is_none() {
+            let (line, column) = at("tls_cert");
+            return Err((
+                line,
+                column,
+                "[mqtt] tls_cert is set but tls_listen is not: where should devices connect over TLS?".into(),
+            ));
+        }
+        if !self.mqtt.plain && self.mqtt.tls_listen.is_none() {
+            let (line, column) = at("plain");
+            return Err((
+                line,
+                column,
+                "[mqtt] plain = false needs tls_listen: devices would have no way in".into(),
+            ));
+        }
         if self.http.tls_cert.is_some() != self.http.tls_key.is_some() {
             let (line, column) = at("tls_");
             return Err((

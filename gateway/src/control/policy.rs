@@ -261,6 +261,20 @@ impl Operations {
         };
         let text = read_policy_file(&path)?;
         let key = path.display().to_string();
+        // As at start: a file unchanged since it was last read leaves a
+        // later `policy apply` (or the web UI's grid) in force; only a new
+        // text in the file replaces it.
+        let last_read = self.store()?.policy_versions()?.latest_from_file(&key)?;
+        if last_read.is_some_and(|v| v.text == text) {
+            let active = self.active_policy()?;
+            return Ok(Some(AppliedPolicy {
+                version: active.version,
+                changed: false,
+                sharing_rules: active.policy.rules().len(),
+                command_rules: active.policy.command_rules().len(),
+                warnings: Vec::new(),
+            }));
+        }
         self.change_policy(&text, &key, PolicySource::ConfigFile { path: key.clone() })
             .await
             .map(Some)

@@ -55,6 +55,12 @@ pub struct StatusReport {
     pub messages_in: u64,
     #[serde(default)]
     pub policy_evaluations: u64,
+    /// SHA-256 fingerprints of the hub's certificates: the devices' TLS
+    /// port's and the web UI's, when configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt_tls_fingerprint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_tls_fingerprint: Option<String>,
     /// The running gateway's one-time setup link, until the keys exist.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub setup_link: Option<String>,
@@ -158,6 +164,25 @@ impl Operations {
                     .evaluations
                     .load(std::sync::atomic::Ordering::Relaxed)
             }),
+            mqtt_tls_fingerprint: self.config.mqtt.tls_listen.and_then(|_| {
+                crate::tls::fingerprint_of(
+                    &self
+                        .config
+                        .mqtt
+                        .tls_cert
+                        .clone()
+                        .unwrap_or_else(|| self.config.data_dir.join("mqtt-tls").join("cert.pem")),
+                )
+            }),
+            http_tls_fingerprint: (self.config.http.tls || self.config.http.tls_cert.is_some())
+                .then(|| {
+                    crate::tls::fingerprint_of(
+                        &self.config.http.tls_cert.clone().unwrap_or_else(|| {
+                            self.config.data_dir.join("http-tls").join("cert.pem")
+                        }),
+                    )
+                })
+                .flatten(),
             setup_link: match &self.live {
                 Some(_) if !self.is_set_up() => {
                     std::fs::read_to_string(self.config.data_dir.join(crate::app::SETUP_LINK_FILE))

@@ -1,8 +1,9 @@
-//! The web UI's TLS certificate: the user's own (`[http] tls_cert` and
-//! `tls_key`), or, with `tls = true` alone, a self-signed one generated
-//! at first start and kept in `<data_dir>/http-tls/`. Its SHA-256
-//! fingerprint is printed at every start, so the user can check that the
-//! certificate the browser warns about is the hub's.
+//! The hub's own TLS certificates, for the web UI (`[http]`) and for
+//! devices (`[mqtt] tls_listen`): the user's (`tls_cert` and `tls_key`),
+//! or a self-signed one generated at first start and kept in the data
+//! directory (`http-tls/`, `mqtt-tls/`). Its SHA-256 fingerprint is
+//! printed at every start and by `dataward status`, so the user can check
+//! that the certificate a browser or a device sees is the hub's.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,9 +11,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, Context};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::HttpConfig;
-
-pub struct HttpTls {
+pub struct ServerTls {
     pub config: Arc<rustls::ServerConfig>,
     /// SHA-256 of the certificate (DER), as `AB:CD:…`.
     pub fingerprint: String,
@@ -98,15 +97,28 @@ fn read_pair(
     Ok((certs, key))
 }
 
-/// The web UI's TLS, if the config asks for it.
-pub fn load(cfg: &HttpConfig, data_dir: &Path) -> anyhow::Result<Option<HttpTls>> {
-    let (cert_path, key_path) = match (&cfg.tls_cert, &cfg.tls_key) {
-        (Some(c), Some(k)) => (c.clone(), k.clone()),
-        (None, None) if cfg.tls => ensure_generated(&data_dir.join("http-tls"))?,
+/// Where a listener's certificate comes from.
+pub struct CertSource<'a> {
+    /// TLS wanted (with a generated certificate unless `cert` and `key`).
+    pub enabled: bool,
+    pub cert: Option<&'a Path>,
+    pub key: Option<&'a Path>,
+    /// Where a generated pair is kept.
+    pub generated_dir: PathBuf,
+    /// The config section, for messages: `[http]`, `[mqtt]`.
+    pub section: &'a str,
+}
+
+/// A listener's TLS, if asked for.
+pub fn load(src: &CertSource<'_>) -> anyhow::Result<Option<ServerTls>> {
+    let (cert_path, key_path) = match (src.cert, src.key) {
+        (Some(c), Some(k)) => (c.to_path_buf(), k.to_path_buf()),
+        (None, None) if src.enabled => ensure_generated(&src.generated_dir)?,
         (None, None) => return Ok(None),
         _ => {
             return Err(anyhow!(
-                "[http] needs both tls_cert and tls_key, or neither"
+                "{} needs both tls_cert and tls_key, or neither",
+                src.section
             ))
         }
     };
@@ -124,11 +136,50 @@ pub fn load(cfg: &HttpConfig, data_dir: &Path) -> anyhow::Result<Option<HttpTls>
                 key_path.display()
             )
         })?;
-    Ok(Some(HttpTls {
+    Ok(Some(ServerTls {
         config: Arc::new(config),
         fingerprint,
         cert_path,
     }))
+}
+
+/// The web UI's TLS, if the config asks for it.
+pub fn for_http(
+    cfg: &crate::config::HttpConfig,
+    data_dir: &Path,
+) -> anyhow::Result<Option<ServerTls>> {
+    load(&CertSource {
+        enabled: cfg.tls,
+        cert: cfg.tls_cert.as_deref(),
+        key: cfg.tls_key.as_deref(),
+        generated_dir: data_dir.join("http-tls"),
+        section: "[http]",
+    })
+}
+
+/// The devices' TLS listener's certificate, if one is configured.
+pub fn for_mqtt(
+    cfg: &crate::config::MqttConfig,
+    data_dir: &Path,
+) -> anyhow::Result<Option<ServerTls>> {
+    load(&CertSource {
+        enabled: cfg.tls_listen.is_some(),
+        cert: cfg.tls_cert.as_deref(),
+        key: cfg.tls_key.as_deref(),
+        generated_dir: data_dir.join("mqtt-tls"),
+        section: "[mqtt]",
+    })
+}
+
+/// The fingerprint of a certificate file, for `status` (gateway running
+/// or not).
+pub fn fingerprint_of(cert: &Path) -> Option<String> {
+    let certs = rustls_pemfile::certs(&mut std::io::BufReader::new(
+        std::fs::File::open(cert).ok()?,
+    ))
+    .collect::<Result<Vec<_>, _>>()
+    .ok()?;
+    certs.first().map(|c| fingerprint(c.as_ref()))
 }
 
 #[cfg(test)]
@@ -138,12 +189,13 @@ mod tests {
     #[test]
     fn a_generated_certificate_is_kept_and_reused_with_a_private_key() {
         let dir = tempfile::tempdir().expect("tempdir");
+        use crate::config::HttpConfig;
         let cfg = HttpConfig {
             tls: true,
             ..HttpConfig::default()
         };
-        let first = load(&cfg, dir.path()).expect("loads").expect("tls");
-        let again = load(&cfg, dir.path()).expect("loads").expect("tls");
+        let first = for_http(&cfg, dir.path()).expect("loads").expect("tls");
+        let again = for_http(&cfg, dir.path()).expect("loads").expect("tls");
         assert_eq!(first.fingerprint, again.fingerprint, "reused, not remade");
         assert_eq!(first.fingerprint.len(), 32 * 3 - 1);
         use std::os::unix::fs::PermissionsExt;
@@ -152,17 +204,17 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        assert!(load(&HttpConfig::default(), dir.path())
+        assert!(for_http(&HttpConfig::default(), dir.path())
             .expect("loads")
             .is_none());
         let half = HttpConfig {
             tls_cert: Some(first.cert_path.clone()),
             ..HttpConfig::default()
         };
-        assert!(load(&half, dir.path()).is_err());
+        assert!(for_http(&half, dir.path()).is_err());
         std::fs::write(dir.path().join("http-tls/key.pem"), "not a key").expect("write");
         assert!(
-            load(&cfg, dir.path()).is_err(),
+            for_http(&cfg, dir.path()).is_err(),
             "a broken key is an error, not a new pair"
         );
     }
