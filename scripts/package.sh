@@ -23,9 +23,9 @@ rm -rf target/packaging
 "target/$dir/dataward" generate-docs target/packaging
 gzip -9n target/packaging/man/*.1
 if [ "$dir" = "release" ]; then
-  cargo deb --no-build -p gateway
+  cargo deb --no-build --strip -p gateway
 else
   # cargo-deb takes the binary from target/release: point it at this build.
-  cargo deb --no-build -p gateway --profile "$profile"
+  cargo deb --no-build --strip -p gateway --profile "$profile"
 fi
 ls -1 target/debian/*.deb
