@@ -222,6 +222,17 @@ async fn setup_login_read_and_approve_over_http() -> Result<()> {
     assert_eq!(bad.status, 400);
     assert_eq!(bad.header("content-type"), Some("application/problem+json"));
     assert_eq!(api("GET", "/api/v1/export", &[], "")?.status, 401);
+    let typo = api(
+        "GET",
+        "/api/v1/export?device=plgu",
+        &[("Cookie", &cookie)],
+        "",
+    )?;
+    assert_eq!(
+        typo.status, 400,
+        "a device that never was is not an empty file"
+    );
+    assert!(String::from_utf8_lossy(&typo.body).contains("no device"));
     let change = [("Cookie", cookie.as_str()), ("X-CSRF-Token", csrf.as_str())];
     let unconfirmed = api("POST", "/api/v1/delete", &change, r#"{"device":"plug"}"#)?;
     assert_eq!(unconfirmed.status, 400);

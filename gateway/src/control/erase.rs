@@ -105,7 +105,9 @@ impl Operations {
             until_ms: until_ms.unwrap_or(u64::MAX),
         };
         if range.since_ms >= range.until_ms {
-            return Err(OpError::input("--since must be before --until"));
+            return Err(OpError::input(
+                "the range's start (--since) must be before its end (--until)",
+            ));
         }
         let whole = since_ms.is_none() && until_ms.is_none();
         let owned = device.to_string();

@@ -107,11 +107,25 @@ impl Operations {
         req: &ExportRequest,
         out: &mut dyn Write,
     ) -> Result<ExportSummary, OpError> {
+        // A typo in the device's id would otherwise give an empty file
+        // that looks like "nothing was kept".
+        if let Some(device) = &req.device {
+            let known = self
+                .registry
+                .as_ref()
+                .is_some_and(|r| r.get(device).is_some());
+            let kept = self.store().map(|s| s.history().count(device)).unwrap_or(0);
+            if !known && kept == 0 {
+                return Err(OpError::input(format!(
+                    "there is no device {device:?} and no history of it"
+                )));
+            }
+        }
         let sk = self.unlock(&req.passphrase)?;
         let recipient = match &req.encrypt_to {
             Some(r) => Some(r.trim().parse::<age::x25519::Recipient>().map_err(|e| {
                 OpError::input(format!(
-                    "--encrypt-to {r:?} is not an age recipient (age1…): {e}"
+                    "the key to encrypt to (--encrypt-to) {r:?} is not an age recipient (age1…): {e}"
                 ))
             })?),
             None => None,
