@@ -470,11 +470,14 @@ async fn setup_review_held_fields_and_approve_in_the_browser() -> Result<()> {
     );
     c.goto(&format!("{base}/devices")).await?;
 
-    // Logout, and the pages lead to login.
+    // Logout, and the pages lead to login. The logout's answer is awaited
+    // (it redirects to /login): a navigation started before it lands
+    // would cancel the form's request.
     c.find(Locator::Css("nav form button"))
         .await?
         .click()
         .await?;
+    wait_for(&c, Locator::Css("form[action='/login']")).await?;
     c.goto(&format!("{base}/fields")).await?;
     assert_eq!(c.current_url().await?.path(), "/login");
     shoot(&c, "login").await?;
