@@ -58,6 +58,23 @@ pub struct BadInput(pub String);
 /// A device-supplied string as logs show it: at most 200 bytes (cut at a
 /// character boundary), so that a 64 KiB topic cannot turn each log line
 /// into 64 KiB. Logged with `?` (Debug), which also escapes it.
+/// Writes `text` to `path`, readable by this user only (0600), whole or
+/// not at all: through a temporary file, synced, then renamed.
+pub(crate) fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
 pub fn short(s: &str) -> &str {
     if s.len() <= 200 {
         return s;

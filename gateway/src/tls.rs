@@ -43,23 +43,6 @@ fn names() -> Vec<String> {
     names
 }
 
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("creating {}", tmp.display()))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
-}
-
 /// Generates the self-signed pair into `dir`, unless both files exist.
 fn ensure_generated(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
@@ -71,8 +54,10 @@ fn ensure_generated(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
         .map_err(|e| anyhow!("generating the web UI's certificate: {e}"))?;
     // The key first: a crash between the two leaves no certificate
     // without its key, and the next start makes a fresh pair.
-    write_private(&key, &made.key_pair.serialize_pem())?;
-    write_private(&cert, &made.cert.pem())?;
+    crate::write_private(&key, &made.key_pair.serialize_pem())
+        .with_context(|| format!("writing {}", key.display()))?;
+    crate::write_private(&cert, &made.cert.pem())
+        .with_context(|| format!("writing {}", cert.display()))?;
     tracing::info!(cert = %cert.display(), "generated a self-signed certificate for the web UI");
     Ok((cert, key))
 }

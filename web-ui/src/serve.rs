@@ -79,23 +79,9 @@ struct Places(Mutex<(usize, HashMap<IpAddr, usize>)>);
 /// A place taken; given back when the connection ends.
 struct Place(Arc<Places>, IpAddr);
 
-fn address_key(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
-            let mut seg = v6.segments();
-            for s in &mut seg[4..] {
-                *s = 0;
-            }
-            IpAddr::V6(seg.into())
-        }
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    }
-}
-
 impl Places {
     fn take(self: &Arc<Self>, ip: IpAddr) -> Option<Place> {
-        let key = address_key(ip);
+        let key = crate::throttle::client_key(ip);
         let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let mine = g.1.get(&key).copied().unwrap_or(0);
         if g.0 >= MAX_CONNECTIONS || mine >= MAX_PER_ADDRESS {

@@ -26,9 +26,12 @@ pub struct LoginThrottle {
     pub failures_total: std::sync::atomic::AtomicU64,
 }
 
-/// IPv6 clients are counted by their /64: one host has many addresses.
-fn client_key(ip: IpAddr) -> IpAddr {
-    match ip {
+/// The key a client is counted by: IPv4 as is (also when it comes
+/// IPv4-mapped on a dual-stack socket), IPv6 by its /64, which one host
+/// can fill at will. The login throttle and the listener's per-address
+/// cap count alike.
+pub(crate) fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let mut seg = v6.segments();
             for s in &mut seg[4..] {
