@@ -86,13 +86,7 @@ impl web_ui::Hub for HubState {
             let request = crate::control::Request::Init {
                 passphrase: crate::control::Passphrase(passphrase),
             };
-            let reply = tokio::task::spawn_blocking(move || ops.call_blocking(request))
-                .await
-                .map_err(|e| web_ui::HubError {
-                    status: 500,
-                    message: format!("the setup task failed: {e}"),
-                })?
-                .map_err(hub_error)?;
+            let reply = as_web_ui(move || ops.call_blocking(request)).await?;
             let key = reply["recovery_key"]
                 .as_str()
                 .unwrap_or_default()
@@ -174,22 +168,15 @@ impl web_ui::Hub for HubState {
                 })?;
             request.passphrase = crate::control::Passphrase(passphrase);
             let ops = Arc::clone(&self.ops);
-            let summary = tokio::task::spawn_blocking(move || {
-                crate::control::ACTOR.sync_scope(WEB_ACTOR.into(), || {
-                    let mut sink = crate::control::server::ChunkSender::new(chunks);
-                    let summary = ops.export(&request, &mut sink)?;
-                    std::io::Write::flush(&mut sink).map_err(|e| {
-                        crate::control::OpError::runtime(format!("the download stopped: {e}"))
-                    })?;
-                    Ok(summary)
-                })
+            let summary = as_web_ui(move || {
+                let mut sink = crate::control::server::ChunkSender::new(chunks);
+                let summary = ops.export(&request, &mut sink)?;
+                std::io::Write::flush(&mut sink).map_err(|e| {
+                    crate::control::OpError::runtime(format!("the download stopped: {e}"))
+                })?;
+                Ok(summary)
             })
-            .await
-            .map_err(|e| web_ui::HubError {
-                status: 500,
-                message: format!("the export's task failed: {e}"),
-            })?
-            .map_err(hub_error)?;
+            .await?;
             serde_json::to_value(summary).map_err(|e| web_ui::HubError {
                 status: 500,
                 message: format!("the export's summary: {e}"),
@@ -218,17 +205,8 @@ impl HubState {
             });
         }
         if request.is_blocking() {
-            // Off the runtime's threads, which serve the devices.
             let ops = Arc::clone(&self.ops);
-            return tokio::task::spawn_blocking(move || {
-                crate::control::ACTOR.sync_scope(WEB_ACTOR.into(), || ops.call_blocking(request))
-            })
-            .await
-            .map_err(|e| web_ui::HubError {
-                status: 500,
-                message: format!("the request's task failed: {e}"),
-            })?
-            .map_err(hub_error);
+            return as_web_ui(move || ops.call_blocking(request)).await;
         }
         crate::control::ACTOR
             .scope(WEB_ACTOR.into(), self.ops.call(request))
@@ -237,20 +215,24 @@ impl HubState {
     }
 }
 
+/// Runs `work` off the runtime's threads (which serve the devices), as the
+/// web UI for the ledger's record.
+async fn as_web_ui<T, F>(work: F) -> Result<T, web_ui::HubError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, crate::control::OpError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || crate::control::ACTOR.sync_scope(WEB_ACTOR.into(), work))
+        .await
+        .map_err(|e| web_ui::HubError {
+            status: 500,
+            message: format!("the web UI's task failed: {e}"),
+        })?
+        .map_err(hub_error)
+}
+
 /// Where the running gateway keeps its setup link until the keys exist.
 pub const SETUP_LINK_FILE: &str = "setup-link";
-
-fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    f.write_all(text.as_bytes())
-}
 
 /// Who the ledger says acted, for what the web UI does.
 const WEB_ACTOR: &str = "web UI";
@@ -552,7 +534,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let link = format!("{scheme}://{http_addr}/setup?token={token}");
         // For `dataward status`, as the service's user or root: under
         // systemd, nobody watches the console.
-        if let Err(e) = write_private(&token_file, &link) {
+        if let Err(e) = crate::write_private(&token_file, &link) {
             tracing::warn!(error = %e, "the setup link could not be kept for `dataward status`");
         }
         println!(
