@@ -223,6 +223,15 @@ fn array_mut<'d>(doc: &'d mut DocumentMut, key: &str) -> Result<&'d mut ArrayOfT
         .ok_or_else(|| EditError::NotTables(key.into()))
 }
 
+/// A table of string values, in the order given.
+fn table(pairs: &[(&str, &str)]) -> Table {
+    let mut t = Table::new();
+    for (k, v) in pairs {
+        t.insert(k, toml_edit::value(*v));
+    }
+    t
+}
+
 /// The highest position any table has, so new ones go at the end.
 fn last_position(doc: &DocumentMut) -> isize {
     doc.iter()
@@ -291,11 +300,12 @@ pub fn apply_grid(text: &str, edit: &GridEdit) -> Result<String, EditError> {
         {
             continue;
         }
-        let mut t = Table::new();
-        t.insert("device", toml_edit::value(edit.device.as_str()));
-        t.insert("field", toml_edit::value(cell.field.as_str()));
-        t.insert("destination", toml_edit::value(cell.destination.as_str()));
-        t.insert("action", toml_edit::value(*action));
+        let mut t = table(&[
+            ("device", &edit.device),
+            ("field", &cell.field),
+            ("destination", &cell.destination),
+            ("action", action),
+        ]);
         for (k, v) in params_of(cell)? {
             t.insert(&k, Item::Value(v));
         }
@@ -325,32 +335,24 @@ pub fn apply_grid(text: &str, edit: &GridEdit) -> Result<String, EditError> {
     let has_own_keep = tables(&doc, "retain")?
         .iter()
         .any(|t| str_of(t, "device") == Some(edit.device.as_str()) && !t.contains_key("field"));
-    let mut at = last_position(&doc) + 1;
-    if !new_rules.is_empty() {
-        let rules = array_mut(&mut doc, "rule")?;
-        for mut t in new_rules {
-            t.set_position(Some(at));
-            at += 1;
-            rules.push(t);
-        }
-    }
     let mut retains = Vec::new();
     if let Some(keep) = retention.filter(|k| !k.is_empty() && !has_own_keep) {
-        let mut t = Table::new();
-        t.insert("device", toml_edit::value(edit.device.as_str()));
-        t.insert("keep", toml_edit::value(keep));
-        retains.push(t);
+        retains.push(table(&[("device", &edit.device), ("keep", keep)]));
     }
     for f in not_stored.into_iter().flatten().filter(|f| shown(f)) {
-        let mut t = Table::new();
-        t.insert("device", toml_edit::value(edit.device.as_str()));
-        t.insert("field", toml_edit::value(f.as_str()));
-        t.insert("keep", toml_edit::value("none"));
-        retains.push(t);
+        retains.push(table(&[
+            ("device", &edit.device),
+            ("field", f),
+            ("keep", "none"),
+        ]));
     }
-    if !retains.is_empty() {
-        let list = array_mut(&mut doc, "retain")?;
-        for mut t in retains {
+    let mut at = last_position(&doc) + 1;
+    for (key, new) in [("rule", new_rules), ("retain", retains)] {
+        if new.is_empty() {
+            continue;
+        }
+        let list = array_mut(&mut doc, key)?;
+        for mut t in new {
             t.set_position(Some(at));
             at += 1;
             list.push(t);

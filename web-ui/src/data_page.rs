@@ -27,7 +27,7 @@ use crate::AppState;
 const DAY_MS: u64 = 86_400_000;
 
 /// What the user typed into an optional box: blank is none.
-fn given(v: &Option<String>) -> Option<&str> {
+pub(crate) fn given(v: &Option<String>) -> Option<&str> {
     v.as_deref().map(str::trim).filter(|s| !s.is_empty())
 }
 

@@ -30,130 +30,107 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// A metric family: name, type, help, and its value (or how to read it).
+type Family<V> = (&'static str, &'static str, &'static str, V);
+/// How a per-destination family reads its value from a destination's status.
+type ReadDestination = fn(&Value) -> u64;
+
 /// The text for `status` (the hub's `status` answer) and the login
 /// failures counted here.
 pub fn render(status: &Value, login_failures: u64) -> String {
     let n = |v: &Value| v.as_u64().unwrap_or(0);
     let mut out = String::new();
-    family(
-        &mut out,
-        "dataward_messages_in_total",
-        "counter",
-        "Messages devices published, since start.",
-    );
-    let _ = writeln!(
-        out,
-        "dataward_messages_in_total {}",
-        n(&status["messages_in"])
-    );
-    family(
-        &mut out,
-        "dataward_policy_evaluations_total",
-        "counter",
-        "Policy evaluations, since start.",
-    );
-    let _ = writeln!(
-        out,
-        "dataward_policy_evaluations_total {}",
-        n(&status["policy_evaluations"])
-    );
-    family(
-        &mut out,
-        "dataward_malformed_messages_total",
-        "counter",
-        "Payloads that looked like JSON but did not parse, since start.",
-    );
-    let _ = writeln!(
-        out,
-        "dataward_malformed_messages_total {}",
-        n(&status["malformed_messages"])
-    );
+    let hub: [Family<u64>; 7] = [
+        (
+            "dataward_messages_in_total",
+            "counter",
+            "Messages devices published, since start.",
+            n(&status["messages_in"]),
+        ),
+        (
+            "dataward_policy_evaluations_total",
+            "counter",
+            "Policy evaluations, since start.",
+            n(&status["policy_evaluations"]),
+        ),
+        (
+            "dataward_malformed_messages_total",
+            "counter",
+            "Payloads that looked like JSON but did not parse, since start.",
+            n(&status["malformed_messages"]),
+        ),
+        (
+            "dataward_devices_connected",
+            "gauge",
+            "Devices with a live connection.",
+            n(&status["devices"]["connected"]),
+        ),
+        (
+            "dataward_devices_known",
+            "gauge",
+            "Devices registered.",
+            n(&status["devices"]["known"]),
+        ),
+        (
+            "dataward_held_fields",
+            "gauge",
+            "New fields held until the user decides.",
+            n(&status["held_fields"]),
+        ),
+        (
+            "dataward_login_failures_total",
+            "counter",
+            "Wrong passphrases at login, since start.",
+            login_failures,
+        ),
+    ];
+    for (metric, kind, help, value) in hub {
+        family(&mut out, metric, kind, help);
+        let _ = writeln!(out, "{metric} {value}");
+    }
     let dests: Vec<&Value> = status["destinations"]
         .as_array()
         .map(|a| a.iter().collect())
         .unwrap_or_default();
-    for (metric, key, kind, help) in [
+    let per_destination: [Family<ReadDestination>; 5] = [
         (
             "dataward_forwarded_total",
-            "forwarded",
             "counter",
             "Messages queued for the destination, since start.",
+            |d| d["forwarded"].as_u64().unwrap_or(0),
         ),
         (
             "dataward_withheld_total",
-            "withheld",
             "counter",
             "Messages of which the policy let nothing go to the destination, since start.",
+            |d| d["withheld"].as_u64().unwrap_or(0),
         ),
         (
             "dataward_outbox_depth",
-            "backlog",
             "gauge",
             "Messages waiting for the destination's acknowledgement.",
+            |d| d["backlog"].as_u64().unwrap_or(0),
         ),
         (
             "dataward_dead_letters",
-            "dead_letters",
             "gauge",
             "Messages the destination kept refusing, set aside.",
+            |d| d["dead_letters"].as_u64().unwrap_or(0),
         ),
-    ] {
+        (
+            "dataward_destination_connected",
+            "gauge",
+            "1 while connected to the destination's broker.",
+            |d| u64::from(d["connected"] == true),
+        ),
+    ];
+    for (metric, kind, help, value) in per_destination {
         family(&mut out, metric, kind, help);
         for d in &dests {
             let name = label(d["name"].as_str().unwrap_or_default());
-            let _ = writeln!(out, "{metric}{{destination=\"{name}\"}} {}", n(&d[key]));
+            let _ = writeln!(out, "{metric}{{destination=\"{name}\"}} {}", value(d));
         }
     }
-    family(
-        &mut out,
-        "dataward_destination_connected",
-        "gauge",
-        "1 while connected to the destination's broker.",
-    );
-    for d in &dests {
-        let name = label(d["name"].as_str().unwrap_or_default());
-        let up = u8::from(d["connected"] == true);
-        let _ = writeln!(
-            out,
-            "dataward_destination_connected{{destination=\"{name}\"}} {up}"
-        );
-    }
-    family(
-        &mut out,
-        "dataward_devices_connected",
-        "gauge",
-        "Devices with a live connection.",
-    );
-    let _ = writeln!(
-        out,
-        "dataward_devices_connected {}",
-        n(&status["devices"]["connected"])
-    );
-    family(
-        &mut out,
-        "dataward_devices_known",
-        "gauge",
-        "Devices registered.",
-    );
-    let _ = writeln!(
-        out,
-        "dataward_devices_known {}",
-        n(&status["devices"]["known"])
-    );
-    family(
-        &mut out,
-        "dataward_held_fields",
-        "gauge",
-        "New fields held until the user decides.",
-    );
-    let _ = writeln!(out, "dataward_held_fields {}", n(&status["held_fields"]));
-    family(
-        &mut out,
-        "dataward_login_failures_total",
-        "counter",
-        "Wrong passphrases at login, since start.",
-    );
-    let _ = writeln!(out, "dataward_login_failures_total {login_failures}");
     out
 }
 

@@ -29,12 +29,7 @@ pub async fn ledger_page(
     PageSession(s): PageSession,
     Query(f): Query<RecordFilter>,
 ) -> Response {
-    let pick = |v: &Option<String>| {
-        v.as_deref()
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .map(str::to_string)
-    };
+    let pick = |v: &Option<String>| crate::data_page::given(v).map(str::to_string);
     let (device, destination) = (pick(&f.device), pick(&f.destination));
     let days = f.days.unwrap_or(7).clamp(1, 366);
     let since = crate::api::now_ms().saturating_sub(days * DAY_MS);
