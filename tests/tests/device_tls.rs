@@ -40,6 +40,28 @@ fn tls_device(
     o
 }
 
+/// Connects `device`, publishes `payload` at QoS 1, and answers what the
+/// cloud's subscriber then receives.
+async fn publish_over(
+    device: rumqttc::MqttOptions,
+    payload: &str,
+    cloud_sub: &rumqttc::AsyncClient,
+    cloud_events: &mut rumqttc::EventLoop,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let (client, mut events) = connect(device).await?;
+    client
+        .publish("devices/sensor/state", QoS::AtLeastOnce, false, payload)
+        .await?;
+    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    Ok(collect(
+        Some(cloud_sub),
+        cloud_events,
+        Duration::from_secs(10),
+        |g| !g.is_empty(),
+    )
+    .await)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_publishes_over_tls_verified_against_the_generated_certificate() -> Result<()> {
     let (dir, data, cloud) = scratch()?;
@@ -72,23 +94,8 @@ async fn a_device_publishes_over_tls_verified_against_the_generated_certificate(
     );
 
     let (cloud_sub, mut cloud_events) = cloud_subscriber(&cloud, "home/#", "sub-tls").await?;
-    let (client, mut events) = connect(tls_device(tls.port(), &sensor, trusting(&cert)?)).await?;
-    client
-        .publish(
-            "devices/sensor/state",
-            QoS::AtLeastOnce,
-            false,
-            r#"{"t":21}"#,
-        )
-        .await?;
-    tokio::spawn(async move { while events.poll().await.is_ok() {} });
-    let got = collect(
-        Some(&cloud_sub),
-        &mut cloud_events,
-        Duration::from_secs(10),
-        |g| !g.is_empty(),
-    )
-    .await;
+    let device = tls_device(tls.port(), &sensor, trusting(&cert)?);
+    let got = publish_over(device, r#"{"t":21}"#, &cloud_sub, &mut cloud_events).await?;
     assert_eq!(got.len(), 1, "{got:?}");
     assert_eq!(got[0].1, br#"{"t":21}"#);
 
@@ -112,23 +119,8 @@ async fn a_device_publishes_over_tls_verified_against_the_generated_certificate(
     let gw = Gateway::start(dir.path(), &tls_only)?;
     let tls = gw.mqtts.ok_or_else(|| anyhow!("no mqtts="))?;
     assert_eq!(gw.mqtt, tls, "the only device port is the TLS one");
-    let (client, mut events) = connect(tls_device(tls.port(), &sensor, trusting(&cert)?)).await?;
-    client
-        .publish(
-            "devices/sensor/state",
-            QoS::AtLeastOnce,
-            false,
-            r#"{"t":22}"#,
-        )
-        .await?;
-    tokio::spawn(async move { while events.poll().await.is_ok() {} });
-    let got = collect(
-        Some(&cloud_sub),
-        &mut cloud_events,
-        Duration::from_secs(10),
-        |g| !g.is_empty(),
-    )
-    .await;
+    let device = tls_device(tls.port(), &sensor, trusting(&cert)?);
+    let got = publish_over(device, r#"{"t":22}"#, &cloud_sub, &mut cloud_events).await?;
     assert_eq!(
         got.len(),
         1,
