@@ -1,7 +1,7 @@
 use super::*;
 
 fn ledger(dir: &std::path::Path) -> (sled::Db, Ledger) {
-    let db = sled::open(dir).expect("db");
+    let db = crate::store::open_test_db(dir);
     let l = Ledger::open(&db, Arc::default()).expect("ledger");
     (db, l)
 }

@@ -106,14 +106,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         {
-            let db = sled::open(dir.path()).expect("db");
+            let db = crate::store::open_test_db(dir.path());
             let d = DestinationApprovals::open(db.open_tree("d").expect("tree")).expect("open");
             assert!(d.is_approved("anything"), "before the first start");
             assert!(d.settle(&names(&["vendor"])).expect("settle").is_empty());
             assert!(d.is_approved("vendor"));
             assert!(!d.is_approved("utility"));
         }
-        let db = sled::open(dir.path()).expect("db");
+        let db = crate::store::open_test_db(dir.path());
         let d = DestinationApprovals::open(db.open_tree("d").expect("tree")).expect("open");
         assert_eq!(
             d.settle(&names(&["vendor", "utility"])).expect("settle"),

@@ -347,7 +347,7 @@ mod tests {
     }
 
     fn open(dir: &std::path::Path) -> FieldInventory {
-        let db = sled::open(dir).expect("db");
+        let db = crate::store::open_test_db(dir);
         FieldInventory::open(db.open_tree("fields").expect("tree")).expect("open")
     }
 

@@ -390,6 +390,26 @@ impl Store {
     }
 }
 
+/// A bare sled database for unit tests, opened as [`Store::open`] opens
+/// its own: no flusher thread of sled's, and a lock still held by a handle
+/// this process just dropped is waited for (sled lets go from a background
+/// thread, so an immediate reopen can find the file locked).
+#[cfg(test)]
+pub(crate) fn open_test_db(dir: &Path) -> sled::Db {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match sled::Config::new().path(dir).flush_every_ms(None).open() {
+            Ok(db) => return db,
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("lock") && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("test db {}: {e}", dir.display()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
