@@ -306,29 +306,40 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
     let mut lanes = Vec::new();
     let mut uplinks = Vec::new();
+    // Local views need the broker, which needs the pipeline: they are
+    // made once it runs.
+    let mut views = Vec::new();
     let mut links = Vec::new();
     for dest in &config.destinations {
         let outbox = Arc::new(store.outbox(&dest.name, config.store.outbox_max_entries)?);
         let wake = Arc::new(Notify::new());
         lanes.push(Lane {
             name: dest.name.clone(),
-            topic_prefix: dest.topic_prefix.clone(),
+            topic_prefix: dest.remote_prefix(),
             outbox: Arc::clone(&outbox),
             wake: Arc::clone(&wake),
         });
-        let uplink = Uplink::new(
-            dest.clone(),
-            Arc::clone(&outbox),
-            wake,
-            cmd_tx.clone(),
-            config.mqtt.max_command_bytes,
-        )?;
+        let state = if dest.is_local() {
+            let state = Arc::new(crate::uplink::LinkState::default());
+            views.push((dest.clone(), Arc::clone(&outbox), wake, Arc::clone(&state)));
+            state
+        } else {
+            let uplink = Uplink::new(
+                dest.clone(),
+                Arc::clone(&outbox),
+                wake,
+                cmd_tx.clone(),
+                config.mqtt.max_command_bytes,
+            )?;
+            let state = uplink.state();
+            uplinks.push(uplink);
+            state
+        };
         links.push(LinkHandle {
             name: dest.name.clone(),
-            state: uplink.state(),
+            state,
             outbox,
         });
-        uplinks.push(uplink);
     }
     drop(cmd_tx);
     let pipeline = Arc::new(Pipeline::new(
@@ -383,6 +394,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 max_connections: config.mqtt.max_connections,
                 max_handshakes: config.mqtt.max_handshakes,
                 max_handshakes_per_address: config.mqtt.max_handshakes_per_address,
+                local: crate::local::LocalAccess::from_config(&config.destinations),
             },
             Arc::clone(&registry),
             Arc::clone(&pipeline),
@@ -395,8 +407,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let rx = shutdown_rx.clone();
         uplink_tasks.push(supervisor.spawn("uplink", u.run(rx)));
     }
-    // With no destination there are no commands, and nothing to route.
-    let router_task = (!config.destinations.is_empty()).then(|| {
+    for (dest, outbox, wake, state) in views {
+        let view = crate::local::view::LocalView {
+            name: dest.name.clone(),
+            discovery: dest.home_assistant_discovery,
+            outbox,
+            wake,
+            broker: Arc::clone(&broker),
+            registry: Arc::clone(&registry),
+            pipeline: Arc::clone(&pipeline),
+            state,
+        };
+        uplink_tasks.push(supervisor.spawn("local view", view.run(shutdown_rx.clone())));
+    }
+    // Commands come only from remote destinations; without one there is
+    // nothing to route.
+    let router_task = config.destinations.iter().any(|d| !d.is_local()).then(|| {
         supervisor.spawn(
             "command router",
             commands::route(

@@ -55,6 +55,11 @@ pub enum Command {
         #[command(subcommand)]
         action: DeviceCommand,
     },
+    /// Accounts for local apps (Home Assistant, say) that read a local destination's view
+    Consumer {
+        #[command(subcommand)]
+        action: ConsumerCommand,
+    },
     /// Work with the sharing policy
     Policy {
         #[command(subcommand)]
@@ -225,6 +230,32 @@ pub enum PassphraseCommand {
         /// Read the new passphrase from this file
         #[arg(long)]
         new_passphrase_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ConsumerCommand {
+    /// Give a local app an account; prints its password once. It may subscribe only to the
+    /// view of a destination of kind "local": what the policy shares with it, never devices' topics
+    Add {
+        #[command(flatten)]
+        common: Common,
+        /// Its id, which is also its MQTT username (e.g. home-assistant)
+        id: String,
+        /// The local destination it reads (needed when the config has several)
+        #[arg(long)]
+        destination: Option<String>,
+    },
+    /// List local consumers
+    List {
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Remove a local consumer: its credential stops working and its sessions end at once
+    Remove {
+        #[command(flatten)]
+        common: Common,
+        id: String,
     },
 }
 

@@ -6,7 +6,8 @@
 //! [`uplink`] → [`commands`] (policy check) → [`broker`] → device.
 //!
 //! - [`config`]: the TOML config file and its embedded defaults.
-//! - [`devices`]: device identities, credentials and topic permissions.
+//! - [`devices`]: device identities, credentials and topic permissions;
+//!   local consumers' accounts.
 //! - [`keys`]: the user's key pair, wrapped by passphrase and recovery key;
 //!   HPKE sealing to it.
 //! - [`broker`]: the embedded MQTT broker (rmqtt, behind this one module).
@@ -19,6 +20,8 @@
 //! - [`retention`]: the hourly sweep that deletes history past its
 //!   retention, and prunes the ledger.
 //! - [`uplink`]: one MQTT client per destination, fed from its outbox.
+//! - [`local`]: local destinations: policy-filtered views on the hub's
+//!   broker for apps such as Home Assistant, with its MQTT discovery.
 //! - [`commands`]: cloud → device commands, allowed only by a rule.
 //! - [`control`]: the operations layer: everything a user can ask for,
 //!   behind the CLI, the control socket and the web UI.
@@ -40,6 +43,7 @@ pub mod control;
 pub mod devices;
 pub mod keys;
 pub mod ledger;
+pub mod local;
 pub mod notify;
 pub mod pipeline;
 pub mod retention;

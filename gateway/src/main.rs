@@ -18,8 +18,8 @@ mod args;
 mod prompt;
 
 use args::{
-    Cli, Command, Common, DestinationsCommand, DeviceCommand, FieldsCommand, FormatArg,
-    LedgerCommand, PassphraseCommand, PolicyCommand,
+    Cli, Command, Common, ConsumerCommand, DestinationsCommand, DeviceCommand, FieldsCommand,
+    FormatArg, LedgerCommand, PassphraseCommand, PolicyCommand,
 };
 
 fn main() -> ExitCode {
@@ -163,6 +163,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             DeviceCommand::List { common } => (common, Request::DeviceList, None),
             DeviceCommand::Show { common, id } => (common, Request::DeviceShow { id }, None),
             DeviceCommand::Remove { common, id } => (common, Request::DeviceRemove { id }, None),
+        },
+        Command::Consumer { action } => match action {
+            ConsumerCommand::Add {
+                common,
+                id,
+                destination,
+            } => (common, Request::ConsumerAdd { id, destination }, None),
+            ConsumerCommand::List { common } => (common, Request::ConsumerList, None),
+            ConsumerCommand::Remove { common, id } => {
+                (common, Request::ConsumerRemove { id }, None)
+            }
         },
         Command::Policy { action } => match action {
             PolicyCommand::Check { common, file } => {

@@ -125,6 +125,16 @@ fn describe(e: &Value) -> String {
         "policy_applied" => format!("policy version {} ({})", e["version"], s("source")),
         "device_added" => format!("{} added", s("device")),
         "device_removed" => format!("{} removed", s("device")),
+        "consumer_added" => format!(
+            "{} may read local destination {}",
+            s("consumer"),
+            s("destination")
+        ),
+        "consumer_removed" => format!(
+            "{} no longer reads local destination {}",
+            s("consumer"),
+            s("destination")
+        ),
         _ => e
             .as_object()
             .map(|o| {

@@ -1,6 +1,8 @@
 //! The rmqtt hook handler: authentication, per-device ACL, and the
 //! pipeline hung on `MessagePublishCheckAcl`, which runs in the publisher's
-//! task before routing and before PUBACK.
+//! task before routing and before PUBACK. Local consumers log in here too;
+//! their ACL is their destination's view ([`crate::local::LocalAccess`]),
+//! and nothing they publish reaches the pipeline.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,12 +17,13 @@ use rmqtt::types::{
 };
 
 use super::login::Verdict;
-use crate::devices::{Device, DeviceRegistry};
+use crate::devices::{Account, Device, DeviceRegistry};
 use crate::pipeline::{Inadmissible, Pipeline};
 
 pub(super) struct Hooks {
     pub scx: rmqtt::context::ServerContext,
     pub registry: Arc<DeviceRegistry>,
+    pub local: crate::local::LocalAccess,
     pub logins: super::login::LoginGuard,
     pub pipeline: Arc<Pipeline>,
     pub max_connections_per_device: u32,
@@ -39,7 +42,7 @@ pub(super) struct Hooks {
 
 /// A client id belongs to device `id` if it is `id` or `id.<suffix>`, so one
 /// device may hold several connections with distinct client ids.
-pub(super) fn client_id_fits(client_id: &str, device: &str) -> bool {
+pub(crate) fn client_id_fits(client_id: &str, device: &str) -> bool {
     client_id == device
         || client_id
             .strip_prefix(device)
@@ -59,19 +62,19 @@ impl Hooks {
         };
         // Known or not, the id costs one Argon2 check: the answer's timing
         // does not tell which ids exist.
-        let known = self.registry.get(&username);
+        let known = self.registry.account(&username);
         let source = ci.id().remote_addr.map(|a| a.ip());
         let verdict = self
             .logins
             .check(
                 source,
                 &username,
-                known.as_ref().map(|d| d.password_hash.as_str()),
+                known.as_ref().map(Account::password_hash),
                 &password,
             )
             .await;
-        let device = match (verdict, known) {
-            (Verdict::Allowed, Some(device)) => device,
+        let account = match (verdict, known) {
+            (Verdict::Allowed, Some(account)) => account,
             (Verdict::Throttled, _) => {
                 tracing::warn!(client_id = ?crate::short(&client_id), device = ?crate::short(&username), ?source, "connection refused: too many failed logins from this address, or too many at once");
                 return AuthResult::NotAuthorized;
@@ -86,10 +89,16 @@ impl Hooks {
             }
         };
         // The check took a while: a `device remove` in the meantime wins.
-        if self.registry.get(&username).is_none() {
+        if self.registry.account(&username).is_none() {
             tracing::warn!(client_id = ?crate::short(&client_id), device = ?crate::short(&username), "connection refused: device removed during login");
             return AuthResult::BadUsernameOrPassword;
         }
+        let device = match account {
+            Account::Device(device) => device,
+            Account::Consumer(consumer) => {
+                return self.admit_consumer(ci, &client_id, &consumer);
+            }
+        };
         if !client_id_fits(&client_id, &device.id) {
             tracing::warn!(client_id = ?crate::short(&client_id), device = %device.id, "connection refused: client id must be the device id or <id>.<suffix>");
             return AuthResult::NotAuthorized;
@@ -117,6 +126,41 @@ impl Hooks {
         }
         if !self.has_connection_room(&device.id, &client_id) {
             tracing::warn!(client_id = ?crate::short(&client_id), device = %device.id, max = self.max_connections_per_device, "connection refused: connection limit for this device reached");
+            return AuthResult::NotAuthorized;
+        }
+        AuthResult::Allow(false, None)
+    }
+
+    /// A consumer that knew its password: its destination must be a local
+    /// one of this config, its client id none that a device or another
+    /// consumer could claim, and its will (Home Assistant sets one) within
+    /// what it may publish.
+    fn admit_consumer(
+        &self,
+        ci: &ConnectInfo,
+        client_id: &str,
+        consumer: &crate::devices::Consumer,
+    ) -> AuthResult {
+        if !self.local.is_local(&consumer.destination) {
+            tracing::warn!(consumer = %consumer.id, destination = %consumer.destination, "connection refused: the consumer's destination is not a local destination of this config");
+            return AuthResult::NotAuthorized;
+        }
+        if self.registry.client_id_claimed(client_id, &consumer.id) {
+            tracing::warn!(consumer = %consumer.id, client_id = ?crate::short(client_id), "connection refused: that client id belongs to a device or another consumer");
+            return AuthResult::NotAuthorized;
+        }
+        if let Some(will) = ci.last_will() {
+            let topic = match will {
+                LastWill::V3(w) => w.topic.to_string(),
+                LastWill::V5(w) => w.topic.to_string(),
+            };
+            if !self.local.may_publish(&consumer.destination, &topic) {
+                tracing::warn!(consumer = %consumer.id, topic = ?crate::short(&topic), "connection refused: will topic outside what the consumer may publish");
+                return AuthResult::NotAuthorized;
+            }
+        }
+        if !self.has_connection_room(&consumer.id, client_id) {
+            tracing::warn!(consumer = %consumer.id, max = self.max_connections_per_device, "connection refused: connection limit for this consumer reached");
             return AuthResult::NotAuthorized;
         }
         AuthResult::Allow(false, None)
@@ -191,6 +235,16 @@ impl Hooks {
         username: Option<&str>,
         p: &rmqtt::types::Publish,
     ) -> PublishAclResult {
+        if let Some(c) = username.and_then(|u| self.registry.consumer(u)) {
+            // Routed as it is (Home Assistant's birth message), never into
+            // the pipeline: a consumer is not a device.
+            return if self.local.may_publish(&c.destination, &p.topic) {
+                PublishAclResult::allow()
+            } else {
+                tracing::warn!(consumer = %c.id, topic = ?crate::short(&p.topic), "publish refused: a consumer only reads its view");
+                PublishAclResult::rejected(false, None)
+            };
+        }
         let Some(device) = self.device(username) else {
             // The device was removed while connected.
             return PublishAclResult::rejected(true, Some("unknown device".into()));
@@ -262,7 +316,7 @@ impl Handler for Hooks {
                     }
                     // Removed between its login and now: end it once this
                     // hook has returned (a kick waits on the session).
-                    if self.registry.get(u).is_none() {
+                    if self.registry.account(u).is_none() {
                         let (scx, device) = (self.scx.clone(), u.to_string());
                         tokio::spawn(async move {
                             super::end_sessions(&scx, &device).await;
@@ -281,13 +335,22 @@ impl Handler for Hooks {
                 (true, acc)
             }
             Parameter::ClientSubscribeCheckAcl(s, sub) => {
-                let allowed = self
-                    .device(s.id.username.as_deref())
-                    .is_some_and(|d| d.may_subscribe(&sub.topic_filter));
+                let allowed = match s
+                    .id
+                    .username
+                    .as_deref()
+                    .and_then(|u| self.registry.account(u))
+                {
+                    Some(Account::Device(d)) => d.may_subscribe(&sub.topic_filter),
+                    Some(Account::Consumer(c)) => {
+                        self.local.may_subscribe(&c.destination, &sub.topic_filter)
+                    }
+                    None => false,
+                };
                 let result = if allowed {
                     SubscribeAclResult::new_success(sub.opts.qos(), None)
                 } else {
-                    tracing::warn!(client_id = ?crate::short(&s.id.client_id), filter = ?crate::short(&sub.topic_filter), "subscribe refused: outside the device's topics");
+                    tracing::warn!(client_id = ?crate::short(&s.id.client_id), filter = ?crate::short(&sub.topic_filter), "subscribe refused: outside the account's topics");
                     SubscribeAclResult::new_failure(SubscribeAckReason::NotAuthorized)
                 };
                 (false, Some(HookResult::SubscribeAclResult(result)))

@@ -20,6 +20,8 @@ mod hooks;
 mod login;
 mod retain;
 
+pub(crate) use hooks::client_id_fits;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,6 +62,8 @@ pub struct BrokerSettings {
     pub max_connections: usize,
     pub max_handshakes: usize,
     pub max_handshakes_per_address: usize,
+    /// The local destinations, whose consumers log in here too.
+    pub local: crate::local::LocalAccess,
 }
 
 const DEVICE_LISTENER: rmqtt::types::ListenerId = 1;
@@ -88,6 +92,7 @@ impl Broker {
         let hooks = hooks::Hooks {
             scx: scx.clone(),
             registry,
+            local: settings.local.clone(),
             logins: login::LoginGuard::start(),
             pipeline,
             max_connections_per_device: settings.max_connections_per_device,
@@ -206,37 +211,51 @@ impl Broker {
         payload: &[u8],
         qos1: bool,
     ) -> Result<(), BrokerError> {
-        use rmqtt::codec::types::{Publish as Packet, QoS};
-        let packet = Packet {
-            dup: false,
-            retain: false,
-            qos: if qos1 {
-                QoS::AtLeastOnce
-            } else {
-                QoS::AtMostOnce
-            },
-            topic: topic.into(),
-            packet_id: None,
-            payload: bytes::Bytes::copy_from_slice(payload),
-            properties: None,
+        SessionState::forwards(
+            &self.scx,
+            self.hub_sender(),
+            hub_message(topic, payload, qos1, false),
+            false,
+            None,
+        )
+        .await
+        .map_err(|e| BrokerError::Deliver(e.to_string()))
+    }
+
+    /// Publishes as the hub (QoS 1) and keeps the message as the topic's
+    /// retained one, for subscribers to come; an empty payload clears it.
+    /// It stays until replaced or cleared, never past the process.
+    pub async fn publish_retained(&self, topic: &str, payload: &[u8]) -> Result<(), BrokerError> {
+        let retain = rmqtt::types::Retain {
+            msg_id: None,
+            from: self.hub_sender(),
+            publish: hub_message(topic, payload, true, true),
         };
-        let publish = rmqtt::types::Publish {
-            inner: Box::new(packet),
-            target_clientid: None,
-            delay_interval: None,
-            create_time: Some(now_ms() as i64),
-        };
-        let id = Id::new(
+        self.retained
+            .keep(topic, retain)
+            .await
+            .map_err(|e| BrokerError::Deliver(e.to_string()))?;
+        self.publish(topic, payload, true).await
+    }
+
+    /// Clears every local view's retained values: what the policy in force
+    /// allowed may be more than what the next one does.
+    pub async fn clear_local_views(&self) -> usize {
+        self.retained.clear("local/#").await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "could not clear the local views' retained values");
+            0
+        })
+    }
+
+    fn hub_sender(&self) -> From {
+        From::from_system(Id::new(
             self.scx.node.id(),
             DEVICE_LISTENER,
             None,
             None,
             "dataward".into(),
             None,
-        );
-        SessionState::forwards(&self.scx, From::from_system(id), publish, false, None)
-            .await
-            .map_err(|e| BrokerError::Deliver(e.to_string()))
+        ))
     }
 
     /// Devices with at least one live connection, and connections in all.
@@ -256,11 +275,13 @@ impl Broker {
         end_sessions(&self.scx, device).await
     }
 
-    /// Drops the retained messages on topics the device could publish to.
+    /// Drops the retained messages on topics the device could publish to,
+    /// and their copies in the local views (`local/<destination>/<topic>`).
     pub async fn drop_retained(&self, publish_filters: &[String]) -> usize {
         let mut n = 0;
-        for f in publish_filters {
-            match self.retained.clear(f).await {
+        let views = publish_filters.iter().map(|f| format!("local/+/{f}"));
+        for f in publish_filters.iter().cloned().chain(views) {
+            match self.retained.clear(&f).await {
                 Ok(k) => n += k,
                 Err(e) => {
                     tracing::warn!(filter = ?f, error = %e, "could not clear retained messages")
@@ -275,6 +296,30 @@ impl Broker {
             g.stop();
         }
         self.task.abort();
+    }
+}
+
+/// A message from the hub itself.
+fn hub_message(topic: &str, payload: &[u8], qos1: bool, retain: bool) -> rmqtt::types::Publish {
+    use rmqtt::codec::types::{Publish as Packet, QoS};
+    let packet = Packet {
+        dup: false,
+        retain,
+        qos: if qos1 {
+            QoS::AtLeastOnce
+        } else {
+            QoS::AtMostOnce
+        },
+        topic: topic.into(),
+        packet_id: None,
+        payload: bytes::Bytes::copy_from_slice(payload),
+        properties: None,
+    };
+    rmqtt::types::Publish {
+        inner: Box::new(packet),
+        target_clientid: None,
+        delay_interval: None,
+        create_time: Some(now_ms() as i64),
     }
 }
 

@@ -31,6 +31,12 @@ impl InMemoryRetain {
         Self(Arc::default(), max)
     }
 
+    /// Keeps `retain` as `topic`'s retained message (with no expiry), within
+    /// the store's bound; an empty payload removes it.
+    pub(super) async fn keep(&self, topic: &str, retain: Retain) -> rmqtt::Result<()> {
+        self.set(&TopicName::from(topic), retain, None).await
+    }
+
     /// Removes every retained message on a topic matching `filter`;
     /// returns how many there were.
     pub(super) async fn clear(&self, filter: &str) -> rmqtt::Result<usize> {

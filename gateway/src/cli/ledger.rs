@@ -72,6 +72,14 @@ pub fn entry(e: &Entry) -> String {
         }
         EntryBody::DeviceAdded { device, name } => format!("device {device} added ({name:?})"),
         EntryBody::DeviceRemoved { device } => format!("device {device} removed"),
+        EntryBody::ConsumerAdded {
+            consumer,
+            destination,
+        } => format!("consumer {consumer} may read local destination {destination}"),
+        EntryBody::ConsumerRemoved {
+            consumer,
+            destination,
+        } => format!("consumer {consumer} no longer reads local destination {destination}"),
         EntryBody::FieldsApproved { device, fields } => format!(
             "{device}: fields approved: {}",
             fields

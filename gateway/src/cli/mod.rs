@@ -8,9 +8,10 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::control::{
-    AddedDevice, AppliedPolicy, CheckedPolicy, DeleteReport, DestinationApproval, DeviceInfo,
-    ExportSummary, FieldList, FieldsApproved, InitReport, OpError, PassphraseChanged,
-    PolicyPreview, PolicyVersionInfo, RemovedDevice, Request, StatusReport,
+    AddedConsumer, AddedDevice, AppliedPolicy, CheckedPolicy, ConsumerInfo, DeleteReport,
+    DestinationApproval, DeviceInfo, ExportSummary, FieldList, FieldsApproved, InitReport, OpError,
+    PassphraseChanged, PolicyPreview, PolicyVersionInfo, RemovedConsumer, RemovedDevice, Request,
+    StatusReport,
 };
 
 fn typed<T: DeserializeOwned>(v: &Value) -> Result<T, OpError> {
@@ -65,6 +66,31 @@ pub fn render(request: &Request, reply: &Value) -> Result<String, OpError> {
             format!(
                 "removed device {}; its credential no longer works ({} sessions closed, {} retained messages dropped; its history stays until deleted)\n",
                 r.id, r.sessions_closed, r.retained_dropped
+            )
+        }
+        Request::ConsumerAdd { .. } => consumer_added(&typed(reply)?),
+        Request::ConsumerList => {
+            let all: Vec<ConsumerInfo> = typed(reply)?;
+            if all.is_empty() {
+                "no local consumers; add one with `dataward consumer add ID`\n".to_string()
+            } else {
+                all.iter()
+                    .map(|c| {
+                        format!(
+                            "{}\treads {}\t{}\n",
+                            c.id,
+                            c.destination,
+                            c.subscribe.join(", ")
+                        )
+                    })
+                    .collect()
+            }
+        }
+        Request::ConsumerRemove { .. } => {
+            let r: RemovedConsumer = typed(reply)?;
+            format!(
+                "removed consumer {}; its credential no longer works ({} sessions closed)\n",
+                r.id, r.sessions_closed
             )
         }
         Request::PolicyCheck { .. } => {
@@ -324,6 +350,27 @@ fn added(a: &AddedDevice) -> String {
     )
 }
 
+fn consumer_added(a: &AddedConsumer) -> String {
+    let c = &a.consumer;
+    let mut text = format!(
+        "Consumer added. The password is shown only now; dataward keeps just a hash of it.\n  \
+         MQTT username:    {}\n  password:         {}\n  client id:        any that is not a device's\n  \
+         may subscribe to: {}\n  It reads what the policy shares with destination {:?}, under {}, never a device's own topics.\n",
+        c.username,
+        a.password,
+        c.subscribe.join(", "),
+        c.destination,
+        crate::local::view_prefix(&c.destination),
+    );
+    if a.discovery {
+        text.push_str(
+            "  Home Assistant: add the MQTT integration with the hub's address, port and these credentials;\n  \
+             the shared fields appear on their own (discovery prefix \"homeassistant\").\n",
+        );
+    }
+    text
+}
+
 fn status(s: &StatusReport) -> String {
     let mut out = match (s.running, s.pid, s.uptime_secs) {
         (true, Some(pid), Some(up)) => {
@@ -370,10 +417,11 @@ fn status(s: &StatusReport) -> String {
         out.push_str(&format!(
             "destination {}: {}, backlog {}{}\n",
             d.name,
-            if d.connected {
-                "connected"
-            } else {
-                "not connected"
+            match d.consumers_online {
+                Some(n) if s.running => format!("local view, {n} consumers online"),
+                Some(_) => "local view".to_string(),
+                None if d.connected => "connected".to_string(),
+                None => "not connected".to_string(),
             },
             d.backlog,
             d.oldest_pending_secs

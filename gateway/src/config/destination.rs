@@ -34,8 +34,17 @@ impl std::fmt::Debug for Secret {
 pub struct DestinationConfig {
     /// The name rules use, e.g. `vendor_cloud`.
     pub name: String,
-    /// `mqtt://host:port` or `mqtts://host:port` (TLS, verified).
+    /// Where the destination is: a broker elsewhere, or a view on this hub.
+    #[serde(default)]
+    pub kind: DestinationKind,
+    /// `mqtt://host:port` or `mqtts://host:port` (TLS, verified). Required
+    /// for `kind = "mqtt"`; a local destination has none.
+    #[serde(default)]
     pub url: String,
+    /// A local destination also announces the fields it receives to Home
+    /// Assistant (MQTT discovery, under `homeassistant/`).
+    #[serde(default)]
+    pub home_assistant_discovery: bool,
     #[serde(default)]
     pub client_id: Option<String>,
     #[serde(default)]
@@ -73,6 +82,34 @@ pub struct DestinationConfig {
     /// `detailed` (an entry per message as well).
     #[serde(default)]
     pub ledger: LedgerDetail,
+}
+
+/// Where a destination's data goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DestinationKind {
+    /// A broker elsewhere (a vendor's cloud), reached by the uplink.
+    #[default]
+    Mqtt,
+    /// A view on this hub's own broker, under `local/<name>/`, that local
+    /// consumers (Home Assistant, say) subscribe to with their own account.
+    Local,
+}
+
+impl DestinationConfig {
+    pub fn is_local(&self) -> bool {
+        self.kind == DestinationKind::Local
+    }
+
+    /// What precedes a device's topic at the destination: the configured
+    /// prefix at a broker elsewhere, `local/<name>/` in a local view.
+    pub fn remote_prefix(&self) -> String {
+        if self.is_local() {
+            crate::local::view_prefix(&self.name)
+        } else {
+            self.topic_prefix.clone()
+        }
+    }
 }
 
 /// How much of a destination's egress the ledger records.

@@ -432,8 +432,37 @@ impl Config {
             if !seen.insert(d.name.as_str()) {
                 return fail(format!("destination {:?} is defined twice", d.name));
             }
-            if let Err(e) = Endpoint::parse(&d.url) {
+            if d.is_local() {
+                // A view on this hub: nothing to connect to, and its topics
+                // are fixed so that consumers' access can be checked.
+                let remote_only = [
+                    ("url", !d.url.is_empty()),
+                    ("client_id", d.client_id.is_some()),
+                    ("username", d.username.is_some()),
+                    ("password", d.password.is_some()),
+                    ("ca_file", d.ca_file.is_some()),
+                    ("topic_prefix", !d.topic_prefix.is_empty()),
+                    ("command_prefix", d.command_prefix.is_some()),
+                ];
+                if let Some((key, _)) = remote_only.iter().find(|(_, set)| *set) {
+                    return fail(format!(
+                        "destination {:?} is local: it takes no {key} (its consumers read {}#)",
+                        d.name,
+                        crate::local::view_prefix(&d.name)
+                    ));
+                }
+            } else if d.url.is_empty() {
+                return fail(format!(
+                    "destination {:?} needs a url (mqtt://host:port or mqtts://host:port), or kind = \"local\"",
+                    d.name
+                ));
+            } else if let Err(e) = Endpoint::parse(&d.url) {
                 return fail(format!("destination {:?}: {e}", d.name));
+            } else if d.home_assistant_discovery {
+                return fail(format!(
+                    "destination {:?}: home_assistant_discovery is for local destinations (kind = \"local\")",
+                    d.name
+                ));
             }
             if d.max_inflight == 0 {
                 return fail(format!(

@@ -213,7 +213,7 @@ impl Operations {
                 wiped.policy_versions_removed += 1;
             }
             if let Some(live) = &self.live {
-                live.pipeline.swap_policy(Default::default());
+                live.put_in_force(Default::default()).await;
             }
             store.remove_keys()?;
             wiped.keys_removed = true;

@@ -8,10 +8,11 @@
 //! - [`server`]: the control socket a running gateway serves.
 //! - [`client`]: the CLI side: through the socket when a gateway runs,
 //!   on the store directly when none does.
-//! - `devices`, `policy`, `quarantine`, `ledger`, `status`, `keys`,
+//! - `devices`, `consumers`, `policy`, `quarantine`, `ledger`, `status`, `keys`,
 //!   `export`, `erase`: the operations themselves.
 
 pub mod client;
+mod consumers;
 mod devices;
 mod erase;
 mod export;
@@ -36,6 +37,7 @@ use crate::pipeline::Pipeline;
 use crate::store::{Outbox, Store, StoreError};
 use crate::uplink::LinkState;
 
+pub use consumers::{AddedConsumer, ConsumerInfo, RemovedConsumer};
 pub use devices::{AddedDevice, DeviceActivity, DeviceInfo, RemovedDevice};
 pub use erase::DeleteReport;
 pub use export::{ndjson_line, ExportFormat, ExportRequest, ExportSummary};
@@ -133,6 +135,15 @@ pub struct Live {
     pub started: std::time::Instant,
 }
 
+impl Live {
+    /// Puts `next` in force, and clears the local views' retained values,
+    /// which the policy before it decided.
+    pub(crate) async fn put_in_force(&self, next: crate::pipeline::ActivePolicy) {
+        self.pipeline.swap_policy(next);
+        self.broker.clear_local_views().await;
+    }
+}
+
 /// The operations, over a store and, while the gateway runs, over the
 /// running parts.
 pub struct Operations {
@@ -222,6 +233,11 @@ impl Operations {
             Request::DeviceActivity => json(self.device_activity()?),
             Request::DeviceShow { id } => json(self.device_show(&id)?),
             Request::DeviceRemove { id } => json(self.device_remove(&id).await?),
+            Request::ConsumerAdd { id, destination } => {
+                json(self.consumer_add(&id, destination.as_deref()).await?)
+            }
+            Request::ConsumerList => json(self.consumer_list()?),
+            Request::ConsumerRemove { id } => json(self.consumer_remove(&id).await?),
             Request::PolicyCheck { text, name } => json(self.policy_check(&text, &name)?),
             Request::PolicyApply { text, name } => json(self.policy_apply(&text, &name).await?),
             Request::PolicyShow { policy_version } => json(self.policy_show(policy_version)?),

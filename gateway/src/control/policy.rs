@@ -96,48 +96,6 @@ pub struct FieldValue {
     pub value: String,
 }
 
-/// A preview shows where a sealed value goes without sealing it (a real
-/// one would differ at every send anyway), and which fields the quarantine
-/// holds, from the same inventory the pipeline asks.
-struct PreviewContext {
-    fields: Option<Arc<crate::store::FieldInventory>>,
-    destinations: Option<Arc<crate::store::DestinationApprovals>>,
-}
-
-impl policy::transform::Context for PreviewContext {
-    fn seal(&self, _: &[u8], recipient: Option<&str>) -> Option<String> {
-        Some(match recipient {
-            None => "dw1.(sealed to your key when sent)".into(),
-            Some(r) => format!("age.(sealed to {r} when sent)"),
-        })
-    }
-
-    /// A preview adds to no window: the value leaves only as the window's
-    /// result.
-    fn accumulate(&self, _: &policy::aggregate::WindowSlot<'_>, _: &[u8]) {}
-
-    fn field_approved(&self, device: &str, field: &policy::FieldPath) -> bool {
-        self.fields
-            .as_ref()
-            .is_some_and(|f| f.is_approved(device, field))
-    }
-
-    fn destination_approved(&self, destination: &str) -> bool {
-        self.destinations
-            .as_ref()
-            .is_none_or(|d| d.is_approved(destination))
-    }
-
-    fn pseudonym(&self, destination: &str, _: &[u8]) -> Option<String> {
-        Some(format!("ps-(a pseudonym for {destination} when sent)"))
-    }
-
-    /// A preview sends nothing: it shows the value as the next one allowed.
-    fn allow_once_per(&self, _: &str, _: u64) -> bool {
-        true
-    }
-}
-
 /// Parses `text` and checks it against the configured destinations, and
 /// that every `seal` recipient is a real age key (the policy crate checks
 /// only its shape).
@@ -312,10 +270,11 @@ impl Operations {
             return Err(e);
         }
         if let Some(live) = &self.live {
-            live.pipeline.swap_policy(ActivePolicy {
+            live.put_in_force(ActivePolicy {
                 version: stored.version,
                 policy,
-            });
+            })
+            .await;
         }
         tracing::info!(version = stored.version, source = %stored.source, "policy applied");
         self.record(crate::ledger::EntryBody::PolicyApplied {
@@ -423,7 +382,7 @@ impl Operations {
                 payload,
             },
             &names,
-            &PreviewContext {
+            &crate::pipeline::DryRun {
                 fields: self.store.as_ref().map(Store::fields),
                 destinations: self.store.as_ref().map(Store::destinations),
             },

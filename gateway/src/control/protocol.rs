@@ -136,6 +136,18 @@ pub enum Request {
     DeviceRemove {
         id: String,
     },
+    /// An account for a local app (Home Assistant, say) that reads one
+    /// local destination's view; the only local destination when none is
+    /// named.
+    ConsumerAdd {
+        id: String,
+        #[serde(default)]
+        destination: Option<String>,
+    },
+    ConsumerList,
+    ConsumerRemove {
+        id: String,
+    },
     /// Validates `text` as the running (or configured) gateway would.
     PolicyCheck {
         text: String,
@@ -246,7 +258,10 @@ impl Request {
     pub fn creates_store(&self) -> bool {
         matches!(
             self,
-            Request::DeviceAdd { .. } | Request::PolicyApply { .. } | Request::Init { .. }
+            Request::DeviceAdd { .. }
+                | Request::ConsumerAdd { .. }
+                | Request::PolicyApply { .. }
+                | Request::Init { .. }
         )
     }
 

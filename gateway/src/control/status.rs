@@ -21,6 +21,10 @@ pub struct DestinationStatus {
     pub forwarded: u64,
     #[serde(default)]
     pub withheld: u64,
+    /// A local destination: its consumers connected now (none when
+    /// stopped); absent for a remote one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consumers_online: Option<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,6 +95,7 @@ impl Operations {
                     dead_letters: h.outbox.dead_letters(),
                     forwarded: 0,
                     withheld: 0,
+                    consumers_online: None,
                 },
                 (None, Some(store)) if store.has_outbox(&dest.name) => {
                     let ob = store.outbox(&dest.name, self.config.store.outbox_max_entries)?;
@@ -102,6 +107,7 @@ impl Operations {
                         dead_letters: ob.dead_letters(),
                         forwarded: 0,
                         withheld: 0,
+                        consumers_online: None,
                     }
                 }
                 _ => DestinationStatus {
@@ -112,6 +118,7 @@ impl Operations {
                     dead_letters: 0,
                     forwarded: 0,
                     withheld: 0,
+                    consumers_online: None,
                 },
             };
             let mut status = status;
@@ -128,9 +135,28 @@ impl Operations {
                 status.forwarded = read(&c.forwarded);
                 status.withheld = read(&c.withheld);
             }
+            if dest.is_local() {
+                status.consumers_online = Some(match (&self.live, &self.registry) {
+                    (Some(live), Some(registry)) => registry
+                        .consumers()
+                        .iter()
+                        .filter(|c| c.destination == dest.name && live.broker.is_online(&c.id))
+                        .count(),
+                    _ => 0,
+                });
+            }
             destinations.push(status);
         }
-        let (connected, connections) = self.live.as_ref().map_or((0, 0), |l| l.broker.connected());
+        // Consumers' connections count as connections, not as devices.
+        let (_, connections) = self.live.as_ref().map_or((0, 0), |l| l.broker.connected());
+        let connected = match (&self.live, &self.registry) {
+            (Some(live), Some(registry)) => registry
+                .list()
+                .iter()
+                .filter(|d| live.broker.is_online(&d.id))
+                .count(),
+            _ => 0,
+        };
         Ok(StatusReport {
             running: self.live.is_some(),
             pid: self.live.as_ref().map(|_| std::process::id()),

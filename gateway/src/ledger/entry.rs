@@ -86,6 +86,16 @@ pub enum EntryBody {
     DeviceRemoved {
         device: String,
     },
+    /// A local app was given an account to read a local destination's
+    /// view, or lost it.
+    ConsumerAdded {
+        consumer: String,
+        destination: String,
+    },
+    ConsumerRemoved {
+        consumer: String,
+        destination: String,
+    },
     FieldsApproved {
         device: String,
         fields: Vec<String>,
@@ -146,6 +156,8 @@ impl EntryBody {
             EntryBody::PolicyApplied { .. } => "policy_applied",
             EntryBody::DeviceAdded { .. } => "device_added",
             EntryBody::DeviceRemoved { .. } => "device_removed",
+            EntryBody::ConsumerAdded { .. } => "consumer_added",
+            EntryBody::ConsumerRemoved { .. } => "consumer_removed",
             EntryBody::FieldsApproved { .. } => "fields_approved",
             EntryBody::DestinationApproved { .. } => "destination_approved",
             EntryBody::Export { .. } => "export",
@@ -164,6 +176,8 @@ impl EntryBody {
             | EntryBody::Message { destination, .. }
             | EntryBody::Aggregate { destination, .. }
             | EntryBody::DestinationApproved { destination }
+            | EntryBody::ConsumerAdded { destination, .. }
+            | EntryBody::ConsumerRemoved { destination, .. }
             | EntryBody::OutboxDropped { destination, .. }
             | EntryBody::CommandRelayed { destination, .. }
             | EntryBody::CommandRefused { destination, .. } => Some(destination),

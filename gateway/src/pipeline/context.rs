@@ -118,6 +118,50 @@ pub fn seal_to_age(recipient: &str, value: &[u8]) -> Option<String> {
 /// What a value sealed to an age recipient starts with.
 pub const AGE_VALUE_PREFIX: &str = "age.";
 
+/// A dry run (a preview, or the local view asking what is still shared)
+/// shows where a sealed value goes without sealing it (a real
+/// one would differ at every send anyway), and which fields the quarantine
+/// holds, from the same inventory the pipeline asks. It changes nothing:
+/// no window, rate limit or counter.
+pub struct DryRun {
+    pub fields: Option<std::sync::Arc<FieldInventory>>,
+    pub destinations: Option<std::sync::Arc<DestinationApprovals>>,
+}
+
+impl policy::transform::Context for DryRun {
+    fn seal(&self, _: &[u8], recipient: Option<&str>) -> Option<String> {
+        Some(match recipient {
+            None => "dw1.(sealed to your key when sent)".into(),
+            Some(r) => format!("age.(sealed to {r} when sent)"),
+        })
+    }
+
+    /// A preview adds to no window: the value leaves only as the window's
+    /// result.
+    fn accumulate(&self, _: &policy::aggregate::WindowSlot<'_>, _: &[u8]) {}
+
+    fn field_approved(&self, device: &str, field: &policy::FieldPath) -> bool {
+        self.fields
+            .as_ref()
+            .is_some_and(|f| f.is_approved(device, field))
+    }
+
+    fn destination_approved(&self, destination: &str) -> bool {
+        self.destinations
+            .as_ref()
+            .is_none_or(|d| d.is_approved(destination))
+    }
+
+    fn pseudonym(&self, destination: &str, _: &[u8]) -> Option<String> {
+        Some(format!("ps-(a pseudonym for {destination} when sent)"))
+    }
+
+    /// A preview sends nothing: it shows the value as the next one allowed.
+    fn allow_once_per(&self, _: &str, _: u64) -> bool {
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,7 +16,7 @@
 mod context;
 mod last_seen;
 
-pub use context::{seal_to_age, RateLimits, SendContext, AGE_VALUE_PREFIX};
+pub use context::{seal_to_age, DryRun, RateLimits, SendContext, AGE_VALUE_PREFIX};
 pub use last_seen::LastSeen;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -179,9 +179,39 @@ impl Pipeline {
         self.policy.load_full()
     }
 
-    /// Puts `next` in force for every message evaluated from now on.
+    /// Puts `next` in force for every message evaluated from now on, and
+    /// wakes every lane: a local view rechecks what it announced.
     pub fn swap_policy(&self, next: ActivePolicy) {
         self.policy.store(Arc::new(next));
+        for lane in &self.lanes {
+            lane.wake.notify_one();
+        }
+    }
+
+    /// What `destination` would receive of this message under the policy
+    /// in force, as a preview computes it: nothing is sent, sealed, counted
+    /// or added to a window.
+    pub fn dry_run(
+        &self,
+        device: &str,
+        topic: &str,
+        payload: &[u8],
+        destination: &str,
+    ) -> Option<Vec<u8>> {
+        let active = self.policy.load();
+        let eval = active.policy.evaluate_with(
+            &Message {
+                device,
+                topic,
+                payload,
+            },
+            &[destination],
+            &DryRun {
+                fields: Some(Arc::clone(&self.fields)),
+                destinations: Some(Arc::clone(&self.approved_destinations)),
+            },
+        );
+        eval.outputs.into_iter().next().and_then(|o| o.payload)
     }
 
     /// Refuses, before anything is stored, a message that no destination

@@ -45,7 +45,7 @@ impl LinkState {
         self.connected.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    fn set(&self, up: bool) {
+    pub(crate) fn set(&self, up: bool) {
         self.connected
             .store(up, std::sync::atomic::Ordering::Release);
     }
@@ -458,6 +458,8 @@ mod tests {
         let cfg = DestinationConfig {
             name: "c".into(),
             url: "mqtts://h:8883".into(),
+            kind: Default::default(),
+            home_assistant_discovery: false,
             client_id: None,
             username: None,
             password: None,

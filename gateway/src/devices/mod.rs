@@ -1,7 +1,13 @@
-//! Devices: identity, credentials and the topics each may use.
+//! Devices: identity, credentials and the topics each may use; and the
+//! accounts of local consumers ([`consumers`]), which share the broker's
+//! one namespace of usernames.
 //!
 //! A device is known by its credential, never by the topic it claims. The
 //! password is random, shown once, and stored only as an Argon2id hash.
+
+mod consumers;
+
+pub use consumers::{Account, Consumer};
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -22,6 +28,20 @@ pub enum DeviceError {
     InvalidName(String),
     #[error("a device with id {0:?} already exists")]
     Exists(String),
+    #[error("{0:?} is already the id of a local consumer; choose another")]
+    IsConsumer(String),
+    #[error("{0:?} is already the id of a device; choose another")]
+    IsDevice(String),
+    #[error("a local consumer with id {0:?} already exists")]
+    ConsumerExists(String),
+    #[error("no local consumer with id {0:?}")]
+    ConsumerNotFound(String),
+    #[error("device {id:?} would use topic {topic:?}, inside the hub's own local views ({reserved}); choose another id")]
+    ReservedTopic {
+        id: String,
+        topic: String,
+        reserved: String,
+    },
     #[error("no device with id {0:?}")]
     NotFound(String),
     #[error("device {id:?} would use topic {ours:?}, which overlaps {theirs:?} of device {other:?}; choose another id")]
@@ -140,16 +160,22 @@ impl std::fmt::Debug for Device {
 }
 
 impl Device {
+    /// The hub's local views are never a device's, whatever its patterns
+    /// (a device registered before they existed may have overlapping ones).
     pub fn may_publish(&self, topic: &str) -> bool {
-        self.publish
-            .iter()
-            .any(|p| policy::topic::matches(p, topic))
+        !crate::local::is_reserved(topic)
+            && self
+                .publish
+                .iter()
+                .any(|p| policy::topic::matches(p, topic))
     }
 
     pub fn may_subscribe(&self, filter: &str) -> bool {
-        self.subscribe
-            .iter()
-            .any(|p| policy::topic::filter_within(filter, p))
+        !crate::local::is_reserved(filter)
+            && self
+                .subscribe
+                .iter()
+                .any(|p| policy::topic::filter_within(filter, p))
     }
 
     /// Whether a message on `topic` would be delivered to this device if it
@@ -216,6 +242,8 @@ fn new_password() -> Zeroizing<String> {
 pub struct DeviceRegistry {
     tree: sled::Tree,
     cache: RwLock<BTreeMap<String, Arc<Device>>>,
+    consumer_tree: sled::Tree,
+    consumers: RwLock<BTreeMap<String, Arc<Consumer>>>,
     /// Adds and removes one at a time, so the existence and overlap checks
     /// still hold when the record is written (the control socket serves
     /// several requests at once).
@@ -232,9 +260,13 @@ impl DeviceRegistry {
                 serde_json::from_slice(&v).map_err(|e| DeviceError::Corrupt(e.to_string()))?;
             cache.insert(d.id.clone(), Arc::new(d));
         }
+        let consumer_tree = store.tree("consumers")?;
+        let consumers = consumers::load(&consumer_tree)?;
         Ok(Self {
             tree,
             cache: RwLock::new(cache),
+            consumer_tree,
+            consumers: RwLock::new(consumers),
             changes: std::sync::Mutex::new(()),
         })
     }
@@ -254,9 +286,7 @@ impl DeviceRegistry {
         if name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
             return Err(DeviceError::InvalidName(name.to_string()));
         }
-        if self.get(id).is_some() {
-            return Err(DeviceError::Exists(id.to_string()));
-        }
+        self.check_free(id)?;
         // Hashing is slow, so it runs before the lock; the checks that
         // matter are repeated under it.
         let password = new_password();
@@ -273,8 +303,15 @@ impl DeviceRegistry {
             created_ms: now_ms,
         };
         let _one_at_a_time = self.changes.lock().unwrap_or_else(|e| e.into_inner());
-        if self.get(id).is_some() {
-            return Err(DeviceError::Exists(id.to_string()));
+        self.check_free(id)?;
+        for ours in device.publish.iter().chain(&device.subscribe) {
+            if crate::local::is_reserved(ours) {
+                return Err(DeviceError::ReservedTopic {
+                    id: device.id.clone(),
+                    topic: ours.clone(),
+                    reserved: crate::local::RESERVED_FILTERS.join(", "),
+                });
+            }
         }
         // Topic spaces must not touch: otherwise one device could publish
         // into another's topics (e.g. a zigbee2mqtt bridge with id
@@ -313,6 +350,18 @@ impl DeviceRegistry {
             return Err(DeviceError::NotFound(id.to_string()));
         }
         self.cache_mut().remove(id);
+        Ok(())
+    }
+
+    /// Device ids and consumer ids are one namespace: both are MQTT
+    /// usernames.
+    fn check_free(&self, id: &str) -> Result<(), DeviceError> {
+        if self.get(id).is_some() {
+            return Err(DeviceError::Exists(id.to_string()));
+        }
+        if self.consumer(id).is_some() {
+            return Err(DeviceError::IsConsumer(id.to_string()));
+        }
         Ok(())
     }
 

@@ -1,0 +1,167 @@
+//! Local destinations: views on the hub's own broker for apps on the home
+//! network, such as Home Assistant.
+//!
+//! A destination of `kind = "local"` is a lane of the pipeline like any
+//! other: the same policy decides what it receives, and the ledger records
+//! it. Instead of an uplink to a broker elsewhere, [`view::LocalView`]
+//! publishes its outbox on the hub's broker under `local/<name>/`, where
+//! only that destination's consumers may subscribe.
+//!
+//! - this module: the topics of the views, and who may use them
+//!   ([`LocalAccess`]);
+//! - [`view`]: the task that publishes a destination's view;
+//! - [`discovery`]: Home Assistant's MQTT discovery messages for the fields
+//!   a view carries.
+
+pub mod discovery;
+pub mod view;
+
+use std::collections::HashMap;
+
+use crate::config::DestinationConfig;
+
+/// The topic spaces that belong to the hub's local views: no device may
+/// publish or subscribe there, whatever its patterns.
+pub const RESERVED_FILTERS: [&str; 2] = ["local/#", "homeassistant/#"];
+
+/// Home Assistant's default discovery prefix.
+pub const DISCOVERY_PREFIX: &str = "homeassistant";
+
+/// Where Home Assistant announces that it (re)started, and sets its will.
+pub const HOME_ASSISTANT_STATUS: &str = "homeassistant/status";
+
+/// What precedes a device's topic in destination `name`'s view.
+pub fn view_prefix(name: &str) -> String {
+    format!("local/{name}/")
+}
+
+/// Whether a topic or filter reaches into the local views.
+pub fn is_reserved(topic_or_filter: &str) -> bool {
+    RESERVED_FILTERS
+        .iter()
+        .any(|r| policy::topic::filters_overlap(r, topic_or_filter))
+}
+
+/// The local destinations, and what their consumers may do on the broker.
+#[derive(Debug, Clone, Default)]
+pub struct LocalAccess {
+    /// Destination name -> whether it announces to Home Assistant.
+    discovery: HashMap<String, bool>,
+}
+
+impl LocalAccess {
+    pub fn from_config(destinations: &[DestinationConfig]) -> Self {
+        Self {
+            discovery: destinations
+                .iter()
+                .filter(|d| d.is_local())
+                .map(|d| (d.name.clone(), d.home_assistant_discovery))
+                .collect(),
+        }
+    }
+
+    /// Whether `destination` is a local destination of this config.
+    pub fn is_local(&self, destination: &str) -> bool {
+        self.discovery.contains_key(destination)
+    }
+
+    /// A consumer of `destination` subscribes within its view, and within
+    /// the discovery prefix when the destination announces there.
+    pub fn may_subscribe(&self, destination: &str, filter: &str) -> bool {
+        let Some(&discovery) = self.discovery.get(destination) else {
+            return false;
+        };
+        policy::topic::filter_within(filter, &format!("{}#", view_prefix(destination)))
+            || (discovery && policy::topic::filter_within(filter, &format!("{DISCOVERY_PREFIX}/#")))
+    }
+
+    /// A consumer publishes nothing into the hub, except Home Assistant's
+    /// birth and will on its status topic, which it needs to connect.
+    pub fn may_publish(&self, destination: &str, topic: &str) -> bool {
+        self.discovery.get(destination) == Some(&true) && topic == HOME_ASSISTANT_STATUS
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn access() -> LocalAccess {
+        let c = Config::parse(
+            "[[destination]]\nname = \"home\"\nkind = \"local\"\nhome_assistant_discovery = true\n\
+             [[destination]]\nname = \"panel\"\nkind = \"local\"\n\
+             [[destination]]\nname = \"cloud\"\nurl = \"mqtt://h:1\"\n",
+        )
+        .expect("valid");
+        LocalAccess::from_config(&c.destinations)
+    }
+
+    #[test]
+    fn consumers_reach_their_own_view_only() {
+        let a = access();
+        assert!(a.is_local("home") && a.is_local("panel") && !a.is_local("cloud"));
+        for ok in [
+            "local/home/#",
+            "local/home/tele/plug/SENSOR",
+            "homeassistant/#",
+        ] {
+            assert!(a.may_subscribe("home", ok), "{ok}");
+        }
+        for refused in [
+            "#",
+            "+/home/#",
+            "local/#",
+            "local/+/tele/plug/SENSOR",
+            "local/panel/#",
+            "tele/plug/SENSOR",
+            "$SYS/#",
+        ] {
+            assert!(!a.may_subscribe("home", refused), "{refused}");
+        }
+        assert!(!a.may_subscribe("panel", "homeassistant/#"), "no discovery");
+        assert!(!a.may_subscribe("cloud", "local/cloud/#"), "not local");
+        assert!(a.may_publish("home", "homeassistant/status"));
+        for refused in [
+            "tele/plug/SENSOR",
+            "local/home/x",
+            "homeassistant/sensor/x/config",
+        ] {
+            assert!(!a.may_publish("home", refused), "{refused}");
+        }
+        assert!(!a.may_publish("panel", "homeassistant/status"));
+    }
+
+    #[test]
+    fn the_views_are_reserved() {
+        for t in ["local/x", "local/#", "homeassistant/status", "#", "+/x"] {
+            assert!(is_reserved(t), "{t}");
+        }
+        for t in ["tele/plug/#", "locally/x", "zigbee2mqtt/#"] {
+            assert!(!is_reserved(t), "{t}");
+        }
+    }
+
+    #[test]
+    fn a_local_destination_takes_no_remote_settings() {
+        for key in [
+            "url = \"mqtt://h:1\"",
+            "username = \"u\"",
+            "topic_prefix = \"x/\"",
+            "command_prefix = \"c/\"",
+        ] {
+            let text = format!("[[destination]]\nname = \"home\"\nkind = \"local\"\n{key}\n");
+            let (line, _, msg) = Config::parse(&text).expect_err(key);
+            assert_eq!(line, 2, "{msg}");
+            assert!(msg.contains("is local"), "{msg}");
+        }
+        let (_, _, msg) =
+            Config::parse("[[destination]]\nname = \"c\"\n").expect_err("no url, not local");
+        assert!(msg.contains("needs a url"), "{msg}");
+        let (_, _, msg) = Config::parse(
+            "[[destination]]\nname = \"c\"\nurl = \"mqtt://h:1\"\nhome_assistant_discovery = true\n",
+        )
+        .expect_err("discovery is local");
+        assert!(msg.contains("for local destinations"), "{msg}");
+    }
+}
