@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs dataward's whole test suite on a fresh machine: installs what the
 # tests need (mosquitto, openssl, age, chromium and chromium-driver from
-# Debian's packages, the OpenAPI validator from PyPI) if missing, then runs
+# Debian's packages, the OpenAPI validator and Home Assistant from PyPI) if missing, then runs
 # `cargo test` over the workspace, then the Debian package's test
 # (scripts/test-package.sh: it installs and purges the package, and
 # installs lintian and cargo-deb if missing).
@@ -35,6 +35,16 @@ if ! command -v openapi-spec-validator >/dev/null 2>&1; then
     "$venv/bin/pip" install --quiet --disable-pip-version-check openapi-spec-validator==0.9.0
   fi
   export PATH="$PWD/$venv/bin:$PATH"
+fi
+# Home Assistant's discovery messages are checked by Home Assistant's own
+# code (its discovery schema and template engine): the last release that
+# runs on this Python, from PyPI, in a virtualenv of its own.
+ha=target/tools/home-assistant
+if [ ! -x "$ha/bin/python" ] || ! "$ha/bin/python" -c 'import homeassistant.components.mqtt.sensor' >/dev/null 2>&1; then
+  echo "installing: homeassistant (PyPI), for the discovery check"
+  rm -rf "$ha"
+  python3 -m venv "$ha"
+  "$ha/bin/pip" install --quiet --disable-pip-version-check homeassistant==2024.3.3 paho-mqtt==1.6.1
 fi
 # The tests start their own mosquitto on free loopback ports; the one the
 # Debian package may have started as a service is not used.
