@@ -712,6 +712,35 @@ mod tests {
         assert!(msg.contains("lisen"), "{msg}");
     }
 
+    /// The config the README shows, and the one the package installs, are
+    /// valid configs.
+    #[test]
+    fn the_documented_configs_parse() {
+        let readme = include_str!("../../../README.md");
+        let block = readme
+            .split("## Configuration")
+            .nth(1)
+            .and_then(|r| r.split("```toml\n").nth(1))
+            .and_then(|r| r.split("```").next())
+            .expect("a toml block under Configuration");
+        let c = Config::parse(block).unwrap_or_else(|e| panic!("README config: {e:?}"));
+        assert!(c.destinations.iter().any(DestinationConfig::is_local));
+        let packaged = include_str!("../../../packaging/dataward.toml");
+        Config::parse(packaged).unwrap_or_else(|e| panic!("packaged config: {e:?}"));
+        // Its commented local destination, uncommented, is valid too.
+        let local: String = packaged
+            .split("# A local app")
+            .nth(1)
+            .expect("a local destination example")
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| !l.starts_with("See ") && !l.starts_with("local/"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let c = Config::parse(&local).unwrap_or_else(|e| panic!("{local}: {e:?}"));
+        assert!(c.destinations[0].is_local() && c.destinations[0].home_assistant_discovery);
+    }
+
     #[test]
     fn destinations_are_validated() {
         let ok = "[[destination]]\nname = \"vendor_cloud\"\nurl = \"mqtt://127.0.0.1:1883\"\n";
