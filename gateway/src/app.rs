@@ -374,6 +374,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         tracing::warn!(destination = %name, "a new destination: rules for every destination (\"*\") do not reach it until you approve it (dataward destinations approve {name}); rules that name it apply");
     }
 
+    let local_access = crate::local::LocalAccess::from_config(&config.destinations);
     let mqtt_tls = crate::tls::for_mqtt(&config.mqtt, &config.data_dir)
         .context("setting up TLS for devices")?;
     let broker = Arc::new(
@@ -394,7 +395,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 max_connections: config.mqtt.max_connections,
                 max_handshakes: config.mqtt.max_handshakes,
                 max_handshakes_per_address: config.mqtt.max_handshakes_per_address,
-                local: crate::local::LocalAccess::from_config(&config.destinations),
+                local: local_access.clone(),
             },
             Arc::clone(&registry),
             Arc::clone(&pipeline),
@@ -413,6 +414,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             discovery: dest.home_assistant_discovery,
             outbox,
             wake,
+            birth: local_access.birth(&dest.name),
             broker: Arc::clone(&broker),
             registry: Arc::clone(&registry),
             pipeline: Arc::clone(&pipeline),

@@ -23,7 +23,8 @@ use serde_json::{json, Value};
 const VIEW: &str = "local/home_assistant/";
 
 const LOCAL: &str = "\n[[destination]]\nname = \"home_assistant\"\nkind = \"local\"\n\
-     home_assistant_discovery = true\nrecipient = \"Home Assistant on this hub\"\n";
+     home_assistant_discovery = true\nrecipient = \"Home Assistant on this hub\"\n\
+     \n[[destination]]\nname = \"panel\"\nkind = \"local\"\n";
 
 /// The cloud gets every field; Home Assistant gets the power reading and
 /// the online flag, nothing else.
@@ -40,10 +41,16 @@ const POLICY_V2: &str = "[quarantine]\nexempt = [\"*\"]\n\n\
 const READING: &str =
     r#"{"ENERGY":{"Power":42,"Total":1234.5},"Online":true,"Wifi":{"SSId":"home-net"}}"#;
 
-fn consumer_options(gw: &Gateway, user: &str, password: &str, client_id: &str) -> MqttOptions {
+/// A consumer that is not Home Assistant: no will.
+fn panel_options(gw: &Gateway, user: &str, password: &str, client_id: &str) -> MqttOptions {
     let mut o = MqttOptions::new(client_id, "127.0.0.1", gw.mqtt.port());
     o.set_credentials(user, password);
     o.set_keep_alive(Duration::from_secs(30));
+    o
+}
+
+fn consumer_options(gw: &Gateway, user: &str, password: &str, client_id: &str) -> MqttOptions {
+    let mut o = panel_options(gw, user, password, client_id);
     // As Home Assistant does: its will says it went offline.
     o.set_last_will(LastWill::new(
         "homeassistant/status",
@@ -160,11 +167,17 @@ async fn home_assistant_reads_only_what_the_policy_shares_with_it() -> Result<()
     std::fs::write(&conf_file, &config)?;
     let conf = conf_file.to_string_lossy().into_owned();
 
-    // Added with the gateway stopped; it reads the only local destination.
+    // Added with the gateway stopped. With two local destinations, the
+    // one it reads must be named.
+    let unnamed = cli(&["consumer", "add", "home-assistant", "--config", &conf])?;
+    assert_eq!(unnamed.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unnamed.stderr).contains("--destination"));
     let out = cli(&[
         "consumer",
         "add",
         "home-assistant",
+        "--destination",
+        "home_assistant",
         "--json",
         "--config",
         &conf,
@@ -194,8 +207,30 @@ async fn home_assistant_reads_only_what_the_policy_shares_with_it() -> Result<()
     ])?;
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("not local"));
-    let taken = cli(&["consumer", "add", "plug", "--config", &conf])?;
+    let taken = cli(&[
+        "consumer",
+        "add",
+        "plug",
+        "--destination",
+        "panel",
+        "--config",
+        &conf,
+    ])?;
     assert_eq!(taken.status.code(), Some(2));
+    // The wall panel's consumer reads the other local destination.
+    let panel = cli(&[
+        "consumer",
+        "add",
+        "wall-panel",
+        "--destination",
+        "panel",
+        "--json",
+        "--config",
+        &conf,
+    ])?;
+    assert!(panel.status.success());
+    let panel: Value = serde_json::from_slice(&panel.stdout)?;
+    let panel_password = panel["password"].as_str().unwrap_or_default().to_string();
 
     let gw = Gateway::start(dir.path(), &config)?;
     let (cloud_client, mut cloud_events) =
@@ -205,7 +240,7 @@ async fn home_assistant_reads_only_what_the_policy_shares_with_it() -> Result<()
         &gw,
         "home-assistant",
         &password,
-        "hass-7f3a",
+        "home-assistant",
     ))
     .await?;
     let mut early = BTreeMap::new();
@@ -229,7 +264,8 @@ async fn home_assistant_reads_only_what_the_policy_shares_with_it() -> Result<()
     ha.publish("homeassistant/status", QoS::AtLeastOnce, false, "online")
         .await?;
 
-    // A consumer's client id may not be a device's.
+    // A consumer's client id is its own: not a device's, and not another
+    // consumer's (whose session, subscriptions and all, it would take).
     let stolen = connect(consumer_options(
         &gw,
         "home-assistant",
@@ -238,6 +274,32 @@ async fn home_assistant_reads_only_what_the_policy_shares_with_it() -> Result<()
     ))
     .await;
     assert!(stolen.is_err(), "a consumer took a device's client id");
+    let mut panel_opts = panel_options(&gw, "wall-panel", &panel_password, "home-assistant");
+    panel_opts.set_clean_session(false);
+    assert!(
+        connect(panel_opts).await.is_err(),
+        "a consumer took another's session"
+    );
+    assert_eq!(
+        gw.log()
+            .matches("a consumer's client id must be its id")
+            .count(),
+        2,
+        "both refused for their client id"
+    );
+    // The panel sees its own view only, and no discovery.
+    let (wall, mut wall_events) = connect(panel_options(
+        &gw,
+        "wall-panel",
+        &panel_password,
+        "wall-panel",
+    ))
+    .await?;
+    let mut wall_seen = BTreeMap::new();
+    for refused in [&*format!("{VIEW}#"), "homeassistant/#"] {
+        assert!(!subscribe(&wall, &mut wall_events, refused, &mut wall_seen).await?);
+    }
+    assert!(subscribe(&wall, &mut wall_events, "local/panel/#", &mut wall_seen).await?);
 
     let (device, mut device_events) = connect(device_options(gw.mqtt, &plug, "plug")).await?;
     tokio::spawn(async move { while device_events.poll().await.is_ok() {} });
@@ -343,7 +405,7 @@ async fn home_assistant_reads_only_what_the_policy_shares_with_it() -> Result<()
         &gw,
         "home-assistant",
         &password,
-        "hass-late",
+        "home-assistant.late",
     ))
     .await?;
     let mut retained = BTreeMap::new();
@@ -390,18 +452,67 @@ async fn home_assistant_reads_only_what_the_policy_shares_with_it() -> Result<()
         Some(0),
         "{withdrawn:?}"
     );
-    assert_eq!(configs(&withdrawn).len(), 1, "the power sensor stays");
+    assert_eq!(
+        configs(&withdrawn).len(),
+        1,
+        "the withdrawal only; the power sensor stays: {withdrawn:?}"
+    );
     let (fresh, mut fresh_events) = connect(consumer_options(
         &gw,
         "home-assistant",
         &password,
-        "hass-fresh",
+        "home-assistant.fresh",
     ))
     .await?;
     let mut cleared = BTreeMap::new();
     assert!(subscribe(&fresh, &mut fresh_events, &format!("{VIEW}#"), &mut cleared).await?);
     cleared.extend(gather(&mut fresh_events, Duration::from_secs(2)).await);
     assert!(cleared.is_empty(), "the view kept {cleared:?}");
+
+    // The next message carries the power reading only, and nothing is
+    // announced again.
+    device
+        .publish(
+            "tele/plug/SENSOR",
+            QoS::AtLeastOnce,
+            false,
+            READING.replace("42", "43"),
+        )
+        .await?;
+    let next = gather(&mut ha_events, Duration::from_secs(3)).await;
+    assert_eq!(
+        serde_json::from_slice::<Value>(next.get(&view_topic).map_or(&[][..], |v| &v[..])).ok(),
+        Some(json!({"ENERGY": {"Power": 43}})),
+        "{next:?}"
+    );
+    assert!(configs(&next).is_empty(), "{next:?}");
+    // Home Assistant's birth (it restarted) brings the configs again.
+    ha.publish("homeassistant/status", QoS::AtLeastOnce, false, "online")
+        .await?;
+    let again = gather(&mut ha_events, Duration::from_secs(3)).await;
+    let power_topic = announced
+        .keys()
+        .find(|t| t.starts_with("homeassistant/sensor/"))
+        .ok_or_else(|| anyhow!("no sensor"))?;
+    assert_eq!(configs(&again).get(power_topic), announced.get(power_topic));
+    assert_eq!(configs(&again).len(), 1, "{again:?}");
+
+    // Removing the device clears its values from the views at once.
+    // (What reached this subscriber live so far is not the question.)
+    gather(&mut fresh_events, Duration::from_millis(500)).await;
+    cli_ok(&data, &["device", "remove", "plug"])?;
+    let mut after_remove = BTreeMap::new();
+    assert!(
+        subscribe(
+            &fresh,
+            &mut fresh_events,
+            "local/home_assistant/tele/#",
+            &mut after_remove
+        )
+        .await?
+    );
+    after_remove.extend(gather(&mut fresh_events, Duration::from_secs(2)).await);
+    assert!(after_remove.is_empty(), "the view kept {after_remove:?}");
 
     // Removing the consumer ends its sessions; its password stops working.
     let removed = cli_json(&data, &["consumer", "remove", "home-assistant"])?;
@@ -413,7 +524,7 @@ async fn home_assistant_reads_only_what_the_policy_shares_with_it() -> Result<()
         &gw,
         "home-assistant",
         &password,
-        "hass-again"
+        "home-assistant"
     ))
     .await
     .is_err());

@@ -52,7 +52,12 @@ async def main(path):
                 result["value"] = state
             else:
                 template.hass = hass
-                result["value"] = template.async_render_with_possible_json_value(state)
+                # A template that fails renders this instead of raising.
+                failed = object()
+                value = template.async_render_with_possible_json_value(state, failed)
+                if value is failed:
+                    raise ValueError(f"the template does not render on {state!r}")
+                result["value"] = value
             result["ok"] = True
         except Exception as e:  # a refusal is the answer, not a crash
             result["error"] = f"{type(e).__name__}: {e}"

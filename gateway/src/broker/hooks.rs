@@ -132,9 +132,8 @@ impl Hooks {
     }
 
     /// A consumer that knew its password: its destination must be a local
-    /// one of this config, its client id none that a device or another
-    /// consumer could claim, and its will (Home Assistant sets one) within
-    /// what it may publish.
+    /// one of this config, its client id its own, and its will (Home
+    /// Assistant sets one) within what it may publish.
     fn admit_consumer(
         &self,
         ci: &ConnectInfo,
@@ -145,16 +144,21 @@ impl Hooks {
             tracing::warn!(consumer = %consumer.id, destination = %consumer.destination, "connection refused: the consumer's destination is not a local destination of this config");
             return AuthResult::NotAuthorized;
         }
-        if self.registry.client_id_claimed(client_id, &consumer.id) {
-            tracing::warn!(consumer = %consumer.id, client_id = ?crate::short(client_id), "connection refused: that client id belongs to a device or another consumer");
+        // Bound like a device's: an id no other account can use, so that
+        // nobody takes its session (and its subscriptions) over.
+        if !client_id_fits(client_id, &consumer.id) {
+            tracing::warn!(consumer = %consumer.id, client_id = ?crate::short(client_id), "connection refused: a consumer's client id must be its id or <id>.<suffix>");
             return AuthResult::NotAuthorized;
         }
         if let Some(will) = ci.last_will() {
-            let topic = match will {
-                LastWill::V3(w) => w.topic.to_string(),
-                LastWill::V5(w) => w.topic.to_string(),
+            let (topic, retain) = match will {
+                LastWill::V3(w) => (w.topic.to_string(), w.retain),
+                LastWill::V5(w) => (w.topic.to_string(), w.retain),
             };
-            if !self.local.may_publish(&consumer.destination, &topic) {
+            if !self
+                .local
+                .may_publish(&consumer.destination, &topic, retain)
+            {
                 tracing::warn!(consumer = %consumer.id, topic = ?crate::short(&topic), "connection refused: will topic outside what the consumer may publish");
                 return AuthResult::NotAuthorized;
             }
@@ -238,7 +242,8 @@ impl Hooks {
         if let Some(c) = username.and_then(|u| self.registry.consumer(u)) {
             // Routed as it is (Home Assistant's birth message), never into
             // the pipeline: a consumer is not a device.
-            return if self.local.may_publish(&c.destination, &p.topic) {
+            return if self.local.may_publish(&c.destination, &p.topic, p.retain) {
+                self.local.heard(&c.destination, &p.topic, &p.payload);
                 PublishAclResult::allow()
             } else {
                 tracing::warn!(consumer = %c.id, topic = ?crate::short(&p.topic), "publish refused: a consumer only reads its view");

@@ -20,8 +20,6 @@ mod hooks;
 mod login;
 mod retain;
 
-pub(crate) use hooks::client_id_fits;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -238,13 +236,13 @@ impl Broker {
         self.publish(topic, payload, true).await
     }
 
-    /// Clears every local view's retained values: what the policy in force
-    /// allowed may be more than what the next one does.
-    pub async fn clear_local_views(&self) -> usize {
-        self.retained.clear("local/#").await.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "could not clear the local views' retained values");
-            0
-        })
+    /// Clears the retained messages on topics matching `filter`; answers
+    /// how many there were.
+    pub async fn clear_retained(&self, filter: &str) -> Result<usize, BrokerError> {
+        self.retained
+            .clear(filter)
+            .await
+            .map_err(|e| BrokerError::Deliver(e.to_string()))
     }
 
     fn hub_sender(&self) -> From {

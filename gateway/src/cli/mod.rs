@@ -311,8 +311,8 @@ fn deleted(r: &DeleteReport) -> String {
     }
     if r.keys_removed {
         text.push_str(&format!(
-            "factory wipe: {} devices and {} policy versions removed, and your keys: run `dataward init` to keep history again\n",
-            r.devices_removed, r.policy_versions_removed
+            "factory wipe: {} devices, {} local consumers and {} policy versions removed, and your keys: run `dataward init` to keep history again\n",
+            r.devices_removed, r.consumers_removed, r.policy_versions_removed
         ));
     }
     text
@@ -354,18 +354,21 @@ fn consumer_added(a: &AddedConsumer) -> String {
     let c = &a.consumer;
     let mut text = format!(
         "Consumer added. The password is shown only now; dataward keeps just a hash of it.\n  \
-         MQTT username:    {}\n  password:         {}\n  client id:        any that is not a device's\n  \
+         MQTT username:    {}\n  password:         {}\n  client id:        {} (or {}.<suffix> for more connections)\n  \
          may subscribe to: {}\n  It reads what the policy shares with destination {:?}, under {}, never a device's own topics.\n",
         c.username,
         a.password,
+        c.id,
+        c.id,
         c.subscribe.join(", "),
         c.destination,
         crate::local::view_prefix(&c.destination),
     );
     if a.discovery {
         text.push_str(
-            "  Home Assistant: add the MQTT integration with the hub's address, port and these credentials;\n  \
-             the shared fields appear on their own (discovery prefix \"homeassistant\").\n",
+            "  Home Assistant: add the MQTT integration with the hub's address, port and these credentials,\n  \
+             and this client id (advanced options); the shared fields appear on their own\n  \
+             (discovery prefix \"homeassistant\").\n",
         );
     }
     text

@@ -495,6 +495,26 @@ impl Config {
                 }
             }
         }
+        // Home Assistant's discovery topics are one space: two destinations
+        // announcing there would each show the other's consumers their
+        // device and field names.
+        let announcing: Vec<&str> = self
+            .destinations
+            .iter()
+            .filter(|d| d.home_assistant_discovery)
+            .map(|d| d.name.as_str())
+            .collect();
+        if let [_, second, ..] = announcing.as_slice() {
+            let (line, column) = at(&format!("\"{second}\""));
+            return Err((
+                line,
+                column,
+                format!(
+                    "only one destination may announce to Home Assistant; {} do",
+                    announcing.join(", ")
+                ),
+            ));
+        }
         if policy::retention::Keep::parse(&self.store.history_retention).is_none() {
             let (line, column) = at("history_retention");
             return Err((

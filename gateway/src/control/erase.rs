@@ -20,6 +20,9 @@ pub struct DeleteReport {
     /// the keys went too.
     #[serde(default)]
     pub devices_removed: u64,
+    /// Local consumers' accounts removed (a factory wipe).
+    #[serde(default)]
+    pub consumers_removed: u64,
     #[serde(default)]
     pub policy_versions_removed: u64,
     #[serde(default)]
@@ -45,6 +48,7 @@ impl DeleteReport {
             outbox_entries,
             retained,
             devices_removed: 0,
+            consumers_removed: 0,
             policy_versions_removed: 0,
             keys_removed: false,
             fields_forgotten: 0,
@@ -126,6 +130,9 @@ impl Operations {
             let outbox = self.purge_outboxes(Some(device))?;
             let retained = match (&self.live, &registered) {
                 (Some(live), Some(d)) => live.broker.drop_retained(&d.publish).await,
+                // Its topics are unknown now: every view's copies go (the
+                // views fill again with the next messages).
+                (Some(live), None) => live.broker.clear_retained("local/#").await.unwrap_or(0),
                 _ => 0,
             };
             (outbox, retained, self.forget_fields(Some(device))?)
@@ -198,6 +205,8 @@ impl Operations {
             for device in self.registry()?.list() {
                 retained += live.broker.drop_retained(&device.publish).await;
             }
+            // What the views keep of devices removed earlier, too.
+            retained += live.broker.clear_retained("local/#").await.unwrap_or(0);
         }
         let mut wiped = DeleteReport::of(None, report, outbox_entries, retained);
         wiped.fields_forgotten = self.forget_fields(None)?;
@@ -206,6 +215,10 @@ impl Operations {
                 self.device_remove(&device.id).await?;
                 wiped.devices_removed += 1;
             }
+            for consumer in self.registry()?.consumers() {
+                self.consumer_remove(&consumer.id).await?;
+                wiped.consumers_removed += 1;
+            }
             let _change = self.policy_changes.lock().await;
             let versions = store.policy_versions()?;
             for v in versions.list()? {
@@ -213,7 +226,7 @@ impl Operations {
                 wiped.policy_versions_removed += 1;
             }
             if let Some(live) = &self.live {
-                live.put_in_force(Default::default()).await;
+                live.pipeline.swap_policy(Default::default());
             }
             store.remove_keys()?;
             wiped.keys_removed = true;

@@ -135,15 +135,6 @@ pub struct Live {
     pub started: std::time::Instant,
 }
 
-impl Live {
-    /// Puts `next` in force, and clears the local views' retained values,
-    /// which the policy before it decided.
-    pub(crate) async fn put_in_force(&self, next: crate::pipeline::ActivePolicy) {
-        self.pipeline.swap_policy(next);
-        self.broker.clear_local_views().await;
-    }
-}
-
 /// The operations, over a store and, while the gateway runs, over the
 /// running parts.
 pub struct Operations {

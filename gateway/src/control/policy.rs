@@ -270,11 +270,10 @@ impl Operations {
             return Err(e);
         }
         if let Some(live) = &self.live {
-            live.put_in_force(ActivePolicy {
+            live.pipeline.swap_policy(ActivePolicy {
                 version: stored.version,
                 policy,
-            })
-            .await;
+            });
         }
         tracing::info!(version = stored.version, source = %stored.source, "policy applied");
         self.record(crate::ledger::EntryBody::PolicyApplied {

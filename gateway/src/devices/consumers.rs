@@ -149,20 +149,6 @@ impl DeviceRegistry {
             .map(Account::Device)
             .or_else(|| self.consumer(username).map(Account::Consumer))
     }
-
-    /// Whether `client_id` is one a device or consumer other than
-    /// `username` could claim: a consumer may pick any client id but
-    /// those, so that nobody can take its session over, nor it theirs.
-    pub fn client_id_claimed(&self, client_id: &str, username: &str) -> bool {
-        let fits = crate::broker::client_id_fits;
-        self.list()
-            .iter()
-            .any(|d| d.id != username && fits(client_id, &d.id))
-            || self
-                .consumers()
-                .iter()
-                .any(|c| c.id != username && fits(client_id, &c.id))
-    }
 }
 
 #[cfg(test)]
@@ -203,11 +189,6 @@ mod tests {
             Some(Account::Consumer(_))
         ));
         assert!(matches!(reg.account("plug"), Some(Account::Device(_))));
-        // The device's client ids are not the consumer's to take, and the
-        // consumer's own id is not a device's.
-        assert!(reg.client_id_claimed("plug.ha", "home-assistant"));
-        assert!(!reg.client_id_claimed("hass-4f2a", "home-assistant"));
-        assert!(reg.client_id_claimed("home-assistant", "plug"));
         drop(reg);
         let reg = DeviceRegistry::open(&store).expect("reopen");
         assert_eq!(reg.consumers().len(), 1);
@@ -251,5 +232,7 @@ mod tests {
         assert!(!old.may_publish("local/home/tele/plug/SENSOR"));
         assert!(!old.may_subscribe("local/home/set"));
         assert!(!old.may_subscribe("local/#"));
+        // Nor does a cloud's command reach it there.
+        assert!(!old.receives("local/home/set"));
     }
 }

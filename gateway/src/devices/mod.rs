@@ -181,9 +181,11 @@ impl Device {
     /// Whether a message on `topic` would be delivered to this device if it
     /// subscribed to all it may: used to route a cloud command.
     pub fn receives(&self, topic: &str) -> bool {
-        self.subscribe
-            .iter()
-            .any(|p| policy::topic::matches(p, topic))
+        !crate::local::is_reserved(topic)
+            && self
+                .subscribe
+                .iter()
+                .any(|p| policy::topic::matches(p, topic))
     }
 
     /// Checks a password against the stored Argon2id hash. Deliberately

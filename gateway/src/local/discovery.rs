@@ -38,8 +38,8 @@ pub struct Announcement {
     /// `homeassistant/<component>/<object id>/config`.
     pub topic: String,
     pub payload: Vec<u8>,
-    /// The field's path within the message (`ENERGY.Power`; `payload` for
-    /// a message that is one value).
+    /// The field's name as the policy spells it (`ENERGY.Power`;
+    /// `$payload` for a message that is one value).
     pub field: String,
     /// A value of the field's type at its path, for asking the policy
     /// later whether the field is still shared ([`stand_in_payload`]).
@@ -182,7 +182,7 @@ fn announce(
     kind: Kind,
 ) -> Announcement {
     let field = if path.is_empty() {
-        "payload".to_string()
+        policy::path::WHOLE_PAYLOAD.to_string()
     } else {
         path.join(".")
     };

@@ -47,6 +47,9 @@ pub fn is_reserved(topic_or_filter: &str) -> bool {
 pub struct LocalAccess {
     /// Destination name -> whether it announces to Home Assistant.
     discovery: HashMap<String, bool>,
+    /// Destination name -> woken when one of its consumers says Home
+    /// Assistant (re)started.
+    births: HashMap<String, std::sync::Arc<tokio::sync::Notify>>,
 }
 
 impl LocalAccess {
@@ -57,6 +60,26 @@ impl LocalAccess {
                 .filter(|d| d.is_local())
                 .map(|d| (d.name.clone(), d.home_assistant_discovery))
                 .collect(),
+            births: destinations
+                .iter()
+                .filter(|d| d.is_local())
+                .map(|d| (d.name.clone(), std::sync::Arc::default()))
+                .collect(),
+        }
+    }
+
+    /// What wakes `destination`'s view when Home Assistant (re)starts.
+    pub fn birth(&self, destination: &str) -> std::sync::Arc<tokio::sync::Notify> {
+        self.births.get(destination).cloned().unwrap_or_default()
+    }
+
+    /// A consumer of `destination` published `payload` on `topic`: Home
+    /// Assistant's birth message makes the view announce everything again.
+    pub fn heard(&self, destination: &str, topic: &str, payload: &[u8]) {
+        if topic == HOME_ASSISTANT_STATUS && payload == b"online" {
+            if let Some(n) = self.births.get(destination) {
+                n.notify_one();
+            }
         }
     }
 
@@ -76,9 +99,11 @@ impl LocalAccess {
     }
 
     /// A consumer publishes nothing into the hub, except Home Assistant's
-    /// birth and will on its status topic, which it needs to connect.
-    pub fn may_publish(&self, destination: &str, topic: &str) -> bool {
-        self.discovery.get(destination) == Some(&true) && topic == HOME_ASSISTANT_STATUS
+    /// birth and will on its status topic, which it needs to connect; never
+    /// retained, so that it does not outlive the connection for the other
+    /// local destinations' consumers.
+    pub fn may_publish(&self, destination: &str, topic: &str, retain: bool) -> bool {
+        !retain && self.discovery.get(destination) == Some(&true) && topic == HOME_ASSISTANT_STATUS
     }
 }
 
@@ -121,15 +146,19 @@ mod tests {
         }
         assert!(!a.may_subscribe("panel", "homeassistant/#"), "no discovery");
         assert!(!a.may_subscribe("cloud", "local/cloud/#"), "not local");
-        assert!(a.may_publish("home", "homeassistant/status"));
+        assert!(a.may_publish("home", "homeassistant/status", false));
+        assert!(
+            !a.may_publish("home", "homeassistant/status", true),
+            "retained"
+        );
         for refused in [
             "tele/plug/SENSOR",
             "local/home/x",
             "homeassistant/sensor/x/config",
         ] {
-            assert!(!a.may_publish("home", refused), "{refused}");
+            assert!(!a.may_publish("home", refused, false), "{refused}");
         }
-        assert!(!a.may_publish("panel", "homeassistant/status"));
+        assert!(!a.may_publish("panel", "homeassistant/status", false));
     }
 
     #[test]
@@ -163,5 +192,12 @@ mod tests {
         )
         .expect_err("discovery is local");
         assert!(msg.contains("for local destinations"), "{msg}");
+        let (line, _, msg) = Config::parse(
+            "[[destination]]\nname = \"a\"\nkind = \"local\"\nhome_assistant_discovery = true\n\
+             [[destination]]\nname = \"b\"\nkind = \"local\"\nhome_assistant_discovery = true\n",
+        )
+        .expect_err("two announce");
+        assert_eq!(line, 6, "{msg}");
+        assert!(msg.contains("only one destination"), "{msg}");
     }
 }

@@ -5,12 +5,19 @@
 //!
 //! View messages are retained, so a consumer that (re)starts sees each
 //! topic's current value at once instead of waiting for the device's next
-//! message. What is retained never outlives what the policy allows: a
-//! policy change clears the views, and removing a device or deleting its
-//! history clears its topics there (see `Broker::drop_retained`). An entry
-//! leaves the outbox once the broker has it; a consumer that is offline
-//! then gets the retained value, not the messages in between (as with any
-//! MQTT subscriber without a persistent session).
+//! message. What is retained never outlives what the policy allows:
+//! - a new policy clears the view, in sequence with this task's own
+//!   publishing, and rechecks every announced field against it;
+//! - a message decided by an earlier policy, or from a device removed
+//!   since, still goes to the consumers connected now (as it would to a
+//!   cloud), but is not retained;
+//! - a message purged from the outbox by a delete or a wipe after it was
+//!   read is not published at all; removing a device or deleting its
+//!   history clears its topics in the views (`Broker::drop_retained`).
+//!
+//! An entry leaves the outbox once the broker has it; a consumer that is
+//! offline then gets the retained value, not the messages in between (as
+//! with any MQTT subscriber without a persistent session).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -25,9 +32,10 @@ use crate::pipeline::Pipeline;
 use crate::store::{Outbox, OutboxEntry};
 use crate::uplink::LinkState;
 
-/// Discovery configs one view keeps announced, at most: past it, new
-/// fields are not announced (and a warning says so once).
+/// Discovery configs one view keeps announced, at most, and per device:
+/// past them, new fields are not announced (a warning says so once).
 pub const MAX_ANNOUNCED: usize = 4096;
+pub const MAX_ANNOUNCED_PER_DEVICE: usize = 256;
 /// How often announcements of removed devices are withdrawn.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 const BATCH: usize = 64;
@@ -37,41 +45,52 @@ pub struct LocalView {
     pub discovery: bool,
     pub outbox: Arc<Outbox>,
     pub wake: Arc<Notify>,
+    /// Home Assistant said it (re)started: announce everything again.
+    pub birth: Arc<Notify>,
     pub broker: Arc<Broker>,
     pub registry: Arc<DeviceRegistry>,
     pub pipeline: Arc<Pipeline>,
     pub state: Arc<LinkState>,
 }
 
-/// A field's path and a value of its type.
-type StandIn = (Vec<String>, serde_json::Value);
+/// One announced field: its config message, and what the policy is asked
+/// about it after a change.
+struct Known {
+    config: Vec<u8>,
+    /// Its name as the policy spells it.
+    field: String,
+    stand_in: (Vec<String>, serde_json::Value),
+}
 
-/// What a view announced: per (device, device topic), each config topic
-/// with its field's stand-in (see [`discovery::stand_in_payload`]).
+/// What a view announced, per (device, device topic), by config topic.
 #[derive(Default)]
 struct Announced {
-    by_source: HashMap<(String, String), HashMap<String, StandIn>>,
+    by_source: HashMap<(String, String), HashMap<String, Known>>,
+    per_device: HashMap<String, usize>,
     count: usize,
     warned_full: bool,
-    /// The policy version the announcements were last checked against.
-    version: u64,
+}
+
+impl Announced {
+    fn forget(&mut self, device: &str, n: usize) {
+        self.count -= n;
+        if let Some(c) = self.per_device.get_mut(device) {
+            *c -= n;
+            if *c == 0 {
+                self.per_device.remove(device);
+            }
+        }
+    }
 }
 
 impl LocalView {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         self.state.set(true);
         let mut announced = Announced::default();
+        let mut generation = self.pipeline.policy_generation();
         let mut last_sweep = tokio::time::Instant::now();
-        announced.version = self.pipeline.policy().version;
         loop {
-            if self.discovery {
-                let version = self.pipeline.policy().version;
-                if version != announced.version {
-                    self.recheck(&mut announced).await;
-                    announced.version = version;
-                }
-            }
-            if let Err(e) = self.drain(&mut announced).await {
+            if let Err(e) = self.drain(&mut announced, &mut generation).await {
                 tracing::warn!(destination = %self.name, error = %e, "local view: publishing paused; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -85,6 +104,7 @@ impl LocalView {
             }
             tokio::select! {
                 _ = self.wake.notified() => {}
+                _ = self.birth.notified() => self.announce_again(&announced).await,
                 _ = tokio::time::sleep(SWEEP_EVERY) => {}
                 _ = shutdown.changed() => break,
             }
@@ -93,8 +113,9 @@ impl LocalView {
     }
 
     /// Publishes everything waiting, oldest first.
-    async fn drain(&self, announced: &mut Announced) -> Result<(), String> {
+    async fn drain(&self, announced: &mut Announced, generation: &mut u64) -> Result<(), String> {
         loop {
+            self.catch_up(announced, generation).await;
             let batch = self
                 .outbox
                 .read_after(None, BATCH)
@@ -103,6 +124,7 @@ impl LocalView {
                 return Ok(());
             }
             for entry in batch {
+                self.catch_up(announced, generation).await;
                 self.publish(&entry, announced).await?;
                 self.outbox
                     .remove(entry.key)
@@ -111,113 +133,187 @@ impl LocalView {
         }
     }
 
-    async fn publish(&self, entry: &OutboxEntry, announced: &mut Announced) -> Result<(), String> {
-        let view_topic = format!("{}{}", super::view_prefix(&self.name), entry.topic);
-        // The config first: Home Assistant then subscribes to the state
-        // topic and finds the retained value there.
-        if self.discovery {
-            self.announce(entry, &view_topic, announced).await?;
+    /// After a policy change: the view's retained values go (the earlier
+    /// policy decided them), and each announced field is asked about anew.
+    async fn catch_up(&self, announced: &mut Announced, generation: &mut u64) {
+        let now = self.pipeline.policy_generation();
+        if now == *generation {
+            return;
         }
-        self.broker
-            .publish_retained(&view_topic, &entry.payload)
+        *generation = now;
+        if let Err(e) = self
+            .broker
+            .clear_retained(&format!("{}#", super::view_prefix(&self.name)))
             .await
-            .map_err(|e| e.to_string())
+        {
+            tracing::warn!(destination = %self.name, error = %e, "local view: retained values not cleared after a policy change");
+        }
+        if self.discovery {
+            self.recheck(announced).await;
+        }
+    }
+
+    async fn publish(&self, entry: &OutboxEntry, announced: &mut Announced) -> Result<(), String> {
+        // Purged since it was read (a delete or a wipe): it must not leave.
+        if !self
+            .outbox
+            .contains(entry.key)
+            .map_err(|e| crate::control::with_causes(&e))?
+        {
+            return Ok(());
+        }
+        let view_topic = format!("{}{}", super::view_prefix(&self.name), entry.topic);
+        let device = self.registry.get(&entry.device);
+        // Strictly after: a message in the same millisecond as the change
+        // may have been decided by the earlier policy.
+        let current = device.is_some() && entry.queued_ms > self.pipeline.policy_since_ms();
+        if let (Some(device), true) = (&device, current && self.discovery) {
+            // The config first: Home Assistant then subscribes to the
+            // state topic and finds the retained value there.
+            self.announce(entry, device, &view_topic, announced).await?;
+        }
+        let sent = if current {
+            self.broker
+                .publish_retained(&view_topic, &entry.payload)
+                .await
+        } else {
+            self.broker.publish(&view_topic, &entry.payload, true).await
+        };
+        sent.map_err(|e| e.to_string())
     }
 
     async fn announce(
         &self,
         entry: &OutboxEntry,
+        device: &crate::devices::Device,
         view_topic: &str,
         announced: &mut Announced,
     ) -> Result<(), String> {
-        let Some(device) = self.registry.get(&entry.device) else {
-            // Removed since: nothing to announce for it.
-            return Ok(());
-        };
         let preset = format!("{:?}", device.preset).to_lowercase();
         let label = DeviceLabel {
             id: &device.id,
             name: &device.name,
             model: &preset,
         };
-        let now =
-            discovery::announcements(&self.name, label, &entry.topic, view_topic, &entry.payload);
-        let known = announced
-            .by_source
-            .entry((entry.device.clone(), entry.topic.clone()))
-            .or_default();
-        for a in now {
-            if known.contains_key(&a.topic) {
+        let source = (entry.device.clone(), entry.topic.clone());
+        for a in
+            discovery::announcements(&self.name, label, &entry.topic, view_topic, &entry.payload)
+        {
+            if announced
+                .by_source
+                .get(&source)
+                .is_some_and(|k| k.contains_key(&a.topic))
+            {
                 continue;
             }
-            if announced.count >= MAX_ANNOUNCED {
+            let of_device = announced.per_device.get(&device.id).copied().unwrap_or(0);
+            if announced.count >= MAX_ANNOUNCED || of_device >= MAX_ANNOUNCED_PER_DEVICE {
                 if !announced.warned_full {
-                    tracing::warn!(destination = %self.name, max = MAX_ANNOUNCED, "local view: too many fields to announce to Home Assistant; new ones are not announced");
+                    tracing::warn!(destination = %self.name, device = %device.id, max = MAX_ANNOUNCED, max_per_device = MAX_ANNOUNCED_PER_DEVICE, "local view: too many fields to announce to Home Assistant; new ones are not announced");
                     announced.warned_full = true;
                 }
                 break;
             }
             self.send(&a).await?;
-            known.insert(a.topic, a.stand_in);
+            let Announcement {
+                topic,
+                payload,
+                field,
+                stand_in,
+            } = a;
+            announced
+                .by_source
+                .entry(source.clone())
+                .or_default()
+                .insert(
+                    topic,
+                    Known {
+                        config: payload,
+                        field,
+                        stand_in,
+                    },
+                );
             announced.count += 1;
+            *announced.per_device.entry(device.id.clone()).or_default() += 1;
         }
         Ok(())
     }
 
-    /// After a policy change: asks the policy now in force about each
-    /// announced field, and withdraws those it no longer shares with this
-    /// destination (a topic the policy now keeps home entirely brings no
-    /// message that could tell).
+    /// Asks the policy now in force about each announced field, and
+    /// withdraws those it no longer sends to this destination (a topic the
+    /// policy now keeps home entirely brings no message that could tell).
+    /// The policy decides by device, topic and field name, never by value,
+    /// so stand-in values in the fields' places are enough.
     async fn recheck(&self, announced: &mut Announced) {
         let mut gone = Vec::new();
-        for ((device, topic), known) in &mut announced.by_source {
-            let payload = discovery::stand_in_payload(known.values());
-            let label = DeviceLabel {
-                id: device,
-                name: "",
-                model: "",
-            };
-            let still: Vec<String> = self
-                .pipeline
-                .dry_run(device, topic, &payload, &self.name)
-                .map(|out| {
-                    discovery::announcements(&self.name, label, topic, "", &out)
-                        .into_iter()
-                        .map(|a| a.topic)
-                        .collect()
-                })
-                .unwrap_or_default();
-            known.retain(|config_topic, _| {
-                let keep = still.contains(config_topic);
-                if !keep {
-                    gone.push(config_topic.clone());
+        for ((device, topic), known) in &announced.by_source {
+            // A topic that carried a bare value and, at other times, JSON:
+            // each shape asked on its own.
+            let (bare, shaped): (Vec<&Known>, Vec<&Known>) =
+                known.values().partition(|k| k.stand_in.0.is_empty());
+            let mut shared = Vec::new();
+            for group in [bare, shaped] {
+                if group.is_empty() {
+                    continue;
                 }
-                keep
-            });
+                let payload = discovery::stand_in_payload(group.iter().map(|k| &k.stand_in));
+                shared.extend(
+                    self.pipeline
+                        .shared_fields(device, topic, &payload, &self.name),
+                );
+            }
+            for (config_topic, k) in known {
+                if !shared.contains(&k.field) {
+                    gone.push((device.clone(), topic.clone(), config_topic.clone()));
+                }
+            }
         }
-        announced.by_source.retain(|_, known| !known.is_empty());
-        announced.count -= gone.len();
-        for topic in gone {
-            if let Err(e) = self.send(&discovery::withdrawal(&topic)).await {
-                tracing::warn!(destination = %self.name, error = %e, "local view: a withdrawal was not published");
+        self.withdraw(announced, gone).await;
+    }
+
+    async fn withdraw_removed_devices(&self, announced: &mut Announced) {
+        let gone: Vec<(String, String, String)> = announced
+            .by_source
+            .iter()
+            .filter(|((device, _), _)| self.registry.get(device).is_none())
+            .flat_map(|((device, topic), known)| {
+                known
+                    .keys()
+                    .map(|c| (device.clone(), topic.clone(), c.clone()))
+            })
+            .collect();
+        self.withdraw(announced, gone).await;
+    }
+
+    /// Withdraws each (device, device topic, config topic); one that could
+    /// not be published stays known, to be tried again.
+    async fn withdraw(&self, announced: &mut Announced, gone: Vec<(String, String, String)>) {
+        for (device, topic, config_topic) in gone {
+            if let Err(e) = self.send(&discovery::withdrawal(&config_topic)).await {
+                tracing::warn!(destination = %self.name, error = %e, "local view: a withdrawal was not published; it is tried again later");
+                continue;
+            }
+            let source = (device.clone(), topic);
+            let Some(known) = announced.by_source.get_mut(&source) else {
+                continue;
+            };
+            let removed = known.remove(&config_topic).is_some();
+            if known.is_empty() {
+                announced.by_source.remove(&source);
+            }
+            if removed {
+                announced.forget(&device, 1);
             }
         }
     }
 
-    async fn withdraw_removed_devices(&self, announced: &mut Announced) {
-        let removed: Vec<(String, String)> = announced
-            .by_source
-            .keys()
-            .filter(|(device, _)| self.registry.get(device).is_none())
-            .cloned()
-            .collect();
-        for source in removed {
-            if let Some(topics) = announced.by_source.remove(&source) {
-                announced.count -= topics.len();
-                for topic in topics.keys() {
-                    if let Err(e) = self.send(&discovery::withdrawal(topic)).await {
-                        tracing::warn!(destination = %self.name, error = %e, "local view: a withdrawal was not published");
-                    }
+    /// Home Assistant restarted: every config again (its retained copy may
+    /// not have been kept, if the retained store was full).
+    async fn announce_again(&self, announced: &Announced) {
+        for known in announced.by_source.values() {
+            for (topic, k) in known {
+                if let Err(e) = self.broker.publish_retained(topic, &k.config).await {
+                    tracing::warn!(destination = %self.name, error = %e, "local view: an announcement was not published again");
                 }
             }
         }

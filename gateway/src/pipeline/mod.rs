@@ -137,6 +137,10 @@ pub struct Pipeline {
     ledger: Arc<Ledger>,
     windows: Windows,
     pub last_seen: LastSeen,
+    /// Policies put in force since start, and when the latest was (ms):
+    /// a local view tells by them what an older policy decided.
+    policy_swaps: AtomicU64,
+    policy_since_ms: AtomicU64,
 }
 
 impl Pipeline {
@@ -166,6 +170,8 @@ impl Pipeline {
             ledger: store.ledger(),
             windows: Windows::default(),
             last_seen: LastSeen::default(),
+            policy_swaps: AtomicU64::new(0),
+            policy_since_ms: AtomicU64::new(0),
         }
     }
 
@@ -182,22 +188,40 @@ impl Pipeline {
     /// Puts `next` in force for every message evaluated from now on, and
     /// wakes every lane: a local view rechecks what it announced.
     pub fn swap_policy(&self, next: ActivePolicy) {
+        // Stamped first: a message evaluated under the old policy is then
+        // never taken for one of the new.
+        self.policy_since_ms.store(now_ms(), Ordering::SeqCst);
         self.policy.store(Arc::new(next));
+        self.policy_swaps.fetch_add(1, Ordering::SeqCst);
         for lane in &self.lanes {
             lane.wake.notify_one();
         }
     }
 
-    /// What `destination` would receive of this message under the policy
-    /// in force, as a preview computes it: nothing is sent, sealed, counted
-    /// or added to a window.
-    pub fn dry_run(
+    /// How many policies were put in force since start: changes whenever
+    /// the policy does (a version number can repeat after a factory wipe).
+    pub fn policy_generation(&self) -> u64 {
+        self.policy_swaps.load(Ordering::SeqCst)
+    }
+
+    /// When the policy in force was put in force (0: at start). A message
+    /// queued before it was decided by an earlier policy (the pipeline
+    /// reads the clock before it loads the policy).
+    pub fn policy_since_ms(&self) -> u64 {
+        self.policy_since_ms.load(Ordering::SeqCst)
+    }
+
+    /// The fields of this message that the policy in force would send to
+    /// `destination` (as they are, transformed, aggregated or rate
+    /// limited), by name. A dry run: nothing is sent, sealed, counted or
+    /// added to a window; decisions do not depend on the values.
+    pub fn shared_fields(
         &self,
         device: &str,
         topic: &str,
         payload: &[u8],
         destination: &str,
-    ) -> Option<Vec<u8>> {
+    ) -> Vec<String> {
         let active = self.policy.load();
         let eval = active.policy.evaluate_with(
             &Message {
@@ -211,7 +235,15 @@ impl Pipeline {
                 destinations: Some(Arc::clone(&self.approved_destinations)),
             },
         );
-        eval.outputs.into_iter().next().and_then(|o| o.payload)
+        let Some(out) = eval.outputs.first() else {
+            return Vec::new();
+        };
+        eval.fields
+            .iter()
+            .zip(&out.decisions)
+            .filter(|(_, d)| d.is_shared())
+            .map(|(f, _)| f.generic())
+            .collect()
     }
 
     /// Refuses, before anything is stored, a message that no destination

@@ -223,6 +223,12 @@ impl Outbox {
         Ok(())
     }
 
+    /// Whether entry `key` still waits (a delete or a wipe may have purged
+    /// it after it was read).
+    pub fn contains(&self, key: u64) -> Result<bool, StoreError> {
+        Ok(self.tree.contains_key(key.to_be_bytes())?)
+    }
+
     pub fn len(&self) -> u64 {
         self.count.load(Ordering::Acquire)
     }
