@@ -96,6 +96,11 @@ impl Cloud {
         wait_for_port(self.port, Duration::from_secs(10))
     }
 
+    /// The broker's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Stops the broker with SIGTERM (it saves its sessions).
     pub fn stop(&mut self) -> Result<()> {
         if let Some(mut c) = self.child.take() {

@@ -46,6 +46,18 @@ struct Args {
     /// normal case) and off, history kept in both, alternating, twice each
     #[arg(long)]
     compare_ledger: bool,
+    /// Print one table, dataward against the bridge under the same loads:
+    /// max throughput at each of --device-counts (and with one sealed
+    /// field at the first), CPU per message and latency at --steady-rate,
+    /// and RSS
+    #[arg(long)]
+    table: bool,
+    /// Device counts for the table's throughput rows
+    #[arg(long, value_delimiter = ',', default_value = "10,100")]
+    device_counts: Vec<usize>,
+    /// Total msg/s of the table's steady run (spread over --devices)
+    #[arg(long, default_value_t = 1000)]
+    steady_rate: u64,
 }
 
 fn now_us() -> u64 {
@@ -174,6 +186,8 @@ async fn cloud_listener(
 }
 
 struct RunResult {
+    /// CPU time of the watched process over the run, in µs.
+    cpu_us: Option<u64>,
     acked: u64,
     delivered: u64,
     duplicates: u64,
@@ -183,6 +197,19 @@ struct RunResult {
     max_ms: f64,
     peak_rss_kb: Option<u64>,
     backlog_at_end: u64,
+}
+
+/// User + system CPU time of `pid` so far, in µs (from /proc/PID/stat).
+fn cpu_us(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name, which may hold spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 and 15 of the whole line: utime, stime (clock ticks).
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf reads a constant of the running system.
+    let per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (per_sec > 0).then(|| ticks * 1_000_000 / per_sec as u64)
 }
 
 fn rss_kb(pid: u32) -> Option<u64> {
@@ -204,6 +231,7 @@ async fn run_load(
     watch_pid: Option<u32>,
 ) -> Result<RunResult> {
     let acked = Arc::new(AtomicU64::new(0));
+    let cpu_at_start = watch_pid.and_then(cpu_us);
     let start = Instant::now();
     let deadline = start + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
@@ -276,6 +304,10 @@ async fn run_load(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let cpu = match (watch_pid.and_then(cpu_us), cpu_at_start) {
+        (Some(end), Some(start)) => Some(end.saturating_sub(start)),
+        _ => None,
+    };
     for (c, p) in clients {
         let _ = c.disconnect().await;
         p.abort();
@@ -295,6 +327,7 @@ async fn run_load(
             / 1000.0
     };
     Ok(RunResult {
+        cpu_us: cpu,
         acked: acked.load(Ordering::Relaxed),
         delivered: r.seen.len() as u64,
         duplicates: r.duplicates,
@@ -375,6 +408,16 @@ async fn start_dataward_with(
     history: bool,
     extra: &str,
 ) -> Result<Dataward> {
+    start_dataward_policy(cloud, devices, history, extra, POLICY).await
+}
+
+async fn start_dataward_policy(
+    cloud: &Cloud,
+    devices: usize,
+    history: bool,
+    extra: &str,
+    policy: &str,
+) -> Result<Dataward> {
     let dir = tempfile::tempdir()?;
     let data = dir.path().join("data");
     let mut creds = Vec::new();
@@ -384,7 +427,7 @@ async fn start_dataward_with(
     if history {
         init_keys(&data)?;
     }
-    std::fs::write(dir.path().join("policy.toml"), POLICY)?;
+    std::fs::write(dir.path().join("policy.toml"), policy)?;
     let config = format!(
         "data_dir = {:?}\npolicy = {:?}\n{extra}\n[[destination]]\nname = \"vendor_cloud\"\nurl = \"{}\"\ntopic_prefix = \"home/\"\nmax_inflight = 256\n",
         data.display().to_string(),
@@ -422,6 +465,188 @@ fn bridge_devices(port: u16, n: usize) -> Vec<(MqttOptions, String)> {
         .collect()
 }
 
+/// A mosquitto → mosquitto bridge, tuned to drop nothing: (cloud, edge).
+fn start_bridge() -> Result<(Cloud, Cloud)> {
+    let cloud = Cloud::start()?;
+    let edge = Cloud::start_with(&[
+        "connection cloud".into(),
+        format!("address 127.0.0.1:{}", cloud.port),
+        "topic devices/# out 1".into(),
+        "cleansession false".into(),
+        "bridge_attempt_unsubscribe false".into(),
+        format!("remote_clientid loadgen-bridge-{}", now_us()),
+    ])?;
+    Ok((cloud, edge))
+}
+
+/// One dataward run of `devices` at `rate` per device (0: as fast as
+/// acknowledged), with encrypted history, `policy` and the ledger on.
+async fn dataward_run(args: &Args, devices: usize, rate: u64, policy: &str) -> Result<RunResult> {
+    let cloud = Cloud::start()?;
+    let dw = start_dataward_policy(&cloud, devices, true, "", policy).await?;
+    let rec = Arc::new(Mutex::new(Received::default()));
+    let _sub = cloud_listener(&cloud, "home/#", Arc::clone(&rec)).await?;
+    let r = run_load(
+        dataward_devices(&dw, devices),
+        rate,
+        args.seconds,
+        args.payload,
+        rec,
+        Some(dw.gw.pid()),
+    )
+    .await?;
+    dw.gw.stop()?;
+    Ok(r)
+}
+
+/// The same load through the bridge; CPU and RSS are the edge broker's
+/// (the hub's share of the work).
+async fn bridge_run(args: &Args, devices: usize, rate: u64) -> Result<RunResult> {
+    let (cloud, edge) = start_bridge()?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rec = Arc::new(Mutex::new(Received::default()));
+    let _sub = cloud_listener(&cloud, "devices/#", Arc::clone(&rec)).await?;
+    run_load(
+        bridge_devices(edge.port, devices),
+        rate,
+        args.seconds,
+        args.payload,
+        rec,
+        edge.pid(),
+    )
+    .await
+}
+
+/// dataward's RSS with `n` devices connected and idle, in MB.
+async fn idle_rss_mb(n: usize) -> Result<Option<f64>> {
+    let cloud = Cloud::start()?;
+    let dw = start_dataward(&cloud, n).await?;
+    let mut held = Vec::new();
+    for (o, _) in dataward_devices(&dw, n) {
+        held.push(connect(o).await.context("idle device connect")?);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss = rss_kb(dw.gw.pid()).map(|k| k as f64 / 1024.0);
+    drop(held);
+    dw.gw.stop()?;
+    Ok(rss)
+}
+
+fn per_msg_us(r: &RunResult) -> Option<f64> {
+    r.cpu_us.map(|c| c as f64 / r.delivered.max(1) as f64)
+}
+
+fn ratio(d: Option<f64>, b: Option<f64>) -> String {
+    match (d, b) {
+        (Some(d), Some(b)) if b > 0.0 => format!("{:.2}×", d / b),
+        _ => "-".into(),
+    }
+}
+
+fn throughput_cell(r: &RunResult) -> String {
+    format!(
+        "{:.0} (lost {})",
+        r.msgs_per_sec,
+        r.acked.saturating_sub(r.delivered)
+    )
+}
+
+async fn table(args: &Args) -> Result<()> {
+    let mut rows: Vec<[String; 4]> = Vec::new();
+    let mut row = |m: String, d: String, b: String, r: String| rows.push([m, d, b, r]);
+    let idle = idle_rss_mb(args.idle_devices).await?;
+    println!(
+        "idle: dataward RSS with {} devices connected: {idle:?} MB",
+        args.idle_devices
+    );
+    let mut first = None;
+    for &n in &args.device_counts {
+        let d = dataward_run(args, n, 0, POLICY).await?;
+        print(&format!("dataward   max, {n} devices"), &d);
+        let b = bridge_run(args, n, 0).await?;
+        print(&format!("bridge     max, {n} devices"), &b);
+        row(
+            format!("max msg/s, {n} devices"),
+            throughput_cell(&d),
+            throughput_cell(&b),
+            ratio(Some(d.msgs_per_sec), Some(b.msgs_per_sec)),
+        );
+        row(
+            format!("CPU µs/msg at max, {n} devices"),
+            per_msg_us(&d).map_or("-".into(), |v| format!("{v:.0}")),
+            per_msg_us(&b).map_or("-".into(), |v| format!("{v:.0}")),
+            ratio(per_msg_us(&d), per_msg_us(&b)),
+        );
+        row(
+            format!("peak RSS MB at max, {n} devices"),
+            d.peak_rss_kb
+                .map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0)),
+            b.peak_rss_kb
+                .map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0)),
+            ratio(
+                d.peak_rss_kb.map(|k| k as f64),
+                b.peak_rss_kb.map(|k| k as f64),
+            ),
+        );
+        if first.is_none() {
+            first = Some((n, b));
+        }
+    }
+    if let Some((n, b)) = first {
+        let sealed = POLICY.replace(
+            "field = \"temp\"\ndestination = \"*\"\naction = \"share\"",
+            "field = \"temp\"\ndestination = \"*\"\naction = \"seal\"",
+        );
+        let s = dataward_run(args, n, 0, &sealed).await?;
+        print(&format!("dataward   max, {n} devices, sealed"), &s);
+        row(
+            format!("max msg/s, {n} devices, one sealed field"),
+            throughput_cell(&s),
+            throughput_cell(&b),
+            ratio(Some(s.msgs_per_sec), Some(b.msgs_per_sec)),
+        );
+    }
+    let per_device = (args.steady_rate / args.devices.max(1) as u64).max(1);
+    let d = dataward_run(args, args.devices, per_device, POLICY).await?;
+    print("dataward   steady", &d);
+    let b = bridge_run(args, args.devices, per_device).await?;
+    print("bridge     steady", &b);
+    let total = per_device * args.devices as u64;
+    row(
+        format!("CPU µs/msg at {total} msg/s"),
+        per_msg_us(&d).map_or("-".into(), |v| format!("{v:.0}")),
+        per_msg_us(&b).map_or("-".into(), |v| format!("{v:.0}")),
+        ratio(per_msg_us(&d), per_msg_us(&b)),
+    );
+    for (name, dv, bv) in [
+        ("p50", d.p50_ms, b.p50_ms),
+        ("p99", d.p99_ms, b.p99_ms),
+        ("max", d.max_ms, b.max_ms),
+    ] {
+        row(
+            format!("{name} latency ms at {total} msg/s"),
+            format!("{dv:.2}"),
+            format!("{bv:.2}"),
+            format!("{:.2}× ({:+.2} ms)", dv / bv.max(1e-9), dv - bv),
+        );
+    }
+    row(
+        format!("RSS MB idle, {} devices", args.idle_devices),
+        idle.map_or("-".into(), |v| format!("{v:.1}")),
+        "-".into(),
+        "-".into(),
+    );
+    println!();
+    println!(
+        "{:<44} {:>20} {:>20} {:>18}",
+        "measure (QoS 1)", "dataward", "bridge", "dataward/bridge"
+    );
+    for [m, d, b, r] in &rows {
+        println!("{m:<44} {d:>20} {b:>20} {r:>18}");
+    }
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -434,6 +659,9 @@ async fn main() -> Result<()> {
         args.rate * args.devices as u64
     );
 
+    if args.table {
+        return table(&args).await;
+    }
     if args.compare_history {
         return compare(
             &args,
