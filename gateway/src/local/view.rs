@@ -39,6 +39,8 @@ pub const MAX_ANNOUNCED_PER_DEVICE: usize = 256;
 /// How often announcements of removed devices are withdrawn.
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 const BATCH: usize = 64;
+/// Batches published before the task looks up (shutdown, a birth).
+const BATCHES_PER_TURN: usize = 16;
 
 pub struct LocalView {
     pub name: String,
@@ -90,13 +92,24 @@ impl LocalView {
         let mut generation = self.pipeline.policy_generation();
         let mut last_sweep = tokio::time::Instant::now();
         loop {
-            if let Err(e) = self.drain(&mut announced, &mut generation).await {
-                tracing::warn!(destination = %self.name, error = %e, "local view: publishing paused; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    _ = shutdown.changed() => break,
+            match self.drain(&mut announced, &mut generation).await {
+                Ok(true) => {
+                    // More waits: look up, then go on without waiting.
+                    if *shutdown.borrow() {
+                        break;
+                    }
+                    tokio::task::yield_now().await;
+                    continue;
                 }
-                continue;
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(destination = %self.name, error = %e, "local view: publishing paused; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.changed() => break,
+                    }
+                    continue;
+                }
             }
             if self.discovery && last_sweep.elapsed() >= SWEEP_EVERY {
                 self.withdraw_removed_devices(&mut announced).await;
@@ -112,16 +125,16 @@ impl LocalView {
         self.state.set(false);
     }
 
-    /// Publishes everything waiting, oldest first.
-    async fn drain(&self, announced: &mut Announced, generation: &mut u64) -> Result<(), String> {
-        loop {
+    /// Publishes what waits, oldest first; answers whether more waits.
+    async fn drain(&self, announced: &mut Announced, generation: &mut u64) -> Result<bool, String> {
+        for _ in 0..BATCHES_PER_TURN {
             self.catch_up(announced, generation).await;
             let batch = self
                 .outbox
                 .read_after(None, BATCH)
                 .map_err(|e| crate::control::with_causes(&e))?;
             if batch.is_empty() {
-                return Ok(());
+                return Ok(false);
             }
             for entry in batch {
                 self.catch_up(announced, generation).await;
@@ -131,6 +144,7 @@ impl LocalView {
                     .map_err(|e| crate::control::with_causes(&e))?;
             }
         }
+        Ok(true)
     }
 
     /// After a policy change: the view's retained values go (the earlier
@@ -140,14 +154,16 @@ impl LocalView {
         if now == *generation {
             return;
         }
-        *generation = now;
         if let Err(e) = self
             .broker
             .clear_retained(&format!("{}#", super::view_prefix(&self.name)))
             .await
         {
+            // Tried again before the next message.
             tracing::warn!(destination = %self.name, error = %e, "local view: retained values not cleared after a policy change");
+            return;
         }
+        *generation = now;
         if self.discovery {
             self.recheck(announced).await;
         }
@@ -172,14 +188,32 @@ impl LocalView {
             // state topic and finds the retained value there.
             self.announce(entry, device, &view_topic, announced).await?;
         }
-        let sent = if current {
-            self.broker
-                .publish_retained(&view_topic, &entry.payload)
+        if !current {
+            return self
+                .broker
+                .publish(&view_topic, &entry.payload, true)
                 .await
-        } else {
-            self.broker.publish(&view_topic, &entry.payload, true).await
-        };
-        sent.map_err(|e| e.to_string())
+                .map_err(|e| e.to_string());
+        }
+        self.broker
+            .publish_retained(&view_topic, &entry.payload)
+            .await
+            .map_err(|e| e.to_string())?;
+        // A delete, a wipe or a removal may have run between the checks and
+        // the publish: it clears after it purges or removes, and this looks
+        // again after it publishes, so one of the two clears what it kept.
+        let gone = !self
+            .outbox
+            .contains(entry.key)
+            .map_err(|e| crate::control::with_causes(&e))?
+            || self.registry.get(&entry.device).is_none();
+        if gone {
+            self.broker
+                .clear_retained(&view_topic)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 
     async fn announce(
@@ -247,23 +281,15 @@ impl LocalView {
     async fn recheck(&self, announced: &mut Announced) {
         let mut gone = Vec::new();
         for ((device, topic), known) in &announced.by_source {
-            // A topic that carried a bare value and, at other times, JSON:
-            // each shape asked on its own.
-            let (bare, shaped): (Vec<&Known>, Vec<&Known>) =
-                known.values().partition(|k| k.stand_in.0.is_empty());
-            let mut shared = Vec::new();
-            for group in [bare, shaped] {
-                if group.is_empty() {
-                    continue;
-                }
-                let payload = discovery::stand_in_payload(group.iter().map(|k| &k.stand_in));
-                shared.extend(
-                    self.pipeline
-                        .shared_fields(device, topic, &payload, &self.name),
-                );
-            }
+            // Each field asked on its own (policy changes are rare): two
+            // announced fields may not fit one message (`a` and `a.b`).
             for (config_topic, k) in known {
-                if !shared.contains(&k.field) {
+                let payload = discovery::stand_in_payload(std::iter::once(&k.stand_in));
+                if !self
+                    .pipeline
+                    .shared_fields(device, topic, &payload, &self.name)
+                    .contains(&k.field)
+                {
                     gone.push((device.clone(), topic.clone(), config_topic.clone()));
                 }
             }

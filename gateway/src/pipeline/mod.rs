@@ -171,7 +171,9 @@ impl Pipeline {
             windows: Windows::default(),
             last_seen: LastSeen::default(),
             policy_swaps: AtomicU64::new(0),
-            policy_since_ms: AtomicU64::new(0),
+            // What waits in an outbox from before this start may have been
+            // decided by a policy applied since (with the gateway stopped).
+            policy_since_ms: AtomicU64::new(now_ms()),
         }
     }
 
@@ -188,10 +190,12 @@ impl Pipeline {
     /// Puts `next` in force for every message evaluated from now on, and
     /// wakes every lane: a local view rechecks what it announced.
     pub fn swap_policy(&self, next: ActivePolicy) {
-        // Stamped first: a message evaluated under the old policy is then
-        // never taken for one of the new.
-        self.policy_since_ms.store(now_ms(), Ordering::SeqCst);
+        // Stored, then stamped: a message that loaded the old policy read
+        // its clock before the stamp, so it is never taken for one of the
+        // new (one of the new in the same millisecond is taken for old:
+        // the safe side).
         self.policy.store(Arc::new(next));
+        self.policy_since_ms.store(now_ms(), Ordering::SeqCst);
         self.policy_swaps.fetch_add(1, Ordering::SeqCst);
         for lane in &self.lanes {
             lane.wake.notify_one();
@@ -204,9 +208,10 @@ impl Pipeline {
         self.policy_swaps.load(Ordering::SeqCst)
     }
 
-    /// When the policy in force was put in force (0: at start). A message
-    /// queued before it was decided by an earlier policy (the pipeline
-    /// reads the clock before it loads the policy).
+    /// When the policy in force was put in force (or the gateway started).
+    /// A message queued at or before it may have been decided by an
+    /// earlier policy (the pipeline reads the clock before it loads the
+    /// policy).
     pub fn policy_since_ms(&self) -> u64 {
         self.policy_since_ms.load(Ordering::SeqCst)
     }
