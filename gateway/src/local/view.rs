@@ -71,6 +71,9 @@ struct Announced {
     per_device: HashMap<String, usize>,
     count: usize,
     warned_full: bool,
+    /// A withdrawal after a policy change failed: the recheck runs again
+    /// at the next sweep.
+    recheck_pending: bool,
 }
 
 impl Announced {
@@ -113,6 +116,9 @@ impl LocalView {
             }
             if self.discovery && last_sweep.elapsed() >= SWEEP_EVERY {
                 self.withdraw_removed_devices(&mut announced).await;
+                if announced.recheck_pending {
+                    self.recheck(&mut announced).await;
+                }
                 last_sweep = tokio::time::Instant::now();
             }
             tokio::select! {
@@ -279,6 +285,7 @@ impl LocalView {
     /// The policy decides by device, topic and field name, never by value,
     /// so stand-in values in the fields' places are enough.
     async fn recheck(&self, announced: &mut Announced) {
+        announced.recheck_pending = false;
         let mut gone = Vec::new();
         for ((device, topic), known) in &announced.by_source {
             // Each field asked on its own (policy changes are rare): two
@@ -317,6 +324,7 @@ impl LocalView {
         for (device, topic, config_topic) in gone {
             if let Err(e) = self.send(&discovery::withdrawal(&config_topic)).await {
                 tracing::warn!(destination = %self.name, error = %e, "local view: a withdrawal was not published; it is tried again later");
+                announced.recheck_pending = true;
                 continue;
             }
             let source = (device.clone(), topic);
