@@ -710,49 +710,12 @@ async fn main() -> Result<()> {
         ("throughput (as fast as acked)", 0),
         ("latency (fixed rate)", args.rate),
     ] {
-        // dataward
-        let cloud = Cloud::start()?;
-        let dw = start_dataward(&cloud, args.devices).await?;
-        let rec = Arc::new(Mutex::new(Received::default()));
-        let _sub = cloud_listener(&cloud, "home/#", Arc::clone(&rec)).await?;
-        let d = run_load(
-            dataward_devices(&dw, args.devices),
-            rate,
-            args.seconds,
-            args.payload,
-            rec,
-            Some(dw.gw.pid()),
-        )
-        .await?;
+        let d = dataward_run(&args, args.devices, rate, POLICY).await?;
         print(&format!("dataward   {label}"), &d);
-        dw.gw.stop()?;
-        drop(cloud);
-
         if args.no_bridge {
             continue;
         }
-        // mosquitto → mosquitto bridge, tuned to drop nothing.
-        let cloud = Cloud::start()?;
-        let edge = Cloud::start_with(&[
-            "connection cloud".into(),
-            format!("address 127.0.0.1:{}", cloud.port),
-            "topic devices/# out 1".into(),
-            "cleansession false".into(),
-            "bridge_attempt_unsubscribe false".into(),
-            format!("remote_clientid loadgen-bridge-{}", now_us()),
-        ])?;
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let rec = Arc::new(Mutex::new(Received::default()));
-        let _sub = cloud_listener(&cloud, "devices/#", Arc::clone(&rec)).await?;
-        let b = run_load(
-            bridge_devices(edge.port, args.devices),
-            rate,
-            args.seconds,
-            args.payload,
-            rec,
-            None,
-        )
-        .await?;
+        let b = bridge_run(&args, args.devices, rate).await?;
         print(&format!("bridge     {label}"), &b);
         results.push((label, d, b));
     }
