@@ -1,0 +1,112 @@
+//! What one durable commit costs, by storage path, in the same run: the
+//! bytes one QoS 1 message writes (its history record and two outbox
+//! entries, about 600 bytes) made durable,
+//! - by sled, as the store does today: three inserts, then `flush`;
+//! - by an append-only journal: one `write` of the same bytes to a file,
+//!   then `fdatasync` (the single-writer journal issue 12 names first).
+//!
+//! Each is timed alone (one commit at a time, as one device publishing
+//! alone causes) for wall time and for the process's CPU time (user +
+//! system, from getrusage, all threads: sled's I/O threads count). The
+//! two alternate, twice each, and the ratios are printed.
+//!
+//! Run: `cargo bench -p gateway --bench commit` (`COMMITS=N` to change the
+//! count per round, 2000 by default).
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage fills the struct it is given; a zeroed rusage is a
+    // valid value of it.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_SELF is always valid.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// (wall, cpu) per commit over `n` commits of `commit`.
+fn time(n: usize, mut commit: impl FnMut(usize)) -> (Duration, Duration) {
+    let (w, c) = (Instant::now(), cpu_time());
+    for i in 0..n {
+        commit(i);
+    }
+    (w.elapsed() / n as u32, (cpu_time() - c) / n as u32)
+}
+
+fn main() {
+    let n: usize = std::env::var("COMMITS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    let record = vec![0x5au8; 300];
+    let entry = vec![0xa5u8; 150];
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = sled::Config::new()
+        .path(dir.path().join("db"))
+        .flush_every_ms(None)
+        .cache_capacity(4 * 1024 * 1024)
+        .open()
+        .expect("sled");
+    let (history, a, b) = (
+        db.open_tree("history").expect("tree"),
+        db.open_tree("outbox/a").expect("tree"),
+        db.open_tree("outbox/b").expect("tree"),
+    );
+    let mut journal = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.path().join("journal"))
+        .expect("journal");
+    let mut key = 0u64;
+    let mut sled_commit = |_: usize| {
+        key += 1;
+        let k = key.to_be_bytes();
+        history.insert(k, record.as_slice()).expect("insert");
+        a.insert(k, entry.as_slice()).expect("insert");
+        b.insert(k, entry.as_slice()).expect("insert");
+        db.flush().expect("flush");
+    };
+    let mut frame = Vec::with_capacity(record.len() + 2 * entry.len() + 16);
+    let mut journal_commit = |_: usize| {
+        frame.clear();
+        frame.extend_from_slice(&(record.len() as u32 + 2 * entry.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&record);
+        frame.extend_from_slice(&entry);
+        frame.extend_from_slice(&entry);
+        journal.write_all(&frame).expect("write");
+        journal.sync_data().expect("fdatasync");
+    };
+    // Warm both (sled starts its I/O threads, the file gets its blocks).
+    time(200, &mut sled_commit);
+    time(200, &mut journal_commit);
+    let mut sums = [(Duration::ZERO, Duration::ZERO); 2];
+    println!("{n} commits per round, one at a time, about 600 bytes each");
+    for round in 1..=2 {
+        for (i, (name, r)) in [
+            ("sled: 3 inserts + flush", time(n, &mut sled_commit)),
+            ("journal: write + fdatasync", time(n, &mut journal_commit)),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            println!(
+                "round {round}  {name:<28} wall {:>8.1} µs  CPU {:>8.1} µs per commit",
+                r.0.as_secs_f64() * 1e6,
+                r.1.as_secs_f64() * 1e6
+            );
+            sums[i].0 += r.0;
+            sums[i].1 += r.1;
+        }
+    }
+    let ratio = |s: Duration, j: Duration| s.as_secs_f64() / j.as_secs_f64().max(1e-12);
+    println!(
+        "sled / journal: wall {:.2}×, CPU {:.2}×",
+        ratio(sums[0].0, sums[1].0),
+        ratio(sums[0].1, sums[1].1)
+    );
+}
