@@ -233,16 +233,13 @@ async fn home_assistant_reads_only_what_the_policy_shares_with_it() -> Result<()
     let panel_password = panel["password"].as_str().unwrap_or_default().to_string();
 
     let gw = Gateway::start(dir.path(), &config)?;
+    // Home Assistant's account, with the client id given.
+    let ha_options =
+        |client_id: &str| consumer_options(&gw, "home-assistant", &password, client_id);
     let (cloud_client, mut cloud_events) =
         cloud_subscriber(&cloud, "home/#", "local-consumer-cloud").await?;
 
-    let (ha, mut ha_events) = connect(consumer_options(
-        &gw,
-        "home-assistant",
-        &password,
-        "home-assistant",
-    ))
-    .await?;
+    let (ha, mut ha_events) = connect(ha_options("home-assistant")).await?;
     let mut early = BTreeMap::new();
     for refused in [
         "tele/plug/SENSOR",
@@ -266,13 +263,7 @@ async fn home_assistant_reads_only_what_the_policy_shares_with_it() -> Result<()
 
     // A consumer's client id is its own: not a device's, and not another
     // consumer's (whose session, subscriptions and all, it would take).
-    let stolen = connect(consumer_options(
-        &gw,
-        "home-assistant",
-        &password,
-        "plug.ha",
-    ))
-    .await;
+    let stolen = connect(ha_options("plug.ha")).await;
     assert!(stolen.is_err(), "a consumer took a device's client id");
     let mut panel_opts = panel_options(&gw, "wall-panel", &panel_password, "home-assistant");
     panel_opts.set_clean_session(false);
@@ -401,13 +392,7 @@ async fn home_assistant_reads_only_what_the_policy_shares_with_it() -> Result<()
 
     // A consumer that starts later gets the current view and the configs
     // at once (retained).
-    let (late, mut late_events) = connect(consumer_options(
-        &gw,
-        "home-assistant",
-        &password,
-        "home-assistant.late",
-    ))
-    .await?;
+    let (late, mut late_events) = connect(ha_options("home-assistant.late")).await?;
     let mut retained = BTreeMap::new();
     assert!(subscribe(&late, &mut late_events, &format!("{VIEW}#"), &mut retained).await?);
     assert!(subscribe(&late, &mut late_events, "homeassistant/#", &mut retained).await?);
@@ -457,13 +442,7 @@ async fn home_assistant_reads_only_what_the_policy_shares_with_it() -> Result<()
         1,
         "the withdrawal only; the power sensor stays: {withdrawn:?}"
     );
-    let (fresh, mut fresh_events) = connect(consumer_options(
-        &gw,
-        "home-assistant",
-        &password,
-        "home-assistant.fresh",
-    ))
-    .await?;
+    let (fresh, mut fresh_events) = connect(ha_options("home-assistant.fresh")).await?;
     let mut cleared = BTreeMap::new();
     assert!(subscribe(&fresh, &mut fresh_events, &format!("{VIEW}#"), &mut cleared).await?);
     cleared.extend(gather(&mut fresh_events, Duration::from_secs(2)).await);
@@ -520,14 +499,7 @@ async fn home_assistant_reads_only_what_the_policy_shares_with_it() -> Result<()
         removed["sessions_closed"].as_u64().unwrap_or(0) >= 1,
         "{removed}"
     );
-    assert!(connect(consumer_options(
-        &gw,
-        "home-assistant",
-        &password,
-        "home-assistant"
-    ))
-    .await
-    .is_err());
+    assert!(connect(ha_options("home-assistant")).await.is_err());
     let ledger = cli_json(&data, &["ledger"])?;
     let kinds: Vec<&str> = ledger["entries"]
         .as_array()

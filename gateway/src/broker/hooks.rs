@@ -49,6 +49,28 @@ pub(crate) fn client_id_fits(client_id: &str, device: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('.') && rest.len() > 1)
 }
 
+/// What a CONNECT's will would publish, whichever MQTT version sent it.
+struct Will {
+    topic: String,
+    len: usize,
+    retain: bool,
+}
+
+fn will_of(ci: &ConnectInfo) -> Option<Will> {
+    Some(match ci.last_will()? {
+        LastWill::V3(w) => Will {
+            topic: w.topic.to_string(),
+            len: w.message.len(),
+            retain: w.retain,
+        },
+        LastWill::V5(w) => Will {
+            topic: w.topic.to_string(),
+            len: w.message.len(),
+            retain: w.retain,
+        },
+    })
+}
+
 impl Hooks {
     async fn authenticate(&self, ci: &ConnectInfo) -> AuthResult {
         let client_id = ci.client_id().to_string();
@@ -103,11 +125,8 @@ impl Hooks {
             tracing::warn!(client_id = ?crate::short(&client_id), device = %device.id, "connection refused: client id must be the device id or <id>.<suffix>");
             return AuthResult::NotAuthorized;
         }
-        if let Some(will) = ci.last_will() {
-            let topic = match will {
-                LastWill::V3(w) => w.topic.to_string(),
-                LastWill::V5(w) => w.topic.to_string(),
-            };
+        if let Some(will) = will_of(ci) {
+            let topic = will.topic;
             // Wills bypass the publish ACL hook, so a will outside the
             // device's topics could forge a message (or a command) for
             // another device when the connection drops.
@@ -115,11 +134,7 @@ impl Hooks {
                 tracing::warn!(client_id = ?crate::short(&client_id), device = %device.id, topic = ?crate::short(&topic), "connection refused: will topic outside the device's topics");
                 return AuthResult::NotAuthorized;
             }
-            let payload_len = match will {
-                LastWill::V3(w) => w.message.len(),
-                LastWill::V5(w) => w.message.len(),
-            };
-            if let Err(why) = self.pipeline.admit(&topic, payload_len) {
+            if let Err(why) = self.pipeline.admit(&topic, will.len) {
                 tracing::warn!(client_id = ?crate::short(&client_id), device = %device.id, topic = ?crate::short(&topic), reason = %why, "connection refused: its will could not leave the home");
                 return AuthResult::NotAuthorized;
             }
@@ -150,16 +165,12 @@ impl Hooks {
             tracing::warn!(consumer = %consumer.id, client_id = ?crate::short(client_id), "connection refused: a consumer's client id must be its id or <id>.<suffix>");
             return AuthResult::NotAuthorized;
         }
-        if let Some(will) = ci.last_will() {
-            let (topic, retain) = match will {
-                LastWill::V3(w) => (w.topic.to_string(), w.retain),
-                LastWill::V5(w) => (w.topic.to_string(), w.retain),
-            };
+        if let Some(will) = will_of(ci) {
             if !self
                 .local
-                .may_publish(&consumer.destination, &topic, retain)
+                .may_publish(&consumer.destination, &will.topic, will.retain)
             {
-                tracing::warn!(consumer = %consumer.id, topic = ?crate::short(&topic), "connection refused: will topic outside what the consumer may publish");
+                tracing::warn!(consumer = %consumer.id, topic = ?crate::short(&will.topic), "connection refused: will topic outside what the consumer may publish");
                 return AuthResult::NotAuthorized;
             }
         }

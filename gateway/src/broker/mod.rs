@@ -277,7 +277,9 @@ impl Broker {
     /// and their copies in the local views (`local/<destination>/<topic>`).
     pub async fn drop_retained(&self, publish_filters: &[String]) -> usize {
         let mut n = 0;
-        let views = publish_filters.iter().map(|f| format!("local/+/{f}"));
+        let views = publish_filters
+            .iter()
+            .map(|f| crate::local::in_every_view(f));
         for f in publish_filters.iter().cloned().chain(views) {
             match self.retained.clear(&f).await {
                 Ok(k) => n += k,

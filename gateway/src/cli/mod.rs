@@ -318,11 +318,8 @@ fn deleted(r: &DeleteReport) -> String {
     text
 }
 
-fn preset(d: &DeviceInfo) -> String {
-    serde_json::to_string(&d.preset)
-        .unwrap_or_default()
-        .trim_matches('"')
-        .to_string()
+fn preset(d: &DeviceInfo) -> &'static str {
+    d.preset.name()
 }
 
 fn version_line(v: &PolicyVersionInfo) -> String {

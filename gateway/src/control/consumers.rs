@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{now_ms, OpError, Operations};
 use crate::devices::Consumer;
+use crate::local::LocalAccess;
 
 /// A consumer as every face shows it: never its credential or hash.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,25 +40,19 @@ pub struct RemovedConsumer {
 }
 
 impl Operations {
-    fn consumer_info(&self, c: &Consumer) -> ConsumerInfo {
-        let mut subscribe = vec![format!("{}#", crate::local::view_prefix(&c.destination))];
-        if self.discovery_of(&c.destination) {
-            subscribe.push(format!("{}/#", crate::local::DISCOVERY_PREFIX));
-        }
+    /// What the broker lets this config's consumers do.
+    fn local_access(&self) -> LocalAccess {
+        LocalAccess::from_config(&self.config.destinations)
+    }
+
+    fn consumer_info(&self, c: &Consumer, access: &LocalAccess) -> ConsumerInfo {
         ConsumerInfo {
             id: c.id.clone(),
             username: c.id.clone(),
             destination: c.destination.clone(),
-            subscribe,
+            subscribe: access.filters(&c.destination),
             created_ms: c.created_ms,
         }
-    }
-
-    fn discovery_of(&self, destination: &str) -> bool {
-        self.config
-            .destinations
-            .iter()
-            .any(|d| d.name == destination && d.is_local() && d.home_assistant_discovery)
     }
 
     /// The local destination a new consumer reads: the one named, which
@@ -114,21 +109,23 @@ impl Operations {
             destination,
         })
         .await;
+        let access = self.local_access();
         Ok(AddedConsumer {
-            consumer: self.consumer_info(&consumer),
+            consumer: self.consumer_info(&consumer, &access),
             password: password.as_str().to_string(),
-            discovery: self.discovery_of(&consumer.destination),
+            discovery: access.announces(&consumer.destination),
         })
     }
 
     pub fn consumer_list(&self) -> Result<Vec<ConsumerInfo>, OpError> {
+        let access = self.local_access();
         Ok(self
             .registry
             .as_ref()
             .map(|r| {
                 r.consumers()
                     .iter()
-                    .map(|c| self.consumer_info(c))
+                    .map(|c| self.consumer_info(c, &access))
                     .collect()
             })
             .unwrap_or_default())

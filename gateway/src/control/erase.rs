@@ -132,7 +132,11 @@ impl Operations {
                 (Some(live), Some(d)) => live.broker.drop_retained(&d.publish).await,
                 // Its topics are unknown now: every view's copies go (the
                 // views fill again with the next messages).
-                (Some(live), None) => live.broker.clear_retained("local/#").await.unwrap_or(0),
+                (Some(live), None) => live
+                    .broker
+                    .clear_retained(crate::local::ALL_VIEWS)
+                    .await
+                    .unwrap_or(0),
                 _ => 0,
             };
             (outbox, retained, self.forget_fields(Some(device))?)
@@ -206,7 +210,11 @@ impl Operations {
                 retained += live.broker.drop_retained(&device.publish).await;
             }
             // What the views keep of devices removed earlier, too.
-            retained += live.broker.clear_retained("local/#").await.unwrap_or(0);
+            retained += live
+                .broker
+                .clear_retained(crate::local::ALL_VIEWS)
+                .await
+                .unwrap_or(0);
         }
         let mut wiped = DeleteReport::of(None, report, outbox_entries, retained);
         wiped.fields_forgotten = self.forget_fields(None)?;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::{hash_password, new_password, DeviceError, DeviceRegistry};
+use super::{check_id, hash_password, new_password, DeviceError, DeviceRegistry};
 use crate::devices::Device;
 use crate::store::StoreError;
 
@@ -81,9 +81,7 @@ impl DeviceRegistry {
         destination: &str,
         now_ms: u64,
     ) -> Result<(Consumer, Zeroizing<String>), DeviceError> {
-        if !policy::is_valid_name(id) || id.starts_with('-') {
-            return Err(DeviceError::InvalidId(id.to_string()));
-        }
+        check_id(id)?;
         self.check_consumer_id_free(id)?;
         let password = new_password();
         let consumer = Consumer {

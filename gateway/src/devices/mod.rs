@@ -98,6 +98,16 @@ impl Preset {
         }
     }
 
+    /// Its name, as `parse` takes it and every face shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Generic => "generic",
+            Preset::Tasmota => "tasmota",
+            Preset::Shelly => "shelly",
+            Preset::Zigbee2mqtt => "zigbee2mqtt",
+        }
+    }
+
     /// (publish patterns, subscribe patterns)
     fn patterns(self) -> (&'static [&'static str], &'static [&'static str]) {
         match self {
@@ -232,6 +242,15 @@ pub fn id_from_name(name: &str) -> Result<String, DeviceError> {
     }
 }
 
+/// An id for a device or a consumer (an MQTT username): a valid name,
+/// and no leading '-', which would read as an option on the command line.
+fn check_id(id: &str) -> Result<(), DeviceError> {
+    if !policy::is_valid_name(id) || id.starts_with('-') {
+        return Err(DeviceError::InvalidId(id.to_string()));
+    }
+    Ok(())
+}
+
 /// A fresh random password: 24 bytes from the OS RNG, base64url (32 chars).
 fn new_password() -> Zeroizing<String> {
     use base64::Engine;
@@ -281,10 +300,7 @@ impl DeviceRegistry {
         preset: Preset,
         now_ms: u64,
     ) -> Result<(Device, Zeroizing<String>), DeviceError> {
-        // A leading '-' would read as an option on the command line.
-        if !policy::is_valid_name(id) || id.starts_with('-') {
-            return Err(DeviceError::InvalidId(id.to_string()));
-        }
+        check_id(id)?;
         if name.chars().count() > MAX_NAME_CHARS || name.chars().any(char::is_control) {
             return Err(DeviceError::InvalidName(name.to_string()));
         }

@@ -20,12 +20,15 @@ use std::collections::HashMap;
 
 use crate::config::DestinationConfig;
 
-/// The topic spaces that belong to the hub's local views: no device may
-/// publish or subscribe there, whatever its patterns.
-pub const RESERVED_FILTERS: [&str; 2] = ["local/#", "homeassistant/#"];
+/// Every local view: `local/<destination>/<device topic>`.
+pub const ALL_VIEWS: &str = "local/#";
 
 /// Home Assistant's default discovery prefix.
 pub const DISCOVERY_PREFIX: &str = "homeassistant";
+
+/// The topic spaces that belong to the hub's local views: no device may
+/// publish or subscribe there, whatever its patterns.
+pub const RESERVED_FILTERS: [&str; 2] = [ALL_VIEWS, "homeassistant/#"];
 
 /// Where Home Assistant announces that it (re)started, and sets its will.
 pub const HOME_ASSISTANT_STATUS: &str = "homeassistant/status";
@@ -33,6 +36,11 @@ pub const HOME_ASSISTANT_STATUS: &str = "homeassistant/status";
 /// What precedes a device's topic in destination `name`'s view.
 pub fn view_prefix(name: &str) -> String {
     format!("local/{name}/")
+}
+
+/// The copies of a device's `filter` in every local view.
+pub fn in_every_view(filter: &str) -> String {
+    format!("local/+/{filter}")
 }
 
 /// Whether a topic or filter reaches into the local views.
@@ -88,14 +96,28 @@ impl LocalAccess {
         self.discovery.contains_key(destination)
     }
 
-    /// A consumer of `destination` subscribes within its view, and within
-    /// the discovery prefix when the destination announces there.
+    /// Whether `destination` announces to Home Assistant.
+    pub fn announces(&self, destination: &str) -> bool {
+        self.discovery.get(destination) == Some(&true)
+    }
+
+    /// The filters a consumer of `destination` may subscribe within: its
+    /// view, and the discovery prefix when the destination announces there.
+    pub fn filters(&self, destination: &str) -> Vec<String> {
+        let mut all = Vec::new();
+        if self.is_local(destination) {
+            all.push(format!("{}#", view_prefix(destination)));
+        }
+        if self.announces(destination) {
+            all.push(format!("{DISCOVERY_PREFIX}/#"));
+        }
+        all
+    }
+
     pub fn may_subscribe(&self, destination: &str, filter: &str) -> bool {
-        let Some(&discovery) = self.discovery.get(destination) else {
-            return false;
-        };
-        policy::topic::filter_within(filter, &format!("{}#", view_prefix(destination)))
-            || (discovery && policy::topic::filter_within(filter, &format!("{DISCOVERY_PREFIX}/#")))
+        self.filters(destination)
+            .iter()
+            .any(|f| policy::topic::filter_within(filter, f))
     }
 
     /// A consumer publishes nothing into the hub, except Home Assistant's
@@ -103,7 +125,7 @@ impl LocalAccess {
     /// retained, so that it does not outlive the connection for the other
     /// local destinations' consumers.
     pub fn may_publish(&self, destination: &str, topic: &str, retain: bool) -> bool {
-        !retain && self.discovery.get(destination) == Some(&true) && topic == HOME_ASSISTANT_STATUS
+        !retain && self.announces(destination) && topic == HOME_ASSISTANT_STATUS
     }
 }
 

@@ -55,6 +55,10 @@ pub struct LocalView {
     pub state: Arc<LinkState>,
 }
 
+fn store_failed(e: crate::store::StoreError) -> String {
+    crate::control::with_causes(&e)
+}
+
 /// One announced field: its config message, and what the policy is asked
 /// about it after a change.
 struct Known {
@@ -135,19 +139,14 @@ impl LocalView {
     async fn drain(&self, announced: &mut Announced, generation: &mut u64) -> Result<bool, String> {
         for _ in 0..BATCHES_PER_TURN {
             self.catch_up(announced, generation).await;
-            let batch = self
-                .outbox
-                .read_after(None, BATCH)
-                .map_err(|e| crate::control::with_causes(&e))?;
+            let batch = self.outbox.read_after(None, BATCH).map_err(store_failed)?;
             if batch.is_empty() {
                 return Ok(false);
             }
             for entry in batch {
                 self.catch_up(announced, generation).await;
                 self.publish(&entry, announced).await?;
-                self.outbox
-                    .remove(entry.key)
-                    .map_err(|e| crate::control::with_causes(&e))?;
+                self.outbox.remove(entry.key).map_err(store_failed)?;
             }
         }
         Ok(true)
@@ -177,11 +176,7 @@ impl LocalView {
 
     async fn publish(&self, entry: &OutboxEntry, announced: &mut Announced) -> Result<(), String> {
         // Purged since it was read (a delete or a wipe): it must not leave.
-        if !self
-            .outbox
-            .contains(entry.key)
-            .map_err(|e| crate::control::with_causes(&e))?
-        {
+        if !self.outbox.contains(entry.key).map_err(store_failed)? {
             return Ok(());
         }
         let view_topic = format!("{}{}", super::view_prefix(&self.name), entry.topic);
@@ -208,10 +203,7 @@ impl LocalView {
         // A delete, a wipe or a removal may have run between the checks and
         // the publish: it clears after it purges or removes, and this looks
         // again after it publishes, so one of the two clears what it kept.
-        let gone = !self
-            .outbox
-            .contains(entry.key)
-            .map_err(|e| crate::control::with_causes(&e))?
+        let gone = !self.outbox.contains(entry.key).map_err(store_failed)?
             || self.registry.get(&entry.device).is_none();
         if gone {
             self.broker
@@ -229,11 +221,10 @@ impl LocalView {
         view_topic: &str,
         announced: &mut Announced,
     ) -> Result<(), String> {
-        let preset = format!("{:?}", device.preset).to_lowercase();
         let label = DeviceLabel {
             id: &device.id,
             name: &device.name,
-            model: &preset,
+            model: device.preset.name(),
         };
         let source = (entry.device.clone(), entry.topic.clone());
         for a in
