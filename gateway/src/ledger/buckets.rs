@@ -141,7 +141,8 @@ pub struct SentField<'a> {
 }
 
 pub struct Buckets {
-    tree: sled::Tree,
+    /// Journaled: the group commit writes the buckets it changed.
+    tree: crate::store::journal::JournaledTree,
     span_ms: std::sync::atomic::AtomicU64,
     /// Spans ending at or before this are closed: a record that comes late
     /// (its time taken before the tick closed its span) goes to the span
@@ -149,18 +150,26 @@ pub struct Buckets {
     closed_before: std::sync::atomic::AtomicU64,
     next_id: std::sync::atomic::AtomicU64,
     open: Mutex<HashMap<Key, Open>>,
-    dirty: Arc<AtomicBool>,
+    /// Set by every message counted: the next commit writes its bucket.
+    due: Arc<AtomicBool>,
 }
 
 impl Buckets {
-    pub fn open(db: &sled::Db, dirty: Arc<AtomicBool>) -> Result<Self, StoreError> {
+    pub fn open(
+        db: &sled::Db,
+        due: Arc<AtomicBool>,
+        journal: &Arc<crate::store::journal::Journal>,
+    ) -> Result<Self, StoreError> {
         Ok(Self {
-            tree: db.open_tree("ledger_open")?,
+            tree: crate::store::journal::JournaledTree::new(
+                db.open_tree("ledger_open")?,
+                Arc::clone(journal),
+            ),
             span_ms: std::sync::atomic::AtomicU64::new(DEFAULT_BUCKET_MS),
             closed_before: std::sync::atomic::AtomicU64::new(0),
             next_id: std::sync::atomic::AtomicU64::new(random_id()),
             open: Mutex::new(HashMap::new()),
-            dirty,
+            due,
         })
     }
 
@@ -231,7 +240,7 @@ impl Buckets {
             *bucket.fields.entry(key).or_insert(0) += 1;
         }
         bucket.unsaved = true;
-        self.dirty.store(true, Ordering::Release);
+        self.due.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -241,7 +250,7 @@ impl Buckets {
         for (key, bucket) in open.iter_mut().filter(|(_, b)| b.unsaved) {
             let state = serde_json::to_vec(bucket)
                 .map_err(|e| StoreError::Corrupt(format!("a ledger bucket: {e}")))?;
-            self.tree.insert(key.bytes(), state)?;
+            self.tree.insert(&key.bytes(), &state)?;
             bucket.unsaved = false;
         }
         Ok(())
@@ -278,7 +287,7 @@ impl Buckets {
                 Ok(b) => out.push((k.to_vec(), b.close())),
                 Err(e) => {
                     tracing::error!(error = %e, "an open ledger bucket is unreadable: dropped");
-                    self.tree.remove(k)?;
+                    self.tree.remove(&k)?;
                 }
             }
         }

@@ -67,10 +67,18 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    pub(crate) fn open(db: &sled::Db, dirty: Arc<AtomicBool>) -> Result<Self, StoreError> {
+    /// `dirty` is set by the ledger's rare writes (the chain, the
+    /// summary), which a checkpoint makes durable; `due` by every message
+    /// counted, whose open bucket the next journal commit writes.
+    pub(crate) fn open(
+        db: &sled::Db,
+        dirty: Arc<AtomicBool>,
+        due: Arc<AtomicBool>,
+        journal: &Arc<crate::store::journal::Journal>,
+    ) -> Result<Self, StoreError> {
         Ok(Self {
             chain: chain::Chain::open(db, Arc::clone(&dirty))?,
-            buckets: buckets::Buckets::open(db, Arc::clone(&dirty))?,
+            buckets: buckets::Buckets::open(db, due, journal)?,
             summary: summary::Summary::open(db, dirty)?,
             detailed: RwLock::default(),
             record_egress: AtomicBool::new(true),

@@ -2,7 +2,8 @@ use super::*;
 
 fn ledger(dir: &std::path::Path) -> (sled::Db, Ledger) {
     let db = crate::store::open_test_db(dir);
-    let l = Ledger::open(&db, Arc::default()).expect("ledger");
+    let journal = crate::store::open_test_journal(dir, &db);
+    let l = Ledger::open(&db, Arc::default(), Arc::default(), &journal).expect("ledger");
     (db, l)
 }
 

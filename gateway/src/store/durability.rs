@@ -1,37 +1,54 @@
-//! Group commit: many writers, one flush.
+//! Group commit: many writers, one journal write and one `fdatasync`.
+//!
+//! The commit runs on a thread of its own (the single writer of the
+//! [`Journal`]): writers wake it and wait on a watch channel, so a commit
+//! costs one thread wake-up, not a task hop and a blocking-pool job.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 
+use super::journal::Journal;
 use super::StoreError;
 
 /// The flush state every waiter watches: how many writes are covered, and
-/// whether the flush that covered the latest ones failed.
+/// whether the commit that covered the latest ones failed.
 #[derive(Debug, Clone)]
 struct Flushed {
     covered: u64,
     error: Option<String>,
-    /// The committer has stopped: nothing later will be flushed.
+    /// The committer has stopped: nothing later will be committed.
     closed: bool,
 }
 
 /// The longest a write that nobody waits for (a QoS 0 message, an
-/// acknowledged outbox entry's removal) stays unflushed.
+/// acknowledged outbox entry's removal) stays uncommitted.
 pub const IDLE_FLUSH: Duration = Duration::from_millis(500);
 
+#[derive(Default)]
+struct Wake {
+    kicked: bool,
+    stop: bool,
+}
+
 pub struct Durability {
-    db: sled::Db,
-    /// Set by every write to the store; the committer flushes within
-    /// [`IDLE_FLUSH`] when set, even if no writer waits.
+    journal: Arc<Journal>,
+    /// Set by every write that is not journaled: the next commit is a
+    /// checkpoint (a flush of sled), within [`IDLE_FLUSH`] even if no
+    /// writer waits.
     dirty: Arc<AtomicBool>,
-    /// Tickets handed out; a writer takes one after its writes are in sled.
+    /// Set when state kept in memory (the ledger's open buckets) waits for
+    /// a commit: committed within [`IDLE_FLUSH`].
+    due: Arc<AtomicBool>,
+    /// Tickets handed out; a writer takes one after its writes are in sled
+    /// and the journal's pending buffer.
     written: AtomicU64,
-    kick: Notify,
+    wake: Mutex<Wake>,
+    wakeup: Condvar,
     flushed: watch::Sender<Flushed>,
-    /// Run at the start of every flush: state kept in memory between
+    /// Run at the start of every commit: state kept in memory between
     /// commits (the ledger's open buckets) is written then, once per group
     /// commit instead of once per message.
     before_flush: std::sync::RwLock<Option<BeforeFlush>>,
@@ -40,17 +57,19 @@ pub struct Durability {
 type BeforeFlush = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 impl Durability {
-    pub(super) fn new(db: sled::Db) -> Self {
+    pub(super) fn new(journal: Arc<Journal>, dirty: Arc<AtomicBool>) -> Self {
         let (flushed, _) = watch::channel(Flushed {
             covered: 0,
             error: None,
             closed: false,
         });
         Self {
-            db,
-            dirty: Arc::default(),
+            journal,
+            dirty,
+            due: Arc::default(),
             written: AtomicU64::new(0),
-            kick: Notify::new(),
+            wake: Mutex::default(),
+            wakeup: Condvar::new(),
             flushed,
             before_flush: std::sync::RwLock::new(None),
         }
@@ -67,11 +86,25 @@ impl Durability {
             .clone()
     }
 
+    fn kick(&self) {
+        let mut w = self.wake.lock().unwrap_or_else(|e| e.into_inner());
+        w.kicked = true;
+        drop(w);
+        self.wakeup.notify_one();
+    }
+
+    fn stop(&self) {
+        let mut w = self.wake.lock().unwrap_or_else(|e| e.into_inner());
+        w.stop = true;
+        drop(w);
+        self.wakeup.notify_one();
+    }
+
     /// Waits until everything this task wrote before the call is on disk.
     pub async fn sync(&self) -> Result<(), StoreError> {
         let ticket = self.written.fetch_add(1, Ordering::SeqCst) + 1;
         let mut rx = self.flushed.subscribe();
-        self.kick.notify_one();
+        self.kick();
         let shutting_down = || StoreError::Flush("the store is shutting down".into());
         let state = rx
             .wait_for(|f| f.covered >= ticket || f.closed)
@@ -86,78 +119,131 @@ impl Durability {
         }
     }
 
-    /// The flag writers set, for the stores that write without waiting.
+    /// The flag writers that are not journaled set.
     pub(super) fn dirty(&self) -> Arc<AtomicBool> {
         Arc::clone(&self.dirty)
     }
 
-    /// After a write failed (sled reports an I/O error at insert when its
-    /// log cannot grow): flush now, so that the failure shows in health at
-    /// once, not only when the next write happens to need a flush.
-    pub fn check_now(&self) {
-        self.dirty.store(true, Ordering::Release);
-        self.kick.notify_one();
+    /// The flag in-memory state that a commit writes sets.
+    pub(super) fn due(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.due)
     }
 
-    /// False while the latest flush failed (a full or broken disk).
+    /// After a write failed (sled reports an I/O error at insert when its
+    /// log cannot grow): checkpoint now, so that the failure shows in
+    /// health at once, not only when the next write happens to need one.
+    pub fn check_now(&self) {
+        self.dirty.store(true, Ordering::SeqCst);
+        self.kick();
+    }
+
+    /// False while the latest commit failed (a full or broken disk).
     pub fn healthy(&self) -> bool {
         self.flushed.borrow().error.is_none()
     }
 
-    /// The committer: runs until `shutdown` fires, then flushes once more.
-    /// While one flush runs, new writers pile up and the next flush covers
-    /// them all; there is no fixed delay to add latency when idle.
-    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(IDLE_FLUSH);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    /// The committer: runs its thread until `shutdown` fires, which then
+    /// checkpoints once more. While one commit runs, new writers pile up
+    /// and the next commit covers them all; there is no fixed delay to add
+    /// latency when idle. A panic of the thread is this task's.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let me = Arc::clone(&self);
+        let thread = match std::thread::Builder::new()
+            .name("dataward-commit".into())
+            .spawn(move || me.commit_loop())
+        {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "no thread for the committer");
+                self.flushed.send_replace(Flushed {
+                    covered: 0,
+                    error: Some(format!("no committer thread: {e}")),
+                    closed: true,
+                });
+                return;
+            }
+        };
+        let mut joined = tokio::task::spawn_blocking(move || thread.join());
+        let finished = tokio::select! {
+            j = &mut joined => Some(j),
+            _ = shutdown.changed() => None,
+        };
+        let joined = match finished {
+            Some(j) => j,
+            None => {
+                self.stop();
+                joined.await
+            }
+        };
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(panic)) => {
+                self.flushed.send_modify(|f| f.closed = true);
+                std::panic::resume_unwind(panic)
+            }
+            Err(e) => tracing::error!(error = %e, "the committer thread could not be joined"),
+        }
+    }
+
+    fn commit_loop(&self) {
         loop {
-            tokio::select! {
-                _ = self.kick.notified() => {}
-                _ = tick.tick() => {
-                    if !self.dirty.load(Ordering::Acquire) {
-                        continue;
+            let stop = {
+                let mut w = self.wake.lock().unwrap_or_else(|e| e.into_inner());
+                while !w.kicked && !w.stop {
+                    let (g, waited) = self
+                        .wakeup
+                        .wait_timeout(w, IDLE_FLUSH)
+                        .unwrap_or_else(|e| e.into_inner());
+                    w = g;
+                    if waited.timed_out()
+                        && (self.dirty.load(Ordering::SeqCst)
+                            || self.due.load(Ordering::SeqCst)
+                            || self.journal.has_pending())
+                    {
+                        break;
                     }
                 }
-                _ = shutdown.changed() => break,
+                w.kicked = false;
+                w.stop
+            };
+            if stop {
+                break;
             }
-            self.dirty.store(false, Ordering::Release);
-            let target = self.written.load(Ordering::SeqCst);
             #[cfg(debug_assertions)]
             test_fault::committer_flush();
-            let db = self.db.clone();
-            let hook = self.hook();
-            let result = match tokio::task::spawn_blocking(move || {
-                if let Some(h) = hook {
-                    h()?;
-                }
-                db.flush().map_err(|e| e.to_string())
-            })
-            .await
-            {
-                Ok(Ok(_)) => None,
-                Ok(Err(e)) => Some(e),
-                Err(e) => Some(format!("flush task failed: {e}")),
-            };
-            if let Some(e) = &result {
-                // Still to be flushed: the next tick tries again.
-                self.dirty.store(true, Ordering::Release);
-                tracing::error!(error = %e, "flushing the store failed; publishes are refused until it works again");
-            }
-            self.flushed.send_replace(Flushed {
-                covered: target,
-                error: result,
-                closed: false,
-            });
+            self.commit_round(false);
         }
+        self.commit_round(true);
+    }
+
+    /// One group commit: a journal commit, or a checkpoint when a write
+    /// that is not journaled waits (and always at the end).
+    fn commit_round(&self, last: bool) {
+        // The ticket count first: a writer that set `dirty` before taking
+        // its ticket is then seen as dirty here.
         let target = self.written.load(Ordering::SeqCst);
-        let hooked = self.hook().map_or(Ok(()), |h| h());
-        let error = hooked
-            .err()
-            .or_else(|| self.db.flush().err().map(|e| e.to_string()));
+        let checkpoint = self.dirty.swap(false, Ordering::SeqCst) || last;
+        self.due.store(false, Ordering::SeqCst);
+        let result = (|| {
+            if let Some(h) = self.hook() {
+                h()?;
+            }
+            if checkpoint {
+                self.journal.checkpoint()
+            } else {
+                self.journal.commit()
+            }
+            .map_err(|e| crate::control::with_causes(&e))
+        })();
+        if let Err(e) = &result {
+            // Still to be made durable: the next round checkpoints.
+            self.dirty.store(true, Ordering::SeqCst);
+            tracing::error!(error = %e, "committing to the store failed; publishes are refused until it works again");
+        }
         self.flushed.send_replace(Flushed {
             covered: target,
-            error,
-            closed: true,
+            error: result.err(),
+            closed: last,
         });
     }
 }
@@ -205,8 +291,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let d = Arc::clone(&store.durability);
-        let committer = tokio::spawn(async move { d.run(stop_rx).await });
+        let committer = tokio::spawn(Arc::clone(&store.durability).run(stop_rx));
         let history = store.history();
         history.set_recipient(Some(crate::keys::seal::generate().1));
         let mut writers = Vec::new();
@@ -235,8 +320,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let d = Arc::clone(&store.durability);
-        let committer = tokio::spawn(async move { d.run(stop_rx).await });
+        let committer = tokio::spawn(Arc::clone(&store.durability).run(stop_rx));
         let mut flushes = store.durability.flushed.subscribe();
         // Idle: no flush at all.
         let idle = tokio::time::timeout(2 * super::IDLE_FLUSH, flushes.changed()).await;
@@ -256,8 +340,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let d = Arc::clone(&store.durability);
-        let committer = tokio::spawn(async move { d.run(stop_rx).await });
+        let committer = tokio::spawn(Arc::clone(&store.durability).run(stop_rx));
         stop_tx.send(true).expect("stop");
         committer.await.expect("committer");
         // Nothing flushes any more: a writer must not wait forever.

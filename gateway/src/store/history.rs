@@ -167,7 +167,9 @@ fn sealed_value(
 
 pub struct HistoryStore {
     pub(super) db: sled::Db,
-    pub(super) records: sled::Tree,
+    /// Journaled: appends are the hot path.
+    pub(super) records: super::journal::JournaledTree,
+    pub(super) journal: Arc<super::journal::Journal>,
     pub(super) keys: sled::Tree,
     pub(super) shredded: sled::Tree,
     dirty: Arc<AtomicBool>,
@@ -190,12 +192,17 @@ impl HistoryStore {
     pub(super) fn open(
         db: &sled::Db,
         dirty: Arc<AtomicBool>,
+        journal: Arc<super::journal::Journal>,
         pads: Arc<super::pads::KeyPads>,
     ) -> Result<Self, StoreError> {
         Ok(Self {
             pads,
             db: db.clone(),
-            records: db.open_tree("records")?,
+            records: super::journal::JournaledTree::new(
+                db.open_tree("records")?,
+                Arc::clone(&journal),
+            ),
+            journal,
             keys: db.open_tree("period_keys")?,
             shredded: db.open_tree("shredded")?,
             dirty,
@@ -259,9 +266,9 @@ impl HistoryStore {
             .map_err(|e| StoreError::Crypto(e.to_string()))?;
         let mut key = period_prefix(rec.device, period);
         key.extend_from_slice(&seq.to_be_bytes());
-        self.records.insert(key, value)?;
+        // Journaled, not marked dirty: a record is the hot path.
+        self.records.insert(&key, &value)?;
         drop(w);
-        self.mark_dirty();
         Ok(Some(seq))
     }
 
@@ -557,7 +564,7 @@ mod tests {
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         v = bytes.into();
-        h.records.insert(k, v).expect("insert");
+        h.records.insert(&k, &v).expect("insert");
         let err = h
             .read(&sk, &ReadRange::default())
             .next()

@@ -13,6 +13,7 @@ mod destinations;
 mod durability;
 pub(crate) mod fields;
 mod history;
+pub(crate) mod journal;
 mod outbox;
 mod pads;
 mod period_keys;
@@ -53,6 +54,8 @@ pub enum StoreError {
     Engine(#[from] sled::Error),
     #[error("a stored record is corrupt: {0}")]
     Corrupt(String),
+    #[error("the journal: {0}")]
+    Journal(String),
     #[error("flushing to disk failed: {0}")]
     Flush(String),
     #[error("the history of device {device:?} for {period} cannot be read: {reason}")]
@@ -87,6 +90,7 @@ pub fn dir_bytes(dir: &std::path::Path) -> u64 {
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    journal: Arc<journal::Journal>,
     pub durability: Arc<Durability>,
     /// One per store, shared by the pipeline and the operations: deletes
     /// and appends coordinate through it.
@@ -145,7 +149,13 @@ impl Store {
                     source: e,
                 },
             })?;
-        let durability = Arc::new(Durability::new(db.clone()));
+        let dirty = Arc::default();
+        let journal = Arc::new(journal::Journal::open(
+            &dir.join("journal"),
+            db.clone(),
+            Arc::clone(&dirty),
+        )?);
+        let durability = Arc::new(Durability::new(Arc::clone(&journal), dirty));
         // The pad file is created with the first keys, never for a store
         // that already has some: that would read as "all destroyed".
         let keyed = db.open_tree("keys")?.get(USER_KEYS)?.is_some()
@@ -154,13 +164,19 @@ impl Store {
         let history = Arc::new(HistoryStore::open(
             &db,
             durability.dirty(),
+            Arc::clone(&journal),
             Arc::clone(&pads),
         )?);
         let fields = Arc::new(FieldInventory::open(db.open_tree("fields")?)?);
         let destinations = Arc::new(DestinationApprovals::open(
             db.open_tree("approved_destinations")?,
         )?);
-        let ledger = Arc::new(crate::ledger::Ledger::open(&db, durability.dirty())?);
+        let ledger = Arc::new(crate::ledger::Ledger::open(
+            &db,
+            durability.dirty(),
+            durability.due(),
+            &journal,
+        )?);
         let l = Arc::clone(&ledger);
         durability.set_before_flush(Arc::new(move || {
             l.persist_open()
@@ -168,6 +184,7 @@ impl Store {
         }));
         let store = Self {
             db,
+            journal,
             durability,
             history,
             fields,
@@ -213,7 +230,7 @@ impl Store {
         self.db
             .open_tree("keys")?
             .insert(USER_KEYS, keys.to_json())?;
-        self.db.flush()?;
+        self.journal.checkpoint()?;
         self.history.set_recipient(Some(keys.public()?));
         Ok(())
     }
@@ -265,9 +282,9 @@ impl Store {
             })?;
             moved += 1;
         }
-        self.db.flush()?;
+        self.journal.checkpoint()?;
         self.db.drop_tree("history")?;
-        self.db.flush()?;
+        self.journal.checkpoint()?;
         if dropped > 0 {
             tracing::warn!(
                 dropped,
@@ -285,7 +302,7 @@ impl Store {
         self.history.set_recipient(None);
         let keys = self.load_keys()?;
         self.db.open_tree("keys")?.remove(USER_KEYS)?;
-        self.db.flush()?;
+        self.journal.checkpoint()?;
         if let Some(keys) = keys {
             self.history
                 .pads
@@ -305,7 +322,7 @@ impl Store {
                 let k = crate::keys::wrap::random_key()
                     .map_err(|e| StoreError::Crypto(e.to_string()))?;
                 tree.insert(destination, k.as_ref())?;
-                self.db.flush()?;
+                self.journal.checkpoint()?;
                 zeroize::Zeroizing::new(k.to_vec())
             }
         };
@@ -356,6 +373,7 @@ impl Store {
             destination,
             max_entries,
             self.durability.dirty(),
+            Arc::clone(&self.journal),
             self.ledger(),
         )
     }
@@ -382,12 +400,21 @@ impl Store {
         Self::open(dir)
     }
 
-    /// Blocking flush, for shutdown and for CLI commands.
+    /// Blocking checkpoint (sled flushed, the journal emptied), for
+    /// shutdown, CLI commands, and before a deletion is reported done.
     pub fn flush(&self) -> Result<(), StoreError> {
         self.ledger.persist_open()?;
-        self.db.flush()?;
-        Ok(())
+        self.journal.checkpoint()
     }
+}
+
+/// A journal for a bare test database, in `dir`.
+#[cfg(test)]
+pub(crate) fn open_test_journal(dir: &Path, db: &sled::Db) -> Arc<journal::Journal> {
+    Arc::new(
+        journal::Journal::open(&dir.join("journal"), db.clone(), Arc::default())
+            .expect("test journal"),
+    )
 }
 
 /// A bare sled database for unit tests, opened as [`Store::open`] opens

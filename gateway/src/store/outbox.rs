@@ -25,7 +25,8 @@ pub struct OutboxEntry {
 /// will never later find a smaller key appearing: order per device holds
 /// and nothing is skipped.
 pub struct Outbox {
-    tree: sled::Tree,
+    /// Pushes and removals are journaled: they are the hot path.
+    tree: super::journal::JournaledTree,
     next: Mutex<u64>,
     /// No key below this is present: lets a push skip the quota check
     /// without touching the tree.
@@ -55,6 +56,7 @@ impl Outbox {
         destination: &str,
         max_entries: u64,
         dirty: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        journal: std::sync::Arc<super::journal::Journal>,
         ledger: std::sync::Arc<crate::ledger::Ledger>,
     ) -> Result<Self, StoreError> {
         let tree = db.open_tree(format!("outbox/{destination}"))?;
@@ -74,7 +76,7 @@ impl Outbox {
             dead,
             dead_count,
             dirty,
-            tree,
+            tree: super::journal::JournaledTree::new(tree, journal),
             next: Mutex::new(next),
             oldest_bound: AtomicU64::new(oldest),
             count: AtomicU64::new(count),
@@ -106,9 +108,8 @@ impl Outbox {
             .lock()
             .map_err(|_| StoreError::Corrupt("outbox lock poisoned".into()))?;
         let key = *next;
-        self.tree.insert(key.to_be_bytes(), value)?;
+        self.tree.insert(&key.to_be_bytes(), &value)?;
         self.count.fetch_add(1, Ordering::AcqRel);
-        self.dirty.store(true, Ordering::Release);
         *next += 1;
         drop(next);
         self.enforce_quota(key)?;
@@ -125,7 +126,7 @@ impl Outbox {
         let mut dropped = 0u64;
         for kv in self.tree.range(..cutoff.to_be_bytes()) {
             let (k, _) = kv?;
-            if self.tree.remove(k)?.is_some() {
+            if self.tree.remove(&k)? {
                 self.count.fetch_sub(1, Ordering::AcqRel);
                 dropped += 1;
             }
@@ -161,7 +162,8 @@ impl Outbox {
     pub fn purge(&self, device: Option<&str>) -> Result<u64, StoreError> {
         let mut removed = 0;
         for (tree, count, skip) in [
-            (&self.tree, &self.count, 0usize),
+            // Raw (dirty, so checkpointed): a purge is rare.
+            (&*self.tree, &self.count, 0usize),
             (&self.dead, &self.dead_count, 1),
         ] {
             for kv in tree.iter() {
@@ -216,9 +218,8 @@ impl Outbox {
 
     /// The destination acknowledged `key`.
     pub fn remove(&self, key: u64) -> Result<(), StoreError> {
-        if self.tree.remove(key.to_be_bytes())?.is_some() {
+        if self.tree.remove(&key.to_be_bytes())? {
             self.count.fetch_sub(1, Ordering::AcqRel);
-            self.dirty.store(true, Ordering::Release);
         }
         Ok(())
     }
@@ -243,7 +244,7 @@ impl Outbox {
         use sled::Transactional;
         let reason = reason.as_bytes();
         let reason = &reason[..reason.len().min(u16::MAX as usize)];
-        let moved = (&self.tree, &self.dead)
+        let moved = (&*self.tree, &self.dead)
             .transaction(|(outbox, dead)| {
                 let Some(value) = outbox.remove(&key.to_be_bytes())? else {
                     return Ok(false);

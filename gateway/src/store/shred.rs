@@ -157,7 +157,7 @@ impl HistoryStore {
         for (device, period, _) in &whole {
             periods.insert((device.clone(), *period));
         }
-        self.db.flush()?;
+        self.journal.checkpoint()?;
 
         if let Some((sk, pk)) = cut_key {
             for ((device, period), keynos) in &cut {
@@ -171,7 +171,7 @@ impl HistoryStore {
                 }
             }
             report.unreadable_after_ms = started.elapsed().as_secs_f64() * 1000.0;
-            self.db.flush()?;
+            self.journal.checkpoint()?;
         }
         report.periods = periods.len() as u64;
         let (records, bytes) = self.reclaim_locked(range.device)?;
@@ -197,7 +197,7 @@ impl HistoryStore {
         if !keys.is_empty() {
             // The notes before the pads: a crash between leaves keys that
             // readers already skip, never pads gone with nothing noted.
-            self.db.flush()?;
+            self.journal.checkpoint()?;
         }
         self.pads.destroy(&slots)?;
         for (device, period, keyno) in keys {
@@ -229,7 +229,7 @@ impl HistoryStore {
                 "finishing the deletion of keys a crash interrupted"
             );
             self.destroy_keys(&settle)?;
-            self.db.flush()?;
+            self.journal.checkpoint()?;
         }
         Ok(())
     }
@@ -284,7 +284,7 @@ impl HistoryStore {
         let mut out = Recut::default();
         for (k, rec) in &keep {
             let value = self.seal_record(&new, device, period, rec)?;
-            self.records.insert(k, value)?;
+            self.records.insert(k, &value)?;
             out.kept += 1;
         }
         for (k, len) in &remove {
@@ -353,7 +353,7 @@ impl HistoryStore {
         }
         if records > 0 {
             self.mark_dirty();
-            self.db.flush()?;
+            self.journal.checkpoint()?;
         }
         Ok((records, bytes))
     }
@@ -395,7 +395,7 @@ impl HistoryStore {
         }
         self.destroy_keys(&expired)?;
         report.unreadable_after_ms = started.elapsed().as_secs_f64() * 1000.0;
-        self.db.flush()?;
+        self.journal.checkpoint()?;
         report.periods = periods.len() as u64;
         let (records, bytes) = self.reclaim_locked(None)?;
         report.records = records;

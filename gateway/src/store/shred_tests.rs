@@ -83,7 +83,7 @@ fn deleting_a_device_destroys_its_keys_and_leaves_the_others() {
         h.keys.insert(k, v.clone()).expect("insert");
     }
     for (k, v) in &raw {
-        h.records.insert(k, v.clone()).expect("insert");
+        h.records.insert(k, v).expect("insert");
         let (_, period, _) = split_key(k).expect("key");
         let keyno = record_keyno(v).expect("keyno");
         assert!(matches!(

@@ -1,0 +1,172 @@
+//! Tests of the journal on real files: what a crash leaves is replayed,
+//! and nothing else is.
+use super::*;
+use crate::store::open_test_db;
+
+struct Side {
+    _dir: tempfile::TempDir,
+    db: sled::Db,
+    journal: Arc<Journal>,
+    dirty: Arc<AtomicBool>,
+    tree: JournaledTree,
+}
+
+fn side() -> Side {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = open_test_db(&dir.path().join("db"));
+    let dirty = Arc::new(AtomicBool::new(false));
+    let journal = Arc::new(
+        Journal::open(&dir.path().join("journal"), db.clone(), Arc::clone(&dirty))
+            .expect("journal"),
+    );
+    let tree = JournaledTree::new(db.open_tree("t").expect("tree"), Arc::clone(&journal));
+    Side {
+        _dir: dir,
+        db,
+        journal,
+        dirty,
+        tree,
+    }
+}
+
+impl Side {
+    fn journal_dir(&self) -> PathBuf {
+        self._dir.path().join("journal")
+    }
+
+    /// What a crash now would leave: the journal's files, replayed into
+    /// a store that has none of sled's unflushed writes (an empty one).
+    fn recovered(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let jdir = dir.path().join("journal");
+        std::fs::create_dir_all(&jdir).expect("mkdir");
+        for seg in ["0", "1"] {
+            std::fs::copy(self.journal_dir().join(seg), jdir.join(seg)).expect("copy");
+        }
+        let db = open_test_db(&dir.path().join("db"));
+        Journal::open(&jdir, db.clone(), Arc::default()).expect("recover");
+        let t = db.open_tree("t").expect("tree");
+        t.iter()
+            .map(|kv| kv.expect("read"))
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect()
+    }
+}
+
+fn kv(k: &str, v: &str) -> (Vec<u8>, Vec<u8>) {
+    (k.as_bytes().to_vec(), v.as_bytes().to_vec())
+}
+
+#[test]
+fn committed_writes_are_replayed_in_order_and_pending_ones_are_not() {
+    let s = side();
+    s.tree.insert(b"a", b"1").expect("put");
+    s.tree.insert(b"b", b"2").expect("put");
+    s.journal.commit().expect("commit");
+    s.tree.insert(b"a", b"3").expect("put");
+    assert!(s.tree.remove(b"b").expect("remove"));
+    s.journal.commit().expect("commit");
+    // Applied to sled, never committed: a crash loses it (it was never
+    // acknowledged).
+    s.tree.insert(b"c", b"4").expect("put");
+    assert_eq!(s.recovered(), vec![kv("a", "3")]);
+    assert!(!s.dirty.load(Ordering::SeqCst));
+}
+
+#[test]
+fn a_torn_last_frame_ends_the_replay_before_it() {
+    let s = side();
+    s.tree.insert(b"a", b"1").expect("put");
+    s.journal.commit().expect("commit");
+    s.tree.insert(b"b", b"2").expect("put");
+    s.journal.commit().expect("commit");
+    // Tear the second frame's body: its last byte is lost.
+    let seg = OpenOptions::new()
+        .write(true)
+        .open(s.journal_dir().join("0"))
+        .expect("open");
+    let first = (FRAME_HEADER + 2 + 1 + 4 + 1 + 4 + 1) as u64;
+    let second_end = first + (FRAME_HEADER + 2 + 1 + 4 + 1 + 4 + 1) as u64;
+    seg.write_all_at(&[0xff], second_end - 1).expect("tear");
+    seg.sync_all().expect("sync");
+    assert_eq!(s.recovered(), vec![kv("a", "1")]);
+}
+
+#[test]
+fn a_checkpoint_empties_the_journal_and_old_frames_never_come_back() {
+    let s = side();
+    for i in 0..20u8 {
+        s.tree.insert(&[i], b"before").expect("put");
+        s.journal.commit().expect("commit");
+    }
+    // A deletion, then the checkpoint it ends with.
+    for i in 0..20u8 {
+        s.tree.remove(&[i]).expect("remove");
+    }
+    s.journal.checkpoint().expect("checkpoint");
+    assert_eq!(s.recovered(), vec![], "nothing live after a checkpoint");
+    // A shorter pass over the same blocks: the old frames after it carry
+    // another pass and are not read as its continuation.
+    s.tree.insert(b"z", b"after").expect("put");
+    s.journal.commit().expect("commit");
+    assert_eq!(s.recovered(), vec![kv("z", "after")]);
+    // The deleted keys stay deleted in sled too.
+    assert_eq!(s.db.open_tree("t").expect("tree").len(), 1);
+}
+
+#[test]
+fn a_full_segment_moves_to_the_other_and_nothing_is_lost() {
+    let s = side();
+    let capacity = lock(&s.journal.segments).capacity;
+    let value = vec![7u8; 4096];
+    // Enough commits to fill both segments several times over.
+    let n = (4 * capacity / 4096) as u32;
+    for i in 0..n {
+        s.tree.insert(&i.to_be_bytes(), &value).expect("put");
+        s.journal.commit().expect("commit");
+    }
+    // Give a background checkpoint time to finish.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let live: Vec<_> = s.recovered().into_iter().map(|(k, _)| k).collect();
+    // What is live in the journal is the newest writes; everything older
+    // is in sled, which a checkpoint flushed.
+    assert!(!live.is_empty());
+    let newest = (n - 1).to_be_bytes().to_vec();
+    assert_eq!(live.last(), Some(&newest));
+    drop(s.tree);
+    let tree = s.db.open_tree("t").expect("tree");
+    assert_eq!(tree.len() as u32, n);
+}
+
+#[test]
+fn a_write_the_buffer_cannot_take_asks_for_a_checkpoint() {
+    let s = side();
+    let capacity = lock(&s.journal.segments).capacity as usize;
+    assert!(!s.dirty.load(Ordering::SeqCst));
+    s.tree.insert(b"big", &vec![1u8; capacity]).expect("put");
+    assert!(
+        s.dirty.load(Ordering::SeqCst),
+        "not journaled, so the next commit must flush sled"
+    );
+    assert!(!s.journal.has_pending());
+    // A name too long for the format is not journaled either.
+    s.dirty.store(false, Ordering::SeqCst);
+    s.journal.put(&[b'n'; 300], b"k", b"v");
+    assert!(s.dirty.load(Ordering::SeqCst));
+}
+
+#[test]
+fn garbage_in_a_segment_is_not_replayed() {
+    let s = side();
+    s.tree.insert(b"a", b"1").expect("put");
+    s.journal.commit().expect("commit");
+    // The frame keeps its magic, pass and length; a byte of its body
+    // changes, so the checksum no longer matches.
+    let seg = OpenOptions::new()
+        .write(true)
+        .open(s.journal_dir().join("0"))
+        .expect("open");
+    seg.write_all_at(&[0xaa], FRAME_HEADER as u64 + 3)
+        .expect("scribble");
+    assert_eq!(s.recovered(), vec![], "a bad checksum ends the segment");
+}
