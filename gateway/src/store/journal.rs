@@ -111,7 +111,6 @@ impl Segment {
 struct Segments {
     segs: [Segment; 2],
     active: usize,
-    capacity: u64,
     next_seq: u64,
 }
 
@@ -123,6 +122,8 @@ pub struct Journal {
     /// Set when an operation could not be journaled (the pending buffer is
     /// full): the next commit must be a checkpoint.
     overflowed: Arc<AtomicBool>,
+    /// Each segment's size; also the most the pending buffer takes.
+    capacity: u64,
     /// Shared with the background checkpoint.
     segments: Arc<Mutex<Segments>>,
 }
@@ -179,10 +180,10 @@ impl Journal {
             db,
             pending: Mutex::new(fresh_buffer(64 << 10)),
             overflowed,
+            capacity,
             segments: Arc::new(Mutex::new(Segments {
                 segs,
                 active: 0,
-                capacity,
                 next_seq: 1,
             })),
         };
@@ -192,7 +193,7 @@ impl Journal {
 
     fn recover(&self) -> Result<(), StoreError> {
         let mut s = lock(&self.segments);
-        let capacity = s.capacity;
+        let capacity = self.capacity;
         let mut found = Vec::new();
         for seg in &s.segs {
             found
@@ -234,7 +235,7 @@ impl Journal {
 
     fn log(&self, op: u8, name: &[u8], key: &[u8], value: Option<&[u8]>) {
         let len = 2 + name.len() + 4 + key.len() + value.map_or(0, |v| 4 + v.len());
-        let limit = lock(&self.segments).capacity as usize;
+        let limit = self.capacity as usize;
         let fits = u8::try_from(name.len()).is_ok()
             && u32::try_from(key.len()).is_ok()
             && value.is_none_or(|v| u32::try_from(v.len()).is_ok());
@@ -276,11 +277,11 @@ impl Journal {
             std::mem::replace(&mut *buf, fresh_buffer(cap.min(1 << 20)))
         };
         let len = frame.len() as u64;
-        if len > s.capacity {
+        if len > self.capacity {
             drop(frame);
             return self.checkpoint_locked(&mut s);
         }
-        if s.segs[s.active].at + len > s.capacity {
+        if s.segs[s.active].at + len > self.capacity {
             let standby = 1 - s.active;
             if s.segs[standby].pass.is_some() {
                 // The last full segment is not checkpointed yet.

@@ -117,7 +117,7 @@ fn a_checkpoint_empties_the_journal_and_old_frames_never_come_back() {
 #[test]
 fn a_full_segment_moves_to_the_other_and_nothing_is_lost() {
     let s = side();
-    let capacity = lock(&s.journal.segments).capacity;
+    let capacity = s.journal.capacity;
     let value = vec![7u8; 4096];
     // Enough commits to fill both segments several times over.
     let n = (4 * capacity / 4096) as u32;
@@ -141,7 +141,7 @@ fn a_full_segment_moves_to_the_other_and_nothing_is_lost() {
 #[test]
 fn a_write_the_buffer_cannot_take_asks_for_a_checkpoint() {
     let s = side();
-    let capacity = lock(&s.journal.segments).capacity as usize;
+    let capacity = s.journal.capacity as usize;
     assert!(!s.dirty.load(Ordering::SeqCst));
     s.tree.insert(b"big", &vec![1u8; capacity]).expect("put");
     assert!(
