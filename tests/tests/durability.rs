@@ -244,6 +244,14 @@ async fn crash_keeps_every_acknowledged_message() -> Result<()> {
         lost.len(),
         &lost[..lost.len().min(10)]
     );
+    // What sled had not flushed came back from the journal: the path the
+    // acknowledgements relied on was the one exercised.
+    assert!(
+        gw.log()
+            .contains("the journal's writes since the last checkpoint were applied"),
+        "no journal replay after the crash:\n{}",
+        gw.log()
+    );
     gw.stop()?;
 
     let in_history = stored_seqs(&data, "meter")?;

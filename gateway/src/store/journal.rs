@@ -112,6 +112,9 @@ struct Segments {
     segs: [Segment; 2],
     active: usize,
     next_seq: u64,
+    /// The buffer the last commit wrote, kept to take the next pending
+    /// operations: a commit allocates nothing.
+    spare: Vec<u8>,
 }
 
 pub struct Journal {
@@ -127,6 +130,11 @@ pub struct Journal {
     /// Shared with the background checkpoint.
     segments: Arc<Mutex<Segments>>,
 }
+
+/// A pending buffer's first size, and the most one keeps after a burst:
+/// below the size at which the allocator maps memory afresh each time.
+const PENDING_START: usize = 64 << 10;
+const PENDING_KEEP: usize = 1 << 20;
 
 fn fresh_buffer(capacity: usize) -> Vec<u8> {
     let mut v = Vec::with_capacity(capacity.max(FRAME_HEADER));
@@ -178,13 +186,14 @@ impl Journal {
         let segs = [open(&paths[0])?, open(&paths[1])?];
         let journal = Self {
             db,
-            pending: Mutex::new(fresh_buffer(64 << 10)),
+            pending: Mutex::new(fresh_buffer(PENDING_START)),
             overflowed,
             capacity,
             segments: Arc::new(Mutex::new(Segments {
                 segs,
                 active: 0,
                 next_seq: 1,
+                spare: fresh_buffer(PENDING_START),
             })),
         };
         journal.recover()?;
@@ -268,25 +277,33 @@ impl Journal {
     /// checkpoint instead.
     pub(super) fn commit(&self) -> Result<(), StoreError> {
         let mut s = lock(&self.segments);
-        let mut frame = {
+        let mut frame = std::mem::take(&mut s.spare);
+        {
             let mut buf = lock(&self.pending);
             if buf.len() <= FRAME_HEADER {
+                drop(buf);
+                s.spare = frame;
                 return Ok(());
             }
-            let cap = buf.capacity();
-            std::mem::replace(&mut *buf, fresh_buffer(cap.min(1 << 20)))
-        };
+            std::mem::swap(&mut *buf, &mut frame);
+        }
+        let result = self.write_frame(&mut s, &mut frame);
+        frame.truncate(FRAME_HEADER);
+        frame.shrink_to(PENDING_KEEP);
+        s.spare = frame;
+        result
+    }
+
+    fn write_frame(&self, s: &mut Segments, frame: &mut [u8]) -> Result<(), StoreError> {
         let len = frame.len() as u64;
         if len > self.capacity {
-            drop(frame);
-            return self.checkpoint_locked(&mut s);
+            return self.checkpoint_locked(s);
         }
         if s.segs[s.active].at + len > self.capacity {
             let standby = 1 - s.active;
             if s.segs[standby].pass.is_some() {
                 // The last full segment is not checkpointed yet.
-                drop(frame);
-                return self.checkpoint_locked(&mut s);
+                return self.checkpoint_locked(s);
             }
             let retired = s.active;
             s.active = standby;
@@ -306,13 +323,13 @@ impl Journal {
         frame[24..28].copy_from_slice(&crc.to_le_bytes());
         let written = seg
             .file
-            .write_all_at(&frame, seg.at)
+            .write_all_at(frame, seg.at)
             .and_then(|()| seg.file.sync_data());
         if let Err(e) = written {
             // What was written may be torn; a checkpoint, once the disk
             // works again, covers the operations (sled has them).
             self.overflowed.store(true, Ordering::SeqCst);
-            return Err(io_err("writing the journal", &seg.path.clone(), e));
+            return Err(io_err("writing the journal", &seg.path, e));
         }
         seg.at += len;
         Ok(())
@@ -327,12 +344,7 @@ impl Journal {
     }
 
     fn checkpoint_locked(&self, s: &mut Segments) -> Result<(), StoreError> {
-        let dropped = {
-            let mut buf = lock(&self.pending);
-            let cap = buf.capacity();
-            std::mem::replace(&mut *buf, fresh_buffer(cap.min(1 << 20)))
-        };
-        drop(dropped);
+        lock(&self.pending).truncate(FRAME_HEADER);
         if let Err(e) = self.db.flush() {
             self.overflowed.store(true, Ordering::SeqCst);
             return Err(e.into());
