@@ -3,7 +3,11 @@
 //! entries, about 600 bytes) made durable,
 //! - by sled, as the store does today: three inserts, then `flush`;
 //! - by an append-only journal: one `write` of the same bytes to a file,
-//!   then `fdatasync` (the single-writer journal issue 12 names first).
+//!   then `fdatasync`;
+//! - by a journal over blocks written beforehand (as the store's journal
+//!   is): `pwrite` in place, then `fdatasync`, which then has no file size
+//!   or block map to write;
+//! - the same with the file opened `O_DSYNC` (one call instead of two).
 //!
 //! Each is timed alone (one commit at a time, as one device publishing
 //! alone causes) for wall time and for the process's CPU time (user +
@@ -81,6 +85,17 @@ fn main() {
         prealloc.sync_all().expect("sync");
     }
     let mut prealloc_at = 0u64;
+    // The same blocks opened with O_DSYNC: one pwrite that returns once
+    // durable, instead of a pwrite and an fdatasync.
+    let dsync = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DSYNC)
+            .open(dir.path().join("journal-prealloc"))
+            .expect("journal")
+    };
+    let mut dsync_at = 0u64;
     let mut key = 0u64;
     let mut sled_commit = |_: usize| {
         key += 1;
@@ -115,11 +130,26 @@ fn main() {
         prealloc_at += frame2.len() as u64;
         prealloc.sync_data().expect("fdatasync");
     };
+    let mut frame3 = Vec::with_capacity(record.len() + 2 * entry.len() + 16);
+    let mut dsync_commit = |_: usize| {
+        use std::os::unix::fs::FileExt;
+        frame3.clear();
+        frame3.extend_from_slice(&(record.len() as u32 + 2 * entry.len() as u32).to_le_bytes());
+        frame3.extend_from_slice(&record);
+        frame3.extend_from_slice(&entry);
+        frame3.extend_from_slice(&entry);
+        if dsync_at + frame3.len() as u64 > prealloc_len {
+            dsync_at = 0;
+        }
+        dsync.write_all_at(&frame3, dsync_at).expect("write");
+        dsync_at += frame3.len() as u64;
+    };
     // Warm both (sled starts its I/O threads, the file gets its blocks).
     time(200, &mut sled_commit);
     time(200, &mut journal_commit);
     time(200, &mut prealloc_commit);
-    let mut sums = [(Duration::ZERO, Duration::ZERO); 3];
+    time(200, &mut dsync_commit);
+    let mut sums = [(Duration::ZERO, Duration::ZERO); 4];
     println!("{n} commits per round, one at a time, about 600 bytes each");
     for round in 1..=2 {
         for (i, (name, r)) in [
@@ -129,6 +159,7 @@ fn main() {
                 "preallocated: pwrite + fdatasync",
                 time(n, &mut prealloc_commit),
             ),
+            ("preallocated: pwrite, O_DSYNC", time(n, &mut dsync_commit)),
         ]
         .into_iter()
         .enumerate()
@@ -152,5 +183,10 @@ fn main() {
         "journal / preallocated: wall {:.2}×, CPU {:.2}×",
         ratio(sums[1].0, sums[2].0),
         ratio(sums[1].1, sums[2].1)
+    );
+    println!(
+        "preallocated fdatasync / O_DSYNC: wall {:.2}×, CPU {:.2}×",
+        ratio(sums[2].0, sums[3].0),
+        ratio(sums[2].1, sums[3].1)
     );
 }
