@@ -231,12 +231,21 @@ async fn run_load(
     watch_pid: Option<u32>,
 ) -> Result<RunResult> {
     let acked = Arc::new(AtomicU64::new(0));
+    // Every device is connected before the clock and the CPU count start:
+    // a login (dataward checks an Argon2id hash) is not a message's cost.
+    let mut connected = Vec::new();
+    for (opts, topic) in devices {
+        connected.push((connect(opts).await?, topic));
+    }
     let cpu_at_start = watch_pid.and_then(cpu_us);
     let start = Instant::now();
     let deadline = start + Duration::from_secs(seconds);
     let mut tasks = Vec::new();
-    for (i, (opts, topic)) in devices.into_iter().enumerate() {
-        let (client, mut events) = connect(opts).await?;
+    let n = connected.len().max(1) as u64;
+    for (i, ((client, mut events), topic)) in connected.into_iter().enumerate() {
+        // Spread over the period, as independent devices are: all of them
+        // on the same tick would be bursts, not a steady rate.
+        let phase = (rate > 0).then(|| Duration::from_micros(1_000_000 / rate * i as u64 / n));
         let acked = Arc::clone(&acked);
         let poller = tokio::spawn(async move {
             while let Ok(Ok(ev)) = tokio::time::timeout(Duration::from_secs(5), events.poll()).await
@@ -248,6 +257,9 @@ async fn run_load(
         });
         let sender = tokio::spawn(async move {
             let mut seq = 0u64;
+            if let Some(p) = phase {
+                tokio::time::sleep(p).await;
+            }
             let mut tick = (rate > 0).then(|| {
                 let mut t = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
                 t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
