@@ -213,7 +213,20 @@ impl Journal {
         let mut max_seq = 0;
         for frame in found.iter().flatten() {
             max_seq = max_seq.max(frame.seq);
-            applied += apply(&self.db, &frame.body)?;
+            applied += apply(&self.db, &frame.body).map_err(|e| match e {
+                // Only a bug or a hand-edited file gets here (the checksum
+                // held): say which file, and what starting without it means.
+                StoreError::Corrupt(what) => StoreError::Corrupt(format!(
+                    "{what}, in {}; to start anyway, move that directory aside: the \
+                     messages acknowledged since the store's last checkpoint are then lost",
+                    s.segs[0]
+                        .path
+                        .parent()
+                        .unwrap_or(Path::new("journal"))
+                        .display()
+                )),
+                other => other,
+            })?;
         }
         if max_seq > 0 {
             self.db.flush()?;
