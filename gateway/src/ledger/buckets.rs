@@ -152,12 +152,15 @@ pub struct Buckets {
     open: Mutex<HashMap<Key, Open>>,
     /// Set by every message counted: the next commit writes its bucket.
     due: Arc<AtomicBool>,
+    /// Set by the removal of a closed bucket, which is not journaled.
+    dirty: Arc<AtomicBool>,
 }
 
 impl Buckets {
     pub fn open(
         db: &sled::Db,
         due: Arc<AtomicBool>,
+        dirty: Arc<AtomicBool>,
         journal: &Arc<crate::store::journal::Journal>,
     ) -> Result<Self, StoreError> {
         Ok(Self {
@@ -170,6 +173,7 @@ impl Buckets {
             next_id: std::sync::atomic::AtomicU64::new(random_id()),
             open: Mutex::new(HashMap::new()),
             due,
+            dirty,
         })
     }
 
@@ -294,8 +298,12 @@ impl Buckets {
         Ok(out)
     }
 
+    /// Not journaled: the chain entry that replaces the bucket is a plain
+    /// sled write, and a journaled removal could reach the disk before it,
+    /// losing the counts. sled keeps the two in order.
     pub fn forget_closed(&self, key: &[u8]) -> Result<(), StoreError> {
-        self.tree.remove(key)?;
+        (*self.tree).remove(key)?;
+        self.dirty.store(true, Ordering::SeqCst);
         Ok(())
     }
 

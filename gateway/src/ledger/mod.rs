@@ -78,7 +78,7 @@ impl Ledger {
     ) -> Result<Self, StoreError> {
         Ok(Self {
             chain: chain::Chain::open(db, Arc::clone(&dirty))?,
-            buckets: buckets::Buckets::open(db, due, journal)?,
+            buckets: buckets::Buckets::open(db, due, Arc::clone(&dirty), journal)?,
             summary: summary::Summary::open(db, dirty)?,
             detailed: RwLock::default(),
             record_egress: AtomicBool::new(true),

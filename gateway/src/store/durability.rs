@@ -178,7 +178,11 @@ impl Durability {
         match joined {
             Ok(Ok(())) => {}
             Ok(Err(panic)) => {
-                self.flushed.send_modify(|f| f.closed = true);
+                // Health shows it too, not only the supervisor.
+                self.flushed.send_modify(|f| {
+                    f.closed = true;
+                    f.error = Some("the committer stopped".into());
+                });
                 std::panic::resume_unwind(panic)
             }
             Err(e) => tracing::error!(error = %e, "the committer thread could not be joined"),

@@ -58,6 +58,9 @@ struct FieldState {
 
 pub struct FieldInventory {
     tree: sled::Tree,
+    /// The store's flag for writes that are not journaled: a field seen
+    /// for the first time is made durable by the next checkpoint.
+    dirty: std::sync::Arc<std::sync::atomic::AtomicBool>,
     devices: Mutex<HashMap<String, HashMap<String, FieldState>>>,
 }
 
@@ -81,7 +84,10 @@ fn value(state: u8, first_seen_ms: u64) -> [u8; 9] {
 }
 
 impl FieldInventory {
-    pub(crate) fn open(tree: sled::Tree) -> Result<Self, StoreError> {
+    pub(crate) fn open(
+        tree: sled::Tree,
+        dirty: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    ) -> Result<Self, StoreError> {
         let mut devices: HashMap<String, HashMap<String, FieldState>> = HashMap::new();
         for entry in tree.iter() {
             let (k, v) = entry?;
@@ -106,8 +112,13 @@ impl FieldInventory {
         }
         Ok(Self {
             tree,
+            dirty,
             devices: Mutex::new(devices),
         })
+    }
+
+    fn mark_dirty(&self) {
+        self.dirty.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashMap<String, FieldState>>> {
@@ -156,8 +167,11 @@ impl FieldInventory {
                         if !state.approved && state.held != held_now {
                             // Rare (a policy change): the state on disk follows.
                             let v = value(if held_now { HELD } else { NEW }, state.first_seen_ms);
-                            if let Err(e) = self.tree.insert(key(device, &name), &v) {
-                                tracing::warn!(error = %e, "a field's state could not be recorded");
+                            match self.tree.insert(key(device, &name), &v) {
+                                Ok(_) => self.mark_dirty(),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "a field's state could not be recorded")
+                                }
                             }
                             state.held = held_now;
                             if !held_now {
@@ -175,6 +189,7 @@ impl FieldInventory {
                             tracing::warn!(error = %e, "a new field could not be recorded");
                             continue;
                         }
+                        self.mark_dirty();
                         new += 1;
                         known.insert(
                             name.clone(),
@@ -348,7 +363,8 @@ mod tests {
 
     fn open(dir: &std::path::Path) -> FieldInventory {
         let db = crate::store::open_test_db(dir);
-        FieldInventory::open(db.open_tree("fields").expect("tree")).expect("open")
+        FieldInventory::open(db.open_tree("fields").expect("tree"), Default::default())
+            .expect("open")
     }
 
     #[test]

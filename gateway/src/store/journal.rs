@@ -142,6 +142,70 @@ fn fresh_buffer(capacity: usize) -> Vec<u8> {
     v
 }
 
+/// One operation for [`Journal::record`], already applied to sled.
+pub(crate) enum Op<'a> {
+    Put {
+        tree: &'a [u8],
+        key: &'a [u8],
+        value: &'a [u8],
+    },
+    Remove {
+        tree: &'a [u8],
+        key: &'a [u8],
+    },
+}
+
+impl Op<'_> {
+    fn encoded_len(&self) -> usize {
+        match self {
+            Op::Put { tree, key, value } => 2 + tree.len() + 4 + key.len() + 4 + value.len(),
+            Op::Remove { tree, key } => 2 + tree.len() + 4 + key.len(),
+        }
+    }
+
+    fn fits(&self) -> bool {
+        let (tree, key, value) = match self {
+            Op::Put { tree, key, value } => (tree, key, value.len()),
+            Op::Remove { tree, key } => (tree, key, 0),
+        };
+        u8::try_from(tree.len()).is_ok()
+            && u32::try_from(key.len()).is_ok()
+            && u32::try_from(value).is_ok()
+    }
+
+    fn encode(&self, buf: &mut Vec<u8>) {
+        let (code, tree, key, value) = match self {
+            Op::Put { tree, key, value } => (PUT, tree, key, Some(value)),
+            Op::Remove { tree, key } => (REMOVE, tree, key, None),
+        };
+        buf.push(code);
+        buf.push(tree.len() as u8);
+        buf.extend_from_slice(tree);
+        buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        buf.extend_from_slice(key);
+        if let Some(v) = value {
+            buf.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            buf.extend_from_slice(v);
+        }
+    }
+}
+
+/// The sled tree and key where a checkpoint notes the last frame its
+/// flush covers: recovery skips frames up to it, so a crash between the
+/// flush and the emptying of the segments cannot replay a put over a
+/// deletion the flush made durable.
+const META_TREE: &str = "meta";
+const CHECKPOINT_KEY: &[u8] = b"journal_checkpoint";
+
+fn checkpointed_seq(db: &sled::Db) -> Result<u64, StoreError> {
+    Ok(db
+        .open_tree(META_TREE)?
+        .get(CHECKPOINT_KEY)?
+        .and_then(|v| v.as_ref().try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0))
+}
+
 impl Journal {
     /// Opens the journal in `dir`, creating its segments if needed, and
     /// applies what a crash left in them to `db`.
@@ -152,14 +216,27 @@ impl Journal {
     ) -> Result<Self, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| io_err("creating", dir, e))?;
         let paths = [dir.join("0"), dir.join("1")];
-        let existing = std::fs::metadata(&paths[0])
-            .ok()
-            .zip(std::fs::metadata(&paths[1]).ok())
-            .map(|(a, b)| a.len().min(b.len()))
-            .filter(|len| *len >= SEGMENT_MIN);
-        let capacity = match existing {
-            Some(len) => len,
-            None => {
+        // Whatever segments exist are recovered first, even a lone or odd
+        // one: a pair that is not whole is then made again.
+        let mut found = Vec::new();
+        for p in &paths {
+            match File::open(p) {
+                Ok(f) => {
+                    let len = f.metadata().map_err(|e| io_err("reading", p, e))?.len();
+                    found.push(read_live(&f, len).map_err(|e| io_err("reading", p, e))?);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("opening", p, e)),
+            }
+        }
+        let next_seq = recover(&db, dir, found)? + 1;
+        let lens: Vec<u64> = paths
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok().map(|m| m.len()))
+            .collect();
+        let capacity = match lens.as_slice() {
+            [a, b] if a == b && *a >= SEGMENT_MIN => *a,
+            _ => {
                 let capacity = segment_size(dir);
                 for p in &paths {
                     create_zeroed(p, capacity)?;
@@ -179,12 +256,17 @@ impl Journal {
                     path: p.clone(),
                     file,
                     pass: None,
-                    at: 0,
+                    // Unknown: emptying must really zero the header.
+                    at: 1,
                 })
                 .map_err(|e| io_err("opening", p, e))
         };
-        let segs = [open(&paths[0])?, open(&paths[1])?];
-        let journal = Self {
+        let mut segs = [open(&paths[0])?, open(&paths[1])?];
+        // Recovered, so nothing in them is live any more.
+        for seg in segs.iter_mut() {
+            seg.empty()?;
+        }
+        Ok(Self {
             db,
             pending: Mutex::new(fresh_buffer(PENDING_START)),
             overflowed,
@@ -192,91 +274,27 @@ impl Journal {
             segments: Arc::new(Mutex::new(Segments {
                 segs,
                 active: 0,
-                next_seq: 1,
+                next_seq,
                 spare: fresh_buffer(PENDING_START),
             })),
-        };
-        journal.recover()?;
-        Ok(journal)
+        })
     }
 
-    fn recover(&self) -> Result<(), StoreError> {
-        let mut s = lock(&self.segments);
-        let capacity = self.capacity;
-        let mut found = Vec::new();
-        for seg in &s.segs {
-            found
-                .push(read_live(&seg.file, capacity).map_err(|e| io_err("reading", &seg.path, e))?);
-        }
-        found.sort_by_key(|frames| frames.first().map_or(0, |f| f.seq));
-        let mut applied = 0usize;
-        let mut max_seq = 0;
-        for frame in found.iter().flatten() {
-            max_seq = max_seq.max(frame.seq);
-            applied += apply(&self.db, &frame.body).map_err(|e| match e {
-                // Only a bug or a hand-edited file gets here (the checksum
-                // held): say which file, and what starting without it means.
-                StoreError::Corrupt(what) => StoreError::Corrupt(format!(
-                    "{what}, in {}; to start anyway, move that directory aside: the \
-                     messages acknowledged since the store's last checkpoint are then lost",
-                    s.segs[0]
-                        .path
-                        .parent()
-                        .unwrap_or(Path::new("journal"))
-                        .display()
-                )),
-                other => other,
-            })?;
-        }
-        if max_seq > 0 {
-            self.db.flush()?;
-            tracing::info!(
-                operations = applied,
-                "the journal's writes since the last checkpoint were applied"
-            );
-        }
-        // The files may hold frames recovery did not see as live: mark both
-        // as in use so emptying really zeroes them.
-        for seg in s.segs.iter_mut() {
-            seg.at = 1;
-            seg.empty()?;
-        }
-        s.next_seq = max_seq + 1;
-        Ok(())
-    }
-
-    /// Records a put already applied to `tree` (named `name`).
-    pub(super) fn put(&self, name: &[u8], key: &[u8], value: &[u8]) {
-        self.log(PUT, name, key, Some(value));
-    }
-
-    /// Records a remove already applied.
-    pub(super) fn remove(&self, name: &[u8], key: &[u8]) {
-        self.log(REMOVE, name, key, None);
-    }
-
-    fn log(&self, op: u8, name: &[u8], key: &[u8], value: Option<&[u8]>) {
-        let len = 2 + name.len() + 4 + key.len() + value.map_or(0, |v| 4 + v.len());
-        let limit = self.capacity as usize;
-        let fits = u8::try_from(name.len()).is_ok()
-            && u32::try_from(key.len()).is_ok()
-            && value.is_none_or(|v| u32::try_from(v.len()).is_ok());
+    /// Records operations already applied to sled, in one piece: a commit
+    /// takes all of them or none (a dead letter leaves the queue and joins
+    /// the dead letters together).
+    pub(crate) fn record(&self, ops: &[Op<'_>]) {
+        let len: usize = ops.iter().map(Op::encoded_len).sum();
         let mut buf = lock(&self.pending);
-        if !fits || buf.len() + len > limit {
+        if !ops.iter().all(Op::fits) || buf.len() + len > self.capacity as usize {
             // Not journaled: a checkpoint (a flush of sled, which has the
-            // write) must make it durable instead.
+            // writes) must make them durable instead.
             drop(buf);
             self.overflowed.store(true, Ordering::SeqCst);
             return;
         }
-        buf.push(op);
-        buf.push(name.len() as u8);
-        buf.extend_from_slice(name);
-        buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
-        buf.extend_from_slice(key);
-        if let Some(v) = value {
-            buf.extend_from_slice(&(v.len() as u32).to_le_bytes());
-            buf.extend_from_slice(v);
+        for op in ops {
+            op.encode(&mut buf);
         }
     }
 
@@ -320,7 +338,7 @@ impl Journal {
             }
             let retired = s.active;
             s.active = standby;
-            self.checkpoint_in_background(retired, s.segs[retired].pass);
+            self.checkpoint_in_background(retired, s.segs[retired].pass, s.next_seq - 1);
         }
         let seq = s.next_seq;
         s.next_seq += 1;
@@ -357,11 +375,16 @@ impl Journal {
     }
 
     fn checkpoint_locked(&self, s: &mut Segments) -> Result<(), StoreError> {
-        lock(&self.pending).truncate(FRAME_HEADER);
-        if let Err(e) = self.db.flush() {
+        // Pending operations are in sled already, so the flush covers
+        // them; they leave the buffer only once it succeeded.
+        let pending = lock(&self.pending).len();
+        let flushed =
+            note_checkpoint(&self.db, s.next_seq - 1).and_then(|()| Ok(self.db.flush()?));
+        if let Err(e) = flushed {
             self.overflowed.store(true, Ordering::SeqCst);
-            return Err(e.into());
+            return Err(e);
         }
+        lock(&self.pending).drain(FRAME_HEADER..pending);
         for seg in s.segs.iter_mut() {
             seg.empty()?;
         }
@@ -372,13 +395,13 @@ impl Journal {
     /// Flushes sled on a thread of its own, then empties the segment that
     /// filled up, unless it was emptied meanwhile. Commits go on in the
     /// other segment while sled writes.
-    fn checkpoint_in_background(&self, retired: usize, pass: Option<u64>) {
+    fn checkpoint_in_background(&self, retired: usize, pass: Option<u64>, last_seq: u64) {
         let Some(pass) = pass else { return };
         let (db, segments) = (self.db.clone(), Arc::clone(&self.segments));
         let spawned = std::thread::Builder::new()
             .name("dataward-checkpoint".into())
             .spawn(move || {
-                if let Err(e) = db.flush() {
+                if let Err(e) = note_checkpoint(&db, last_seq).and_then(|()| Ok(db.flush()?)) {
                     // The segment stays live; the next one to fill finds it
                     // so and checkpoints in line, reporting the error.
                     tracing::warn!(error = %e, "a background checkpoint of the store failed");
@@ -395,6 +418,53 @@ impl Journal {
             tracing::warn!(error = %e, "no thread for a journal checkpoint; the next full segment is checkpointed in line");
         }
     }
+}
+
+/// Applies the live frames found (one list per segment) that the last
+/// checkpoint does not cover, oldest pass first, and flushes them.
+/// Returns the highest sequence number seen or noted: new frames go above.
+fn recover(db: &sled::Db, dir: &Path, mut found: Vec<Vec<Frame>>) -> Result<u64, StoreError> {
+    let covered = checkpointed_seq(db)?;
+    found.sort_by_key(|frames| frames.first().map_or(0, |f| f.seq));
+    let (mut applied, mut max_seq) = (0usize, covered);
+    for frame in found.iter().flatten() {
+        max_seq = max_seq.max(frame.seq);
+        if frame.seq <= covered {
+            continue;
+        }
+        applied += apply(db, &frame.body).map_err(|e| match e {
+            // Only a bug or a hand-edited file gets here (the checksum
+            // held): say which files, and what starting without them means.
+            StoreError::Corrupt(what) => StoreError::Corrupt(format!(
+                "{what}, in {}; to start anyway, move that directory aside: the \
+                 messages acknowledged since the store's last checkpoint are then lost",
+                dir.display()
+            )),
+            other => other,
+        })?;
+    }
+    if applied > 0 {
+        db.flush()?;
+        tracing::info!(
+            operations = applied,
+            "the journal's writes since the last checkpoint were applied"
+        );
+    }
+    Ok(max_seq)
+}
+
+/// Notes that frames up to `seq` are in sled, before the flush that makes
+/// it so (a lower note never replaces a higher one).
+fn note_checkpoint(db: &sled::Db, seq: u64) -> Result<(), StoreError> {
+    db.open_tree(META_TREE)?
+        .fetch_and_update(CHECKPOINT_KEY, |old| {
+            let old = old
+                .and_then(|v| v.try_into().ok())
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            Some(old.max(seq).to_be_bytes().to_vec())
+        })?;
+    Ok(())
 }
 
 /// One live frame found at recovery.
@@ -563,9 +633,17 @@ impl JournaledTree {
         }
     }
 
+    pub(crate) fn name(&self) -> &[u8] {
+        &self.name
+    }
+
     pub(crate) fn insert(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
         self.tree.insert(key, value)?;
-        self.journal.put(&self.name, key, value);
+        self.journal.record(&[Op::Put {
+            tree: &self.name,
+            key,
+            value,
+        }]);
         Ok(())
     }
 
@@ -573,7 +651,10 @@ impl JournaledTree {
     pub(crate) fn remove(&self, key: &[u8]) -> Result<bool, StoreError> {
         let had = self.tree.remove(key)?.is_some();
         if had {
-            self.journal.remove(&self.name, key);
+            self.journal.record(&[Op::Remove {
+                tree: &self.name,
+                key,
+            }]);
         }
         Ok(had)
     }

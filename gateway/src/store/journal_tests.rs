@@ -53,6 +53,38 @@ impl Side {
     }
 }
 
+impl Side {
+    /// As [`Side::recovered`], into a store that holds `db`'s checkpoint
+    /// note (and nothing else).
+    fn recovered_with_marker_of(&self, db: &sled::Db) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let jdir = dir.path().join("journal");
+        std::fs::create_dir_all(&jdir).expect("mkdir");
+        for seg in ["0", "1"] {
+            std::fs::copy(self.journal_dir().join(seg), jdir.join(seg)).expect("copy");
+        }
+        let fresh = open_test_db(&dir.path().join("db"));
+        if let Some(v) = db
+            .open_tree(META_TREE)
+            .expect("meta")
+            .get(CHECKPOINT_KEY)
+            .expect("get")
+        {
+            fresh
+                .open_tree(META_TREE)
+                .expect("meta")
+                .insert(CHECKPOINT_KEY, v)
+                .expect("note");
+        }
+        Journal::open(&jdir, fresh.clone(), Arc::default()).expect("recover");
+        let t = fresh.open_tree("t").expect("tree");
+        t.iter()
+            .map(|kv| kv.expect("read"))
+            .map(|(k, v)| (k.to_vec(), v.to_vec()))
+            .collect()
+    }
+}
+
 fn kv(k: &str, v: &str) -> (Vec<u8>, Vec<u8>) {
     (k.as_bytes().to_vec(), v.as_bytes().to_vec())
 }
@@ -151,7 +183,11 @@ fn a_write_the_buffer_cannot_take_asks_for_a_checkpoint() {
     assert!(!s.journal.has_pending());
     // A name too long for the format is not journaled either.
     s.dirty.store(false, Ordering::SeqCst);
-    s.journal.put(&[b'n'; 300], b"k", b"v");
+    s.journal.record(&[Op::Put {
+        tree: &[b'n'; 300],
+        key: b"k",
+        value: b"v",
+    }]);
     assert!(s.dirty.load(Ordering::SeqCst));
 }
 
@@ -254,4 +290,56 @@ fn a_frame_whose_body_does_not_parse_is_an_error_not_a_panic() {
         matches!(opened, Err(StoreError::Corrupt(_))),
         "refused with a clear error"
     );
+}
+
+#[test]
+fn frames_a_checkpoint_covered_are_not_replayed_even_if_it_was_cut_short() {
+    // A crash after a checkpoint's flush and before it emptied the
+    // segments: the put is still in a live frame, and the deletion after
+    // it (not journaled, as a purge of old was) is only in sled.
+    let s = side();
+    s.tree.insert(b"k", b"1").expect("put");
+    s.journal.commit().expect("commit");
+    let saved: Vec<Vec<u8>> = ["0", "1"]
+        .iter()
+        .map(|n| std::fs::read(s.journal_dir().join(n)).expect("read"))
+        .collect();
+    (*s.tree).remove(b"k").expect("plain remove");
+    s.journal.checkpoint().expect("checkpoint");
+    for (n, bytes) in ["0", "1"].iter().zip(&saved) {
+        std::fs::write(s.journal_dir().join(n), bytes).expect("restore");
+    }
+    Journal::open(&s.journal_dir(), s.db.clone(), Arc::default()).expect("recover");
+    assert_eq!(
+        s.db.open_tree("t").expect("tree").get(b"k").expect("get"),
+        None,
+        "the deletion stands"
+    );
+    // Frames after the checkpoint still count: the sequence goes on above
+    // the noted one.
+    let again = Journal::open(&s.journal_dir(), s.db.clone(), Arc::default()).expect("open");
+    let tree = JournaledTree::new(s.db.open_tree("t").expect("tree"), Arc::new(again));
+    tree.insert(b"z", b"2").expect("put");
+    tree.journal.commit().expect("commit");
+    let fresh = s.recovered_with_marker_of(&s.db);
+    assert_eq!(fresh, vec![kv("z", "2")]);
+}
+
+#[test]
+fn a_lone_segment_is_recovered_and_the_pair_made_again() {
+    let s = side();
+    s.tree.insert(b"a", b"1").expect("put");
+    s.journal.commit().expect("commit");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let jdir = dir.path().join("journal");
+    std::fs::create_dir_all(&jdir).expect("mkdir");
+    std::fs::copy(s.journal_dir().join("0"), jdir.join("0")).expect("copy");
+    let db = open_test_db(&dir.path().join("db"));
+    let j = Journal::open(&jdir, db.clone(), Arc::default()).expect("recover");
+    let t = db.open_tree("t").expect("tree");
+    assert_eq!(t.get(b"a").expect("get").as_deref(), Some(&b"1"[..]));
+    for n in ["0", "1"] {
+        let len = std::fs::metadata(jdir.join(n)).expect("segment").len();
+        assert_eq!(len, j.capacity);
+    }
 }

@@ -167,7 +167,10 @@ impl Store {
             Arc::clone(&journal),
             Arc::clone(&pads),
         )?);
-        let fields = Arc::new(FieldInventory::open(db.open_tree("fields")?)?);
+        let fields = Arc::new(FieldInventory::open(
+            db.open_tree("fields")?,
+            durability.dirty(),
+        )?);
         let destinations = Arc::new(DestinationApprovals::open(
             db.open_tree("approved_destinations")?,
         )?);

@@ -5,6 +5,7 @@ use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+use super::journal::{Journal, JournaledTree, Op};
 use super::StoreError;
 
 /// One message waiting for a destination.
@@ -26,7 +27,7 @@ pub struct OutboxEntry {
 /// and nothing is skipped.
 pub struct Outbox {
     /// Pushes and removals are journaled: they are the hot path.
-    tree: super::journal::JournaledTree,
+    tree: JournaledTree,
     next: Mutex<u64>,
     /// No key below this is present: lets a push skip the quota check
     /// without touching the tree.
@@ -38,7 +39,8 @@ pub struct Outbox {
     /// `deadletter/<destination>`: entries the destination kept refusing,
     /// set aside so that the rest can flow. Key as in the outbox; value =
     /// reason (u16 BE length, bytes), then the outbox value.
-    dead: sled::Tree,
+    dead: JournaledTree,
+    journal: std::sync::Arc<Journal>,
     dead_count: AtomicU64,
     dirty: std::sync::Arc<std::sync::atomic::AtomicBool>,
     destination: String,
@@ -56,7 +58,7 @@ impl Outbox {
         destination: &str,
         max_entries: u64,
         dirty: std::sync::Arc<std::sync::atomic::AtomicBool>,
-        journal: std::sync::Arc<super::journal::Journal>,
+        journal: std::sync::Arc<Journal>,
         ledger: std::sync::Arc<crate::ledger::Ledger>,
     ) -> Result<Self, StoreError> {
         let tree = db.open_tree(format!("outbox/{destination}"))?;
@@ -72,11 +74,13 @@ impl Outbox {
         let count = tree.len() as u64;
         let dead = db.open_tree(format!("deadletter/{destination}"))?;
         let dead_count = AtomicU64::new(dead.len() as u64);
+        let dead = JournaledTree::new(dead, std::sync::Arc::clone(&journal));
         Ok(Self {
             dead,
             dead_count,
             dirty,
-            tree: super::journal::JournaledTree::new(tree, journal),
+            tree: JournaledTree::new(tree, std::sync::Arc::clone(&journal)),
+            journal,
             next: Mutex::new(next),
             oldest_bound: AtomicU64::new(oldest),
             count: AtomicU64::new(count),
@@ -161,9 +165,11 @@ impl Outbox {
     /// many went.
     pub fn purge(&self, device: Option<&str>) -> Result<u64, StoreError> {
         let mut removed = 0;
+        // Journaled removes: a replay after a crash puts nothing purged
+        // back. The caller's checkpoint (dirty is set) then makes them
+        // durable before the deletion is reported done.
         for (tree, count, skip) in [
-            // Raw (dirty, so checkpointed): a purge is rare.
-            (&*self.tree, &self.count, 0usize),
+            (&self.tree, &self.count, 0usize),
             (&self.dead, &self.dead_count, 1),
         ] {
             for kv in tree.iter() {
@@ -182,7 +188,7 @@ impl Outbox {
                     None => true,
                     Some(d) => decode(key, body).is_ok_and(|e| e.device == d),
                 };
-                if matches && tree.remove(&k)?.is_some() {
+                if matches && tree.remove(&k)? {
                     count.fetch_sub(1, Ordering::AcqRel);
                     removed += 1;
                 }
@@ -244,17 +250,17 @@ impl Outbox {
         use sled::Transactional;
         let reason = reason.as_bytes();
         let reason = &reason[..reason.len().min(u16::MAX as usize)];
-        let moved = (&*self.tree, &self.dead)
+        let moved = (&*self.tree, &*self.dead)
             .transaction(|(outbox, dead)| {
                 let Some(value) = outbox.remove(&key.to_be_bytes())? else {
-                    return Ok(false);
+                    return Ok(None);
                 };
                 let mut letter = Vec::with_capacity(2 + reason.len() + value.len());
                 letter.extend_from_slice(&(reason.len() as u16).to_be_bytes());
                 letter.extend_from_slice(reason);
                 letter.extend_from_slice(&value);
-                dead.insert(&key.to_be_bytes(), letter)?;
-                Ok(true)
+                dead.insert(&key.to_be_bytes(), letter.as_slice())?;
+                Ok(Some(letter))
             })
             .map_err(|e: sled::transaction::TransactionError<()>| match e {
                 sled::transaction::TransactionError::Storage(s) => StoreError::Engine(s),
@@ -262,6 +268,23 @@ impl Outbox {
                     StoreError::Corrupt("dead-letter move aborted".into())
                 }
             })?;
+        // Journaled as one piece, as sled applied it: a replay puts the
+        // entry back in neither place or in both.
+        if let Some(letter) = &moved {
+            let k = key.to_be_bytes();
+            self.journal.record(&[
+                Op::Remove {
+                    tree: self.tree.name(),
+                    key: &k,
+                },
+                Op::Put {
+                    tree: self.dead.name(),
+                    key: &k,
+                    value: letter,
+                },
+            ]);
+        }
+        let moved = moved.is_some();
         if moved {
             self.count.fetch_sub(1, Ordering::AcqRel);
             self.dead_count.fetch_add(1, Ordering::AcqRel);
