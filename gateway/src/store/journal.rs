@@ -117,8 +117,30 @@ struct Segments {
     spare: Vec<u8>,
 }
 
+/// State held in memory whose writes are journaled but not applied to sled
+/// (an outbox's newest entries): a checkpoint writes it to sled before it
+/// flushes, since afterwards the journal no longer holds it.
+pub(crate) trait Spill: Send + Sync {
+    fn spill(&self) -> Result<(), StoreError>;
+}
+
+/// Held strongly: entries of an outbox dropped before the next checkpoint
+/// (at a stop) must still reach sled. A hook only the journal holds is let
+/// go once it has spilled.
+type Spills = Arc<Mutex<Vec<Arc<dyn Spill>>>>;
+
+/// Runs every spill hook.
+fn spill_all(spills: &Spills) -> Result<(), StoreError> {
+    let all: Vec<Arc<dyn Spill>> = lock(spills).clone();
+    all.iter().try_for_each(|s| s.spill())?;
+    drop(all);
+    lock(spills).retain(|s| Arc::strong_count(s) > 1);
+    Ok(())
+}
+
 pub struct Journal {
     db: sled::Db,
+    spills: Spills,
     /// Operations applied to sled and not yet in a segment. Starts with
     /// room for a frame header, so a commit writes it in one piece.
     pending: Mutex<Vec<u8>>,
@@ -268,6 +290,7 @@ impl Journal {
         }
         Ok(Self {
             db,
+            spills: Spills::default(),
             pending: Mutex::new(fresh_buffer(PENDING_START)),
             overflowed,
             capacity,
@@ -280,7 +303,19 @@ impl Journal {
         })
     }
 
-    /// Records operations already applied to sled, in one piece: a commit
+    /// Writes what every spill hook holds to sled now: before another
+    /// handle on the same tree reads it (an outbox opened again).
+    pub(crate) fn spill_now(&self) -> Result<(), StoreError> {
+        spill_all(&self.spills)
+    }
+
+    /// Registers state a checkpoint must write to sled first.
+    pub(crate) fn add_spill(&self, spill: Arc<dyn Spill>) {
+        lock(&self.spills).push(spill);
+    }
+
+    /// Records operations already applied to sled (or held by a spill
+    /// hook), in one piece: a commit
     /// takes all of them or none (a dead letter leaves the queue and joins
     /// the dead letters together).
     pub(crate) fn record(&self, ops: &[Op<'_>]) {
@@ -378,8 +413,9 @@ impl Journal {
         // Pending operations are in sled already, so the flush covers
         // them; they leave the buffer only once it succeeded.
         let pending = lock(&self.pending).len();
-        let flushed =
-            note_checkpoint(&self.db, s.next_seq - 1).and_then(|()| Ok(self.db.flush()?));
+        let flushed = spill_all(&self.spills)
+            .and_then(|()| note_checkpoint(&self.db, s.next_seq - 1))
+            .and_then(|()| Ok(self.db.flush()?));
         if let Err(e) = flushed {
             self.overflowed.store(true, Ordering::SeqCst);
             return Err(e);
@@ -398,10 +434,14 @@ impl Journal {
     fn checkpoint_in_background(&self, retired: usize, pass: Option<u64>, last_seq: u64) {
         let Some(pass) = pass else { return };
         let (db, segments) = (self.db.clone(), Arc::clone(&self.segments));
+        let spills = Arc::clone(&self.spills);
         let spawned = std::thread::Builder::new()
             .name("dataward-checkpoint".into())
             .spawn(move || {
-                if let Err(e) = note_checkpoint(&db, last_seq).and_then(|()| Ok(db.flush()?)) {
+                let flushed = spill_all(&spills)
+                    .and_then(|()| note_checkpoint(&db, last_seq))
+                    .and_then(|()| Ok(db.flush()?));
+                if let Err(e) = flushed {
                     // The segment stays live; the next one to fill finds it
                     // so and checkpoints in line, reporting the error.
                     tracing::warn!(error = %e, "a background checkpoint of the store failed");

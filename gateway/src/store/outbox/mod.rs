@@ -1,5 +1,8 @@
 //! Per-destination outbox: what the policy allowed out, kept on disk until
-//! the destination acknowledges it.
+//! the destination acknowledges it. Its newest entries are in memory
+//! ([`recent`]) and in the journal until a checkpoint writes them to sled.
+
+mod recent;
 
 use std::ops::Bound;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,8 +29,10 @@ pub struct OutboxEntry {
 /// will never later find a smaller key appearing: order per device holds
 /// and nothing is skipped.
 pub struct Outbox {
-    /// Pushes and removals are journaled: they are the hot path.
+    /// Entries older than the last checkpoint; their removal is journaled.
     tree: JournaledTree,
+    /// The newest entries, all with keys above the tree's.
+    recent: std::sync::Arc<recent::Recent>,
     next: Mutex<u64>,
     /// No key below this is present: lets a push skip the quota check
     /// without touching the tree.
@@ -61,6 +66,8 @@ impl Outbox {
         journal: std::sync::Arc<Journal>,
         ledger: std::sync::Arc<crate::ledger::Ledger>,
     ) -> Result<Self, StoreError> {
+        // An earlier handle on this outbox may hold entries in memory.
+        journal.spill_now()?;
         let tree = db.open_tree(format!("outbox/{destination}"))?;
         upgrade_format(db, &tree, destination)?;
         let next = match tree.last()? {
@@ -75,11 +82,17 @@ impl Outbox {
         let dead = db.open_tree(format!("deadletter/{destination}"))?;
         let dead_count = AtomicU64::new(dead.len() as u64);
         let dead = JournaledTree::new(dead, std::sync::Arc::clone(&journal));
+        let recent = std::sync::Arc::new(recent::Recent::new(
+            tree.clone(),
+            std::sync::Arc::clone(&dirty),
+        ));
+        journal.add_spill(recent.clone());
         Ok(Self {
             dead,
             dead_count,
             dirty,
             tree: JournaledTree::new(tree, std::sync::Arc::clone(&journal)),
+            recent,
             journal,
             next: Mutex::new(next),
             oldest_bound: AtomicU64::new(oldest),
@@ -112,7 +125,23 @@ impl Outbox {
             .lock()
             .map_err(|_| StoreError::Corrupt("outbox lock poisoned".into()))?;
         let key = *next;
-        self.tree.insert(&key.to_be_bytes(), &value)?;
+        let k = key.to_be_bytes();
+        // Held first, journaled second, under the lock a spill takes: a
+        // checkpoint in between would otherwise drop the journal record
+        // of an entry it did not spill.
+        let mut held = self.recent.lock();
+        let over = held.insert(key, value);
+        if let Some(value) = held.entries.get(&key) {
+            self.journal.record(&[Op::Put {
+                tree: self.tree.name(),
+                key: &k,
+                value,
+            }]);
+        }
+        drop(held);
+        if over {
+            self.recent.ask_for_spill();
+        }
         self.count.fetch_add(1, Ordering::AcqRel);
         *next += 1;
         drop(next);
@@ -131,6 +160,19 @@ impl Outbox {
         for kv in self.tree.range(..cutoff.to_be_bytes()) {
             let (k, _) = kv?;
             if self.tree.remove(&k)? {
+                self.count.fetch_sub(1, Ordering::AcqRel);
+                dropped += 1;
+            }
+        }
+        {
+            let mut held = self.recent.lock();
+            let old: Vec<u64> = held.entries.range(..cutoff).map(|(k, _)| *k).collect();
+            for key in old {
+                held.remove(key);
+                self.journal.record(&[Op::Remove {
+                    tree: self.tree.name(),
+                    key: &key.to_be_bytes(),
+                }]);
                 self.count.fetch_sub(1, Ordering::AcqRel);
                 dropped += 1;
             }
@@ -194,6 +236,27 @@ impl Outbox {
                 }
             }
         }
+        {
+            let mut held = self.recent.lock();
+            let gone: Vec<u64> = held
+                .entries
+                .iter()
+                .filter(|(k, v)| match device {
+                    None => true,
+                    Some(d) => decode(**k, v).is_ok_and(|e| e.device == d),
+                })
+                .map(|(k, _)| *k)
+                .collect();
+            for key in gone {
+                held.remove(key);
+                self.journal.record(&[Op::Remove {
+                    tree: self.tree.name(),
+                    key: &key.to_be_bytes(),
+                }]);
+                self.count.fetch_sub(1, Ordering::AcqRel);
+                removed += 1;
+            }
+        }
         if removed > 0 {
             self.dirty.store(true, Ordering::Release);
         }
@@ -211,6 +274,8 @@ impl Outbox {
             None => Bound::Unbounded,
         };
         let mut out = Vec::new();
+        // Sled's keys are all below the held ones: sled first, then these.
+        let held = self.recent.lock();
         for kv in self
             .tree
             .range::<[u8; 8], _>((start, Bound::Unbounded))
@@ -219,12 +284,35 @@ impl Outbox {
             let (k, v) = kv?;
             out.push(decode(key_of(&k)?, &v)?);
         }
+        let from = match after {
+            Some(k) => Bound::Excluded(k),
+            None => Bound::Unbounded,
+        };
+        for (k, v) in held
+            .entries
+            .range((from, Bound::Unbounded))
+            .take(limit - out.len())
+        {
+            out.push(decode(*k, v)?);
+        }
         Ok(out)
     }
 
     /// The destination acknowledged `key`.
     pub fn remove(&self, key: u64) -> Result<(), StoreError> {
-        if self.tree.remove(&key.to_be_bytes())? {
+        let k = key.to_be_bytes();
+        let mut held = self.recent.lock();
+        if held.remove(key).is_some() {
+            self.journal.record(&[Op::Remove {
+                tree: self.tree.name(),
+                key: &k,
+            }]);
+            drop(held);
+            self.count.fetch_sub(1, Ordering::AcqRel);
+            return Ok(());
+        }
+        drop(held);
+        if self.tree.remove(&k)? {
             self.count.fetch_sub(1, Ordering::AcqRel);
         }
         Ok(())
@@ -233,7 +321,8 @@ impl Outbox {
     /// Whether entry `key` still waits (a delete or a wipe may have purged
     /// it after it was read).
     pub fn contains(&self, key: u64) -> Result<bool, StoreError> {
-        Ok(self.tree.contains_key(key.to_be_bytes())?)
+        let held = self.recent.lock();
+        Ok(held.entries.contains_key(&key) || self.tree.contains_key(key.to_be_bytes())?)
     }
 
     pub fn len(&self) -> u64 {
@@ -247,9 +336,64 @@ impl Outbox {
     /// Sets entry `key` aside with the reason, in one transaction: it is
     /// either still waiting or a dead letter, never lost or both.
     pub fn dead_letter(&self, key: u64, reason: &str) -> Result<bool, StoreError> {
-        use sled::Transactional;
         let reason = reason.as_bytes();
         let reason = &reason[..reason.len().min(u16::MAX as usize)];
+        // Held across the move and its journal records: a checkpoint (its
+        // spill takes this lock) must see the entry in one place or the
+        // other, never in neither.
+        let mut held = self.recent.lock();
+        let moved = match held.remove(key) {
+            Some(value) => {
+                let mut letter = Vec::with_capacity(2 + reason.len() + value.len());
+                letter.extend_from_slice(&(reason.len() as u16).to_be_bytes());
+                letter.extend_from_slice(reason);
+                letter.extend_from_slice(&value);
+                if let Err(e) = (*self.dead).insert(key.to_be_bytes(), letter.as_slice()) {
+                    held.insert(key, value);
+                    return Err(e.into());
+                }
+                Some(letter)
+            }
+            None => self.move_to_dead(key, reason)?,
+        };
+        // Journaled as one piece, as sled applied it: a replay puts the
+        // entry back in neither place or in both.
+        if let Some(letter) = &moved {
+            let k = key.to_be_bytes();
+            self.journal.record(&[
+                Op::Remove {
+                    tree: self.tree.name(),
+                    key: &k,
+                },
+                Op::Put {
+                    tree: self.dead.name(),
+                    key: &k,
+                    value: letter,
+                },
+            ]);
+        }
+        drop(held);
+        let moved = moved.is_some();
+        if moved {
+            self.count.fetch_sub(1, Ordering::AcqRel);
+            self.dead_count.fetch_add(1, Ordering::AcqRel);
+            self.dirty.store(true, Ordering::Release);
+            self.ledger.note(crate::ledger::EntryBody::OutboxDropped {
+                destination: self.destination.clone(),
+                entries: 1,
+                reason: format!(
+                    "set aside as a dead letter: {}",
+                    String::from_utf8_lossy(reason)
+                ),
+            });
+        }
+        Ok(moved)
+    }
+
+    /// An entry in sled to the dead letters, in one sled transaction; the
+    /// dead letter written, if there was the entry.
+    fn move_to_dead(&self, key: u64, reason: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        use sled::Transactional;
         let moved = (&*self.tree, &*self.dead)
             .transaction(|(outbox, dead)| {
                 let Some(value) = outbox.remove(&key.to_be_bytes())? else {
@@ -268,36 +412,6 @@ impl Outbox {
                     StoreError::Corrupt("dead-letter move aborted".into())
                 }
             })?;
-        // Journaled as one piece, as sled applied it: a replay puts the
-        // entry back in neither place or in both.
-        if let Some(letter) = &moved {
-            let k = key.to_be_bytes();
-            self.journal.record(&[
-                Op::Remove {
-                    tree: self.tree.name(),
-                    key: &k,
-                },
-                Op::Put {
-                    tree: self.dead.name(),
-                    key: &k,
-                    value: letter,
-                },
-            ]);
-        }
-        let moved = moved.is_some();
-        if moved {
-            self.count.fetch_sub(1, Ordering::AcqRel);
-            self.dead_count.fetch_add(1, Ordering::AcqRel);
-            self.dirty.store(true, Ordering::Release);
-            self.ledger.note(crate::ledger::EntryBody::OutboxDropped {
-                destination: self.destination.clone(),
-                entries: 1,
-                reason: format!(
-                    "set aside as a dead letter: {}",
-                    String::from_utf8_lossy(reason)
-                ),
-            });
-        }
         Ok(moved)
     }
 
@@ -308,9 +422,13 @@ impl Outbox {
 
     /// When the oldest entry still waiting was queued, if any waits.
     pub fn oldest_queued_ms(&self) -> Result<Option<u64>, StoreError> {
+        let held = self.recent.lock();
         match self.tree.first()? {
             Some((k, v)) => Ok(Some(decode(key_of(&k)?, &v)?.queued_ms)),
-            None => Ok(None),
+            None => match held.entries.first_key_value() {
+                Some((k, v)) => Ok(Some(decode(*k, v)?.queued_ms)),
+                None => Ok(None),
+            },
         }
     }
 }
@@ -504,6 +622,92 @@ mod tests {
         assert_eq!(
             left.iter().map(|e| e.payload[0]).collect::<Vec<_>>(),
             vec![4, 5, 6]
+        );
+    }
+
+    #[test]
+    fn new_entries_stay_out_of_sled_until_a_checkpoint_and_survive_a_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let ob = store.outbox("cloud", 100).expect("outbox");
+        let tree = store.tree("outbox/cloud").expect("tree");
+        let a = ob.push("dev", "t", b"acked", 1).expect("push");
+        ob.push("dev", "t", b"waiting", 2).expect("push");
+        ob.remove(a).expect("ack");
+        // Pushed and acknowledged between checkpoints: sled never saw it.
+        assert!(tree.is_empty(), "held in memory and the journal only");
+        assert_eq!(ob.len(), 1);
+        assert_eq!(
+            ob.read_after(None, 10).expect("read")[0].payload,
+            b"waiting"
+        );
+        assert_eq!(ob.oldest_queued_ms().expect("oldest"), Some(2));
+        // A checkpoint writes what waits to sled.
+        store.flush().expect("checkpoint");
+        assert_eq!(tree.len(), 1);
+        drop((ob, tree));
+        drop(store);
+        let store = Store::open(dir.path()).expect("reopen");
+        let ob = store.outbox("cloud", 100).expect("outbox");
+        let left = ob.read_after(None, 10).expect("read");
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].payload, b"waiting");
+    }
+
+    #[test]
+    fn held_entries_read_after_spilled_ones_in_key_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let ob = store.outbox("cloud", 100).expect("outbox");
+        for i in 0..3u8 {
+            ob.push("dev", "t", &[i], 0).expect("push");
+        }
+        store.flush().expect("checkpoint");
+        for i in 3..6u8 {
+            ob.push("dev", "t", &[i], 0).expect("push");
+        }
+        let first = ob.read_after(None, 4).expect("read");
+        assert_eq!(
+            first.iter().map(|e| e.payload[0]).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3]
+        );
+        let rest = ob.read_after(Some(first[3].key), 10).expect("read");
+        assert_eq!(
+            rest.iter().map(|e| e.payload[0]).collect::<Vec<_>>(),
+            vec![4, 5]
+        );
+        // A held entry and a spilled one, each to the dead letters.
+        assert!(ob.dead_letter(first[0].key, "spilled").expect("move"));
+        assert!(ob.dead_letter(rest[1].key, "held").expect("move"));
+        assert!(!ob.contains(rest[1].key).expect("contains"));
+        assert_eq!((ob.len(), ob.dead_letters()), (4, 2));
+        // A purge takes both kinds.
+        assert_eq!(ob.purge(Some("dev")).expect("purge"), 4 + 2);
+        assert!(ob.is_empty());
+        assert!(ob.read_after(None, 10).expect("read").is_empty());
+    }
+
+    #[test]
+    fn a_full_memory_asks_for_a_checkpoint() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let ob = store.outbox("cloud", 1_000_000).expect("outbox");
+        let dirty = store.durability.dirty();
+        dirty.store(false, std::sync::atomic::Ordering::SeqCst);
+        let payload = vec![b'x'; 64 << 10];
+        for _ in 0..31 {
+            ob.push("dev", "t", &payload, 0).expect("push");
+        }
+        assert!(
+            !dirty.load(std::sync::atomic::Ordering::SeqCst),
+            "under 2 MiB held"
+        );
+        for _ in 0..2 {
+            ob.push("dev", "t", &payload, 0).expect("push");
+        }
+        assert!(
+            dirty.load(std::sync::atomic::Ordering::SeqCst),
+            "over 2 MiB: spill soon"
         );
     }
 }
