@@ -5,9 +5,12 @@
 //! applied, and the `devices` tree.
 //!
 //! Durability is explicit: writes land in sled's memory first, and
-//! [`Durability::sync`] waits for a flush that covers them. One flush serves
-//! every writer that arrived before it started (group commit), so the cost of
-//! an fsync is shared by all messages in flight.
+//! [`Durability::sync`] waits for a commit that covers them. The hot path's
+//! writes (history records, outbox entries, the ledger's open buckets) are
+//! also recorded in the write-ahead [`journal`], and a commit is one journal
+//! write and one `fdatasync`, shared by every writer that arrived before it
+//! started (group commit). sled itself is flushed at checkpoints, which the
+//! journal runs when a segment fills, and which every other write asks for.
 
 mod destinations;
 mod durability;

@@ -1,5 +1,6 @@
 //! Tests of the journal on real files: what a crash leaves is replayed,
 //! and nothing else is.
+use super::recovery::{CHECKPOINT_KEY, META_TREE};
 use super::*;
 use crate::store::open_test_db;
 
@@ -317,10 +318,11 @@ fn frames_a_checkpoint_covered_are_not_replayed_even_if_it_was_cut_short() {
     );
     // Frames after the checkpoint still count: the sequence goes on above
     // the noted one.
-    let again = Journal::open(&s.journal_dir(), s.db.clone(), Arc::default()).expect("open");
-    let tree = JournaledTree::new(s.db.open_tree("t").expect("tree"), Arc::new(again));
+    let again =
+        Arc::new(Journal::open(&s.journal_dir(), s.db.clone(), Arc::default()).expect("open"));
+    let tree = JournaledTree::new(s.db.open_tree("t").expect("tree"), Arc::clone(&again));
     tree.insert(b"z", b"2").expect("put");
-    tree.journal.commit().expect("commit");
+    again.commit().expect("commit");
     let fresh = s.recovered_with_marker_of(&s.db);
     assert_eq!(fresh, vec![kv("z", "2")]);
 }

@@ -61,6 +61,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::StoreError;
 
+mod frames;
+mod recovery;
+mod tree;
+
+pub(crate) use frames::Op;
+use frames::{frame_crc, read_live};
+use recovery::{note_checkpoint, recover};
+pub use tree::JournaledTree;
+
 const MAGIC: &[u8; 4] = b"DWJ1";
 const FRAME_HEADER: usize = 4 + 8 + 8 + 4 + 4;
 const PUT: u8 = 1;
@@ -162,70 +171,6 @@ fn fresh_buffer(capacity: usize) -> Vec<u8> {
     let mut v = Vec::with_capacity(capacity.max(FRAME_HEADER));
     v.resize(FRAME_HEADER, 0);
     v
-}
-
-/// One operation for [`Journal::record`], already applied to sled.
-pub(crate) enum Op<'a> {
-    Put {
-        tree: &'a [u8],
-        key: &'a [u8],
-        value: &'a [u8],
-    },
-    Remove {
-        tree: &'a [u8],
-        key: &'a [u8],
-    },
-}
-
-impl Op<'_> {
-    fn encoded_len(&self) -> usize {
-        match self {
-            Op::Put { tree, key, value } => 2 + tree.len() + 4 + key.len() + 4 + value.len(),
-            Op::Remove { tree, key } => 2 + tree.len() + 4 + key.len(),
-        }
-    }
-
-    fn fits(&self) -> bool {
-        let (tree, key, value) = match self {
-            Op::Put { tree, key, value } => (tree, key, value.len()),
-            Op::Remove { tree, key } => (tree, key, 0),
-        };
-        u8::try_from(tree.len()).is_ok()
-            && u32::try_from(key.len()).is_ok()
-            && u32::try_from(value).is_ok()
-    }
-
-    fn encode(&self, buf: &mut Vec<u8>) {
-        let (code, tree, key, value) = match self {
-            Op::Put { tree, key, value } => (PUT, tree, key, Some(value)),
-            Op::Remove { tree, key } => (REMOVE, tree, key, None),
-        };
-        buf.push(code);
-        buf.push(tree.len() as u8);
-        buf.extend_from_slice(tree);
-        buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
-        buf.extend_from_slice(key);
-        if let Some(v) = value {
-            buf.extend_from_slice(&(v.len() as u32).to_le_bytes());
-            buf.extend_from_slice(v);
-        }
-    }
-}
-
-/// The sled tree and key where a checkpoint notes the last frame its
-/// flush covers: recovery skips frames up to it, so a crash between the
-/// flush and the emptying of the segments cannot replay a put over a
-/// deletion the flush made durable.
-const META_TREE: &str = "meta";
-const CHECKPOINT_KEY: &[u8] = b"journal_checkpoint";
-
-fn checkpointed_seq(db: &sled::Db) -> Result<u64, StoreError> {
-    Ok(db
-        .open_tree(META_TREE)?
-        .get(CHECKPOINT_KEY)?
-        .and_then(|v| v.as_ref().try_into().ok())
-        .map(u64::from_be_bytes)
-        .unwrap_or(0))
 }
 
 impl Journal {
@@ -460,150 +405,6 @@ impl Journal {
     }
 }
 
-/// Applies the live frames found (one list per segment) that the last
-/// checkpoint does not cover, oldest pass first, and flushes them.
-/// Returns the highest sequence number seen or noted: new frames go above.
-fn recover(db: &sled::Db, dir: &Path, mut found: Vec<Vec<Frame>>) -> Result<u64, StoreError> {
-    let covered = checkpointed_seq(db)?;
-    found.sort_by_key(|frames| frames.first().map_or(0, |f| f.seq));
-    let (mut applied, mut max_seq) = (0usize, covered);
-    for frame in found.iter().flatten() {
-        max_seq = max_seq.max(frame.seq);
-        if frame.seq <= covered {
-            continue;
-        }
-        applied += apply(db, &frame.body).map_err(|e| match e {
-            // Only a bug or a hand-edited file gets here (the checksum
-            // held): say which files, and what starting without them means.
-            StoreError::Corrupt(what) => StoreError::Corrupt(format!(
-                "{what}, in {}; to start anyway, move that directory aside: the \
-                 messages acknowledged since the store's last checkpoint are then lost",
-                dir.display()
-            )),
-            other => other,
-        })?;
-    }
-    if applied > 0 {
-        db.flush()?;
-        tracing::info!(
-            operations = applied,
-            "the journal's writes since the last checkpoint were applied"
-        );
-    }
-    Ok(max_seq)
-}
-
-/// Notes that frames up to `seq` are in sled, before the flush that makes
-/// it so (a lower note never replaces a higher one).
-fn note_checkpoint(db: &sled::Db, seq: u64) -> Result<(), StoreError> {
-    db.open_tree(META_TREE)?
-        .fetch_and_update(CHECKPOINT_KEY, |old| {
-            let old = old
-                .and_then(|v| v.try_into().ok())
-                .map(u64::from_be_bytes)
-                .unwrap_or(0);
-            Some(old.max(seq).to_be_bytes().to_vec())
-        })?;
-    Ok(())
-}
-
-/// One live frame found at recovery.
-struct Frame {
-    seq: u64,
-    body: Vec<u8>,
-}
-
-fn frame_crc(header: &[u8], body: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(header);
-    h.update(body);
-    h.finalize()
-}
-
-/// The live frames of a segment, in order.
-fn read_live(file: &File, capacity: u64) -> std::io::Result<Vec<Frame>> {
-    let mut frames = Vec::new();
-    let mut at = 0u64;
-    let mut pass = None;
-    let mut header = [0u8; FRAME_HEADER];
-    while at + FRAME_HEADER as u64 <= capacity {
-        file.read_exact_at(&mut header, at)?;
-        if &header[..4] != MAGIC {
-            break;
-        }
-        let field = |r: std::ops::Range<usize>| {
-            let mut b = [0u8; 8];
-            b[..r.len()].copy_from_slice(&header[r]);
-            u64::from_le_bytes(b)
-        };
-        let (this_pass, seq, len, crc) =
-            (field(4..12), field(12..20), field(20..24), field(24..28));
-        if *pass.get_or_insert(this_pass) != this_pass || at + FRAME_HEADER as u64 + len > capacity
-        {
-            break;
-        }
-        let mut body = vec![0u8; len as usize];
-        file.read_exact_at(&mut body, at + FRAME_HEADER as u64)?;
-        if u64::from(frame_crc(&header[4..24], &body)) != crc {
-            break;
-        }
-        at += FRAME_HEADER as u64 + len;
-        frames.push(Frame { seq, body });
-    }
-    Ok(frames)
-}
-
-/// Applies a frame's operations to sled; returns how many.
-fn apply(db: &sled::Db, mut body: &[u8]) -> Result<usize, StoreError> {
-    let corrupt =
-        || StoreError::Corrupt("a journal frame with a valid checksum does not parse".into());
-    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
-        let (head, rest) = (b.get(..n)?, b.get(n..)?);
-        *b = rest;
-        Some(head)
-    }
-    fn take_len(b: &mut &[u8]) -> Option<usize> {
-        let raw: [u8; 4] = take(b, 4)?.try_into().ok()?;
-        Some(u32::from_le_bytes(raw) as usize)
-    }
-    let mut trees: Vec<(Vec<u8>, sled::Tree)> = Vec::new();
-    let mut n = 0;
-    while !body.is_empty() {
-        let op = *take(&mut body, 1)
-            .ok_or_else(corrupt)?
-            .first()
-            .ok_or_else(corrupt)?;
-        let name_len = *take(&mut body, 1)
-            .ok_or_else(corrupt)?
-            .first()
-            .ok_or_else(corrupt)?;
-        let name = take(&mut body, name_len as usize).ok_or_else(corrupt)?;
-        let key_len = take_len(&mut body).ok_or_else(corrupt)?;
-        let key = take(&mut body, key_len).ok_or_else(corrupt)?;
-        let tree = match trees.iter().find(|(n, _)| n == name) {
-            Some((_, t)) => t.clone(),
-            None => {
-                let t = db.open_tree(name)?;
-                trees.push((name.to_vec(), t.clone()));
-                t
-            }
-        };
-        match op {
-            PUT => {
-                let value_len = take_len(&mut body).ok_or_else(corrupt)?;
-                let value = take(&mut body, value_len).ok_or_else(corrupt)?;
-                tree.insert(key, value)?;
-            }
-            REMOVE => {
-                tree.remove(key)?;
-            }
-            _ => return Err(corrupt()),
-        }
-        n += 1;
-    }
-    Ok(n)
-}
-
 /// The segment size for a new journal: [`SEGMENT_MAX`], or a sixteenth of
 /// the free space when that is less (two segments then take an eighth).
 fn segment_size(dir: &Path) -> u64 {
@@ -646,60 +447,5 @@ fn create_zeroed(path: &Path, len: u64) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// A sled tree whose writes go to the journal too: what the hot path
-/// writes. Reads go to the tree.
-#[derive(Clone)]
-pub struct JournaledTree {
-    tree: sled::Tree,
-    name: sled::IVec,
-    journal: Arc<Journal>,
-}
-
-/// Reads (and writes that must not be journaled, such as transactions,
-/// which then set the store's dirty flag) go to the tree itself.
-impl std::ops::Deref for JournaledTree {
-    type Target = sled::Tree;
-    fn deref(&self) -> &sled::Tree {
-        &self.tree
-    }
-}
-
-impl JournaledTree {
-    pub(crate) fn new(tree: sled::Tree, journal: Arc<Journal>) -> Self {
-        Self {
-            name: tree.name(),
-            tree,
-            journal,
-        }
-    }
-
-    pub(crate) fn name(&self) -> &[u8] {
-        &self.name
-    }
-
-    pub(crate) fn insert(&self, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.tree.insert(key, value)?;
-        self.journal.record(&[Op::Put {
-            tree: &self.name,
-            key,
-            value,
-        }]);
-        Ok(())
-    }
-
-    /// Whether the key was there.
-    pub(crate) fn remove(&self, key: &[u8]) -> Result<bool, StoreError> {
-        let had = self.tree.remove(key)?.is_some();
-        if had {
-            self.journal.record(&[Op::Remove {
-                tree: &self.name,
-                key,
-            }]);
-        }
-        Ok(had)
-    }
-}
-
 #[cfg(test)]
-#[path = "journal_tests.rs"]
 mod tests;
