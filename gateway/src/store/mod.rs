@@ -373,6 +373,9 @@ impl Store {
         Arc::clone(&self.history)
     }
 
+    /// A handle on `destination`'s outbox. One live handle per destination
+    /// at a time: each holds its newest entries in memory and numbers new
+    /// ones itself (opening one moves what earlier handles held to sled).
     pub fn outbox(&self, destination: &str, max_entries: u64) -> Result<Outbox, StoreError> {
         Outbox::open(
             &self.db,

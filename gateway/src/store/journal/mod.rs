@@ -46,9 +46,11 @@
 //!
 //! # Why this order is safe
 //!
-//! A journaled write goes to sled first, then to the pending buffer. A
-//! flush of sled therefore covers everything pending, which lets a
-//! checkpoint drop the pending buffer and empty the segments. A writer
+//! A journaled write goes to sled first (or to state a spill hook holds,
+//! such as an outbox's newest entries), then to the pending buffer. A
+//! checkpoint spills the hooks' state into sled and then flushes it, which
+//! therefore covers everything pending and lets it drop the pending buffer
+//! and empty the segments. A writer
 //! waits for durability only after its operations are in the buffer, so the
 //! commit that covers it has them, or a checkpoint did.
 
@@ -131,6 +133,8 @@ struct Segments {
 /// flushes, since afterwards the journal no longer holds it.
 pub(crate) trait Spill: Send + Sync {
     fn spill(&self) -> Result<(), StoreError>;
+    /// Nothing held: a hook no one else owns may then be let go.
+    fn holds_nothing(&self) -> bool;
 }
 
 /// Held strongly: entries of an outbox dropped before the next checkpoint
@@ -143,7 +147,9 @@ fn spill_all(spills: &Spills) -> Result<(), StoreError> {
     let all: Vec<Arc<dyn Spill>> = lock(spills).clone();
     all.iter().try_for_each(|s| s.spill())?;
     drop(all);
-    lock(spills).retain(|s| Arc::strong_count(s) > 1);
+    // Only the journal holds it, so nothing can be added to it any more;
+    // one that still holds something (added after its spill above) stays.
+    lock(spills).retain(|s| Arc::strong_count(s) > 1 || !s.holds_nothing());
     Ok(())
 }
 
@@ -259,16 +265,15 @@ impl Journal {
         lock(&self.spills).push(spill);
     }
 
-    /// Records operations already applied to sled (or held by a spill
-    /// hook), in one piece: a commit
-    /// takes all of them or none (a dead letter leaves the queue and joins
-    /// the dead letters together).
+    /// Records operations already applied to sled, or to what a spill hook
+    /// holds, in one piece: a commit takes all of them or none (a dead
+    /// letter leaves the queue and joins the dead letters together).
     pub(crate) fn record(&self, ops: &[Op<'_>]) {
         let len: usize = ops.iter().map(Op::encoded_len).sum();
         let mut buf = lock(&self.pending);
         if !ops.iter().all(Op::fits) || buf.len() + len > self.capacity as usize {
-            // Not journaled: a checkpoint (a flush of sled, which has the
-            // writes) must make them durable instead.
+            // Not journaled: a checkpoint (a spill and a flush of sled,
+            // which then has the writes) must make them durable instead.
             drop(buf);
             self.overflowed.store(true, Ordering::SeqCst);
             return;

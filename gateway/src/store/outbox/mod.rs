@@ -82,10 +82,7 @@ impl Outbox {
         let dead = db.open_tree(format!("deadletter/{destination}"))?;
         let dead_count = AtomicU64::new(dead.len() as u64);
         let dead = JournaledTree::new(dead, std::sync::Arc::clone(&journal));
-        let recent = std::sync::Arc::new(recent::Recent::new(
-            tree.clone(),
-            std::sync::Arc::clone(&dirty),
-        ));
+        let recent = std::sync::Arc::new(recent::Recent::new(tree.clone()));
         journal.add_spill(recent.clone());
         Ok(Self {
             dead,
@@ -138,11 +135,15 @@ impl Outbox {
                 value,
             }]);
         }
+        // Counted before a remover can see it.
+        self.count.fetch_add(1, Ordering::AcqRel);
         drop(held);
         if over {
-            self.recent.ask_for_spill();
+            // A destination that is down must not grow memory: into sled
+            // now (no flush is needed, the journal still has the puts).
+            // Under `next`, so no newer key is held meanwhile.
+            self.recent.spill_held()?;
         }
-        self.count.fetch_add(1, Ordering::AcqRel);
         *next += 1;
         drop(next);
         self.enforce_quota(key)?;
@@ -157,15 +158,17 @@ impl Outbox {
             return Ok(());
         }
         let mut dropped = 0u64;
-        for kv in self.tree.range(..cutoff.to_be_bytes()) {
-            let (k, _) = kv?;
-            if self.tree.remove(&k)? {
-                self.count.fetch_sub(1, Ordering::AcqRel);
-                dropped += 1;
-            }
-        }
         {
+            // Held across both passes: a spill in between would move held
+            // entries into the part already walked.
             let mut held = self.recent.lock();
+            for kv in self.tree.range(..cutoff.to_be_bytes()) {
+                let (k, _) = kv?;
+                if self.tree.remove(&k)? {
+                    self.count.fetch_sub(1, Ordering::AcqRel);
+                    dropped += 1;
+                }
+            }
             let old: Vec<u64> = held.entries.range(..cutoff).map(|(k, _)| *k).collect();
             for key in old {
                 held.remove(key);
@@ -207,6 +210,10 @@ impl Outbox {
     /// many went.
     pub fn purge(&self, device: Option<&str>) -> Result<u64, StoreError> {
         let mut removed = 0;
+        // Held across both passes: a spill in between would move held
+        // entries into the part already walked, and they would leave after
+        // the deletion was reported done.
+        let mut held = self.recent.lock();
         // Journaled removes: a replay after a crash puts nothing purged
         // back. The caller's checkpoint (dirty is set) then makes them
         // durable before the deletion is reported done.
@@ -237,7 +244,6 @@ impl Outbox {
             }
         }
         {
-            let mut held = self.recent.lock();
             let gone: Vec<u64> = held
                 .entries
                 .iter()
@@ -257,6 +263,7 @@ impl Outbox {
                 removed += 1;
             }
         }
+        drop(held);
         if removed > 0 {
             self.dirty.store(true, Ordering::Release);
         }

@@ -13,22 +13,19 @@
 //! keys, and a spill moves all of them at once.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 
 use crate::store::journal::Spill;
 use crate::store::StoreError;
 
-/// Past this many bytes held, the store is marked dirty so the next commit
-/// checkpoints (and spills): a destination that is down must not grow
-/// memory until a journal segment fills.
+/// Past this many bytes held, the pusher spills: a destination that is
+/// down must not grow memory until a journal segment fills.
 const MAX_BYTES: usize = 2 << 20;
 
 pub(super) struct Recent {
     /// The outbox's tree, which a spill writes to.
     tree: sled::Tree,
     held: Mutex<Held>,
-    dirty: Arc<AtomicBool>,
 }
 
 #[derive(Default)]
@@ -54,11 +51,10 @@ impl Held {
 }
 
 impl Recent {
-    pub(super) fn new(tree: sled::Tree, dirty: Arc<AtomicBool>) -> Self {
+    pub(super) fn new(tree: sled::Tree) -> Self {
         Self {
             tree,
             held: Mutex::default(),
-            dirty,
         }
     }
 
@@ -68,14 +64,9 @@ impl Recent {
         self.held.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// After an insert that went over [`MAX_BYTES`].
-    pub(super) fn ask_for_spill(&self) {
-        self.dirty.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Spill for Recent {
-    fn spill(&self) -> Result<(), StoreError> {
+    /// Writes every held entry to sled (not flushed: the journal still
+    /// has their puts, and the next checkpoint flushes).
+    pub(super) fn spill_held(&self) -> Result<(), StoreError> {
         let mut held = self.lock();
         while let Some((key, value)) = held.entries.pop_first() {
             if let Err(e) = self.tree.insert(key.to_be_bytes(), value.as_slice()) {
@@ -86,5 +77,15 @@ impl Spill for Recent {
             held.bytes -= value.len();
         }
         Ok(())
+    }
+}
+
+impl Spill for Recent {
+    fn spill(&self) -> Result<(), StoreError> {
+        self.spill_held()
+    }
+
+    fn holds_nothing(&self) -> bool {
+        self.lock().entries.is_empty()
     }
 }

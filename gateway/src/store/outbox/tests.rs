@@ -179,25 +179,32 @@ fn held_entries_read_after_spilled_ones_in_key_order() {
 }
 
 #[test]
-fn a_full_memory_asks_for_a_checkpoint() {
+fn a_full_memory_spills_to_sled_at_once() {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Store::open(dir.path()).expect("open");
     let ob = store.outbox("cloud", 1_000_000).expect("outbox");
-    let dirty = store.durability.dirty();
-    dirty.store(false, std::sync::atomic::Ordering::SeqCst);
+    let tree = store.tree("outbox/cloud").expect("tree");
     let payload = vec![b'x'; 64 << 10];
     for _ in 0..31 {
         ob.push("dev", "t", &payload, 0).expect("push");
     }
-    assert!(
-        !dirty.load(std::sync::atomic::Ordering::SeqCst),
-        "under 2 MiB held"
-    );
-    for _ in 0..2 {
-        ob.push("dev", "t", &payload, 0).expect("push");
-    }
-    assert!(
-        dirty.load(std::sync::atomic::Ordering::SeqCst),
-        "over 2 MiB: spill soon"
-    );
+    assert!(tree.is_empty(), "under 2 MiB: held");
+    ob.push("dev", "t", &payload, 0).expect("push");
+    assert_eq!(tree.len(), 32, "over 2 MiB: all in sled");
+    ob.push("dev", "t", &payload, 0).expect("push");
+    assert_eq!(tree.len(), 32, "the next one is held again");
+    assert_eq!(ob.read_after(None, 100).expect("read").len(), 33);
+}
+
+#[test]
+fn entries_of_a_dropped_handle_still_reach_sled_at_the_next_checkpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path()).expect("open");
+    let ob = store.outbox("cloud", 100).expect("outbox");
+    ob.push("dev", "t", b"left behind", 0).expect("push");
+    // As at a stop: the outbox goes before the store's last checkpoint.
+    drop(ob);
+    store.flush().expect("checkpoint");
+    let tree = store.tree("outbox/cloud").expect("tree");
+    assert_eq!(tree.len(), 1);
 }
