@@ -288,7 +288,11 @@ async fn crash_under_full_load_loses_no_acknowledged_message() -> Result<()> {
     init_keys(&data)?;
     let policy = write_policy(dir.path(), SHARE_ALL)?;
     let config = config_for(&data, &cloud, Some(&policy), "");
-    let gw = Gateway::start(dir.path(), &config)?;
+    // Small journal segments: the load fills one every few hundred
+    // messages, so the kill comes after many switches between the two and
+    // their background checkpoints, with both likely live.
+    let small_segments = [("DATAWARD_TEST_JOURNAL_BYTES", "262144")];
+    let gw = Gateway::start_with_env(dir.path(), &config, &small_segments)?;
     let (sub, mut sub_events) = cloud_subscriber(&cloud, "home/#", "sub-crash-load").await?;
 
     let mut publishing = Vec::new();
@@ -318,7 +322,7 @@ async fn crash_under_full_load_loses_no_acknowledged_message() -> Result<()> {
         want.len()
     );
 
-    let gw = Gateway::start(dir.path(), &config)?;
+    let gw = Gateway::start_with_env(dir.path(), &config, &small_segments)?;
     let key = |(t, p): &(String, Vec<u8>)| seq_of(p).map(|s| (t.clone(), s));
     let mut at_cloud: std::collections::HashSet<(String, usize)> =
         early.iter().filter_map(key).collect();
@@ -344,6 +348,17 @@ async fn crash_under_full_load_loses_no_acknowledged_message() -> Result<()> {
         lost.len(),
         want.len(),
         &lost[..lost.len().min(5)]
+    );
+    assert!(
+        gw.log()
+            .contains("the journal's writes since the last checkpoint were applied"),
+        "no journal replay after the crash:\n{}",
+        gw.log()
+    );
+    assert_eq!(
+        std::fs::metadata(data.join("journal").join("0"))?.len(),
+        262_144,
+        "the small segments were in use"
     );
     gw.stop()?;
     eprintln!(

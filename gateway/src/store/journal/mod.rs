@@ -207,10 +207,17 @@ impl Journal {
             .iter()
             .filter_map(|p| std::fs::metadata(p).ok().map(|m| m.len()))
             .collect();
+        let wanted = test_segment_size();
         let capacity = match lens.as_slice() {
-            [a, b] if a == b && *a >= SEGMENT_MIN => *a,
+            [a, b]
+                if a == b
+                    && (*a >= SEGMENT_MIN || wanted == Some(*a))
+                    && wanted.is_none_or(|w| w == *a) =>
+            {
+                *a
+            }
             _ => {
-                let capacity = segment_size(dir);
+                let capacity = wanted.unwrap_or_else(|| segment_size(dir));
                 for p in &paths {
                     create_zeroed(p, capacity)?;
                 }
@@ -408,6 +415,23 @@ impl Journal {
             tracing::warn!(error = %e, "no thread for a journal checkpoint; the next full segment is checkpointed in line");
         }
     }
+}
+
+/// Debug builds only: `DATAWARD_TEST_JOURNAL_BYTES=N` makes segments of N
+/// bytes (at least 64 KiB), so that end-to-end tests cross segments, and
+/// their background checkpoints, within seconds.
+#[cfg(debug_assertions)]
+fn test_segment_size() -> Option<u64> {
+    let n: u64 = std::env::var("DATAWARD_TEST_JOURNAL_BYTES")
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(n.max(64 << 10) & !4095)
+}
+
+#[cfg(not(debug_assertions))]
+fn test_segment_size() -> Option<u64> {
+    None
 }
 
 /// The segment size for a new journal: [`SEGMENT_MAX`], or a sixteenth of
