@@ -61,7 +61,29 @@ pub struct FieldInventory {
     /// The store's flag for writes that are not journaled: a field seen
     /// for the first time is made durable by the next checkpoint.
     dirty: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The approved names per device, rebuilt when an approval changes:
+    /// the pipeline asks once per field and destination of every message,
+    /// and this answers without the inventory's lock, which every
+    /// connection's messages would otherwise contend for.
+    approved: arc_swap::ArcSwap<HashMap<String, std::collections::HashSet<String>>>,
     devices: Mutex<HashMap<String, HashMap<String, FieldState>>>,
+}
+
+fn approved_names(
+    devices: &HashMap<String, HashMap<String, FieldState>>,
+) -> HashMap<String, std::collections::HashSet<String>> {
+    devices
+        .iter()
+        .map(|(d, fields)| {
+            let names: std::collections::HashSet<String> = fields
+                .iter()
+                .filter(|(_, s)| s.approved)
+                .map(|(n, _)| n.clone())
+                .collect();
+            (d.clone(), names)
+        })
+        .filter(|(_, names)| !names.is_empty())
+        .collect()
 }
 
 fn key(device: &str, field: &str) -> Vec<u8> {
@@ -110,9 +132,11 @@ impl FieldInventory {
                 },
             );
         }
+        let approved = arc_swap::ArcSwap::from_pointee(approved_names(&devices));
         Ok(Self {
             tree,
             dirty,
+            approved,
             devices: Mutex::new(devices),
         })
     }
@@ -127,11 +151,11 @@ impl FieldInventory {
 
     /// Whether the user approved `field` of `device`.
     pub fn is_approved(&self, device: &str, field: &FieldPath) -> bool {
-        let name = field.generic();
-        self.lock()
+        let approved = self.approved.load();
+        // Most devices have no approved field: no name is built for them.
+        approved
             .get(device)
-            .and_then(|f| f.get(&name))
-            .is_some_and(|s| s.approved)
+            .is_some_and(|names| names.contains(&field.generic()))
     }
 
     /// Notes the fields of one message, and for each whether the
@@ -254,6 +278,8 @@ impl FieldInventory {
         state.approved = true;
         state.held = false;
         state.sample = None;
+        self.approved
+            .store(std::sync::Arc::new(approved_names(&devices)));
         Ok(ApproveOutcome::Approved)
     }
 
@@ -272,6 +298,8 @@ impl FieldInventory {
                 names.push(name.clone());
             }
         }
+        self.approved
+            .store(std::sync::Arc::new(approved_names(&devices)));
         names.sort();
         Ok(names)
     }
@@ -315,6 +343,8 @@ impl FieldInventory {
             n += 1;
         }
         devices.remove(device);
+        self.approved
+            .store(std::sync::Arc::new(approved_names(&devices)));
         Ok(n)
     }
 
@@ -470,5 +500,21 @@ mod tests {
             .clone()
             .expect("sample");
         assert_eq!(sample.chars().count(), SAMPLE_CHARS + 1);
+    }
+
+    #[test]
+    fn approving_all_and_forgetting_a_device_show_in_what_the_pipeline_asks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let inv = open(dir.path());
+        let p = r#"{"power":1,"ssid":"x"}"#;
+        inv.observe("plug", &paths(p), &[true, true], p.as_bytes(), 1000);
+        inv.observe("lamp", &paths(p), &[true, true], p.as_bytes(), 1000);
+        let ssid = FieldPath::from_segments(vec![Segment::Key("ssid".into())]);
+        assert!(!inv.is_approved("plug", &ssid));
+        assert_eq!(inv.approve_all("plug").expect("approve").len(), 2);
+        assert!(inv.is_approved("plug", &ssid));
+        assert!(!inv.is_approved("lamp", &ssid), "another device's field");
+        inv.forget_device("plug").expect("forget");
+        assert!(!inv.is_approved("plug", &ssid), "forgotten with the device");
     }
 }
