@@ -41,6 +41,16 @@ fn time(n: usize, mut commit: impl FnMut(usize)) -> (Duration, Duration) {
     (w.elapsed() / n as u32, (cpu_time() - c) / n as u32)
 }
 
+/// The bytes of one message's commit: a length, its history record and
+/// two outbox entries.
+fn one_message(frame: &mut Vec<u8>, record: &[u8], entry: &[u8]) {
+    frame.clear();
+    frame.extend_from_slice(&(record.len() as u32 + 2 * entry.len() as u32).to_le_bytes());
+    frame.extend_from_slice(record);
+    frame.extend_from_slice(entry);
+    frame.extend_from_slice(entry);
+}
+
 fn main() {
     let n: usize = std::env::var("COMMITS")
         .ok()
@@ -107,22 +117,14 @@ fn main() {
     };
     let mut frame = Vec::with_capacity(record.len() + 2 * entry.len() + 16);
     let mut journal_commit = |_: usize| {
-        frame.clear();
-        frame.extend_from_slice(&(record.len() as u32 + 2 * entry.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&record);
-        frame.extend_from_slice(&entry);
-        frame.extend_from_slice(&entry);
+        one_message(&mut frame, &record, &entry);
         journal.write_all(&frame).expect("write");
         journal.sync_data().expect("fdatasync");
     };
     let mut frame2 = Vec::with_capacity(record.len() + 2 * entry.len() + 16);
     let mut prealloc_commit = |_: usize| {
         use std::os::unix::fs::FileExt;
-        frame2.clear();
-        frame2.extend_from_slice(&(record.len() as u32 + 2 * entry.len() as u32).to_le_bytes());
-        frame2.extend_from_slice(&record);
-        frame2.extend_from_slice(&entry);
-        frame2.extend_from_slice(&entry);
+        one_message(&mut frame2, &record, &entry);
         if prealloc_at + frame2.len() as u64 > prealloc_len {
             prealloc_at = 0;
         }
@@ -133,11 +135,7 @@ fn main() {
     let mut frame3 = Vec::with_capacity(record.len() + 2 * entry.len() + 16);
     let mut dsync_commit = |_: usize| {
         use std::os::unix::fs::FileExt;
-        frame3.clear();
-        frame3.extend_from_slice(&(record.len() as u32 + 2 * entry.len() as u32).to_le_bytes());
-        frame3.extend_from_slice(&record);
-        frame3.extend_from_slice(&entry);
-        frame3.extend_from_slice(&entry);
+        one_message(&mut frame3, &record, &entry);
         if dsync_at + frame3.len() as u64 > prealloc_len {
             dsync_at = 0;
         }

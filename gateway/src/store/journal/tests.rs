@@ -35,9 +35,19 @@ impl Side {
         self._dir.path().join("journal")
     }
 
-    /// What a crash now would leave: the journal's files, replayed into
-    /// a store that has none of sled's unflushed writes (an empty one).
-    fn recovered(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+    /// Overwrites bytes of segment `name` at `at`, as damage would.
+    fn write_segment(&self, name: &str, at: u64, bytes: &[u8]) {
+        let seg = OpenOptions::new()
+            .write(true)
+            .open(self.journal_dir().join(name))
+            .expect("open");
+        seg.write_all_at(bytes, at).expect("write");
+        seg.sync_all().expect("sync");
+    }
+
+    /// A copy of the journal's files, as a crash now would leave them, in
+    /// a new directory beside a new (empty) store.
+    fn copy_journal(&self) -> (tempfile::TempDir, PathBuf, sled::Db) {
         let dir = tempfile::tempdir().expect("tempdir");
         let jdir = dir.path().join("journal");
         std::fs::create_dir_all(&jdir).expect("mkdir");
@@ -45,32 +55,26 @@ impl Side {
             std::fs::copy(self.journal_dir().join(seg), jdir.join(seg)).expect("copy");
         }
         let db = open_test_db(&dir.path().join("db"));
-        Journal::open(&jdir, db.clone(), Arc::default()).expect("recover");
-        let t = db.open_tree("t").expect("tree");
-        t.iter()
-            .map(|kv| kv.expect("read"))
-            .map(|(k, v)| (k.to_vec(), v.to_vec()))
-            .collect()
+        (dir, jdir, db)
     }
-}
 
-impl Side {
+    /// What a crash now would leave: the journal's files, replayed into
+    /// a store that has none of sled's unflushed writes (an empty one).
+    fn recovered(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        self.recovered_noting(None)
+    }
+
     /// As [`Side::recovered`], into a store that holds `db`'s checkpoint
-    /// note (and nothing else).
-    fn recovered_with_marker_of(&self, db: &sled::Db) -> Vec<(Vec<u8>, Vec<u8>)> {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let jdir = dir.path().join("journal");
-        std::fs::create_dir_all(&jdir).expect("mkdir");
-        for seg in ["0", "1"] {
-            std::fs::copy(self.journal_dir().join(seg), jdir.join(seg)).expect("copy");
-        }
-        let fresh = open_test_db(&dir.path().join("db"));
-        if let Some(v) = db
-            .open_tree(META_TREE)
-            .expect("meta")
-            .get(CHECKPOINT_KEY)
-            .expect("get")
-        {
+    /// note, if any (and nothing else).
+    fn recovered_noting(&self, note_of: Option<&sled::Db>) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let (_dir, jdir, fresh) = self.copy_journal();
+        let note = note_of.and_then(|db| {
+            db.open_tree(META_TREE)
+                .expect("meta")
+                .get(CHECKPOINT_KEY)
+                .expect("get")
+        });
+        if let Some(v) = note {
             fresh
                 .open_tree(META_TREE)
                 .expect("meta")
@@ -114,14 +118,9 @@ fn a_torn_last_frame_ends_the_replay_before_it() {
     s.tree.insert(b"b", b"2").expect("put");
     s.journal.commit().expect("commit");
     // Tear the second frame's body: its last byte is lost.
-    let seg = OpenOptions::new()
-        .write(true)
-        .open(s.journal_dir().join("0"))
-        .expect("open");
     let first = (FRAME_HEADER + 2 + 1 + 4 + 1 + 4 + 1) as u64;
     let second_end = first + (FRAME_HEADER + 2 + 1 + 4 + 1 + 4 + 1) as u64;
-    seg.write_all_at(&[0xff], second_end - 1).expect("tear");
-    seg.sync_all().expect("sync");
+    s.write_segment("0", second_end - 1, &[0xff]);
     assert_eq!(s.recovered(), vec![kv("a", "1")]);
 }
 
@@ -199,12 +198,7 @@ fn garbage_in_a_segment_is_not_replayed() {
     s.journal.commit().expect("commit");
     // The frame keeps its magic, pass and length; a byte of its body
     // changes, so the checksum no longer matches.
-    let seg = OpenOptions::new()
-        .write(true)
-        .open(s.journal_dir().join("0"))
-        .expect("open");
-    seg.write_all_at(&[0xaa], FRAME_HEADER as u64 + 3)
-        .expect("scribble");
+    s.write_segment("0", FRAME_HEADER as u64 + 3, &[0xaa]);
     assert_eq!(s.recovered(), vec![], "a bad checksum ends the segment");
 }
 
@@ -222,15 +216,20 @@ fn frame(pass: u64, seq: u64, ops: &[(u8, &[u8], &[u8])]) -> Vec<u8> {
             body.extend_from_slice(value);
         }
     }
+    framed(pass, seq, &body)
+}
+
+/// `body` in a frame with a valid checksum, whatever the body holds.
+fn framed(pass: u64, seq: u64, body: &[u8]) -> Vec<u8> {
     let mut header = Vec::new();
     header.extend_from_slice(&pass.to_le_bytes());
     header.extend_from_slice(&seq.to_le_bytes());
     header.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    let crc = frame_crc(&header, &body);
+    let crc = frame_crc(&header, body);
     let mut f = MAGIC.to_vec();
     f.extend_from_slice(&header);
     f.extend_from_slice(&crc.to_le_bytes());
-    f.extend_from_slice(&body);
+    f.extend_from_slice(body);
     f
 }
 
@@ -246,16 +245,8 @@ fn with_both_segments_live_the_older_pass_is_replayed_first() {
         frame(9, 12, &[(REMOVE, b"gone", b"")]),
     ]
     .concat();
-    let dir = s.journal_dir();
-    let write = |name: &str, bytes: &[u8]| {
-        let f = OpenOptions::new()
-            .write(true)
-            .open(dir.join(name))
-            .expect("open");
-        f.write_all_at(bytes, 0).expect("write");
-    };
-    write("1", &older);
-    write("0", &newer);
+    s.write_segment("1", 0, &older);
+    s.write_segment("0", 0, &newer);
     assert_eq!(s.recovered(), vec![kv("k", "new")]);
 }
 
@@ -265,27 +256,8 @@ fn a_frame_whose_body_does_not_parse_is_an_error_not_a_panic() {
     // A valid checksum over a body that claims more bytes than it has.
     let mut body = vec![PUT, 1, b't'];
     body.extend_from_slice(&1000u32.to_le_bytes());
-    let mut header = Vec::new();
-    header.extend_from_slice(&5u64.to_le_bytes());
-    header.extend_from_slice(&1u64.to_le_bytes());
-    header.extend_from_slice(&(body.len() as u32).to_le_bytes());
-    let crc = frame_crc(&header, &body);
-    let mut f = MAGIC.to_vec();
-    f.extend_from_slice(&header);
-    f.extend_from_slice(&crc.to_le_bytes());
-    f.extend_from_slice(&body);
-    let seg = OpenOptions::new()
-        .write(true)
-        .open(s.journal_dir().join("0"))
-        .expect("open");
-    seg.write_all_at(&f, 0).expect("write");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let jdir = dir.path().join("journal");
-    std::fs::create_dir_all(&jdir).expect("mkdir");
-    for name in ["0", "1"] {
-        std::fs::copy(s.journal_dir().join(name), jdir.join(name)).expect("copy");
-    }
-    let db = open_test_db(&dir.path().join("db"));
+    s.write_segment("0", 0, &framed(5, 1, &body));
+    let (_dir, jdir, db) = s.copy_journal();
     let opened = Journal::open(&jdir, db, Arc::default());
     assert!(
         matches!(opened, Err(StoreError::Corrupt(_))),
@@ -323,7 +295,7 @@ fn frames_a_checkpoint_covered_are_not_replayed_even_if_it_was_cut_short() {
     let tree = JournaledTree::new(s.db.open_tree("t").expect("tree"), Arc::clone(&again));
     tree.insert(b"z", b"2").expect("put");
     again.commit().expect("commit");
-    let fresh = s.recovered_with_marker_of(&s.db);
+    let fresh = s.recovered_noting(Some(&s.db));
     assert_eq!(fresh, vec![kv("z", "2")]);
 }
 

@@ -171,13 +171,7 @@ impl Outbox {
             }
             let old: Vec<u64> = held.entries.range(..cutoff).map(|(k, _)| *k).collect();
             for key in old {
-                held.remove(key);
-                self.journal.record(&[Op::Remove {
-                    tree: self.tree.name(),
-                    key: &key.to_be_bytes(),
-                }]);
-                self.count.fetch_sub(1, Ordering::AcqRel);
-                dropped += 1;
+                dropped += u64::from(self.forget_held(&mut held, key));
             }
         }
         self.oldest_bound.fetch_max(cutoff, Ordering::AcqRel);
@@ -254,13 +248,7 @@ impl Outbox {
                 .map(|(k, _)| *k)
                 .collect();
             for key in gone {
-                held.remove(key);
-                self.journal.record(&[Op::Remove {
-                    tree: self.tree.name(),
-                    key: &key.to_be_bytes(),
-                }]);
-                self.count.fetch_sub(1, Ordering::AcqRel);
-                removed += 1;
+                removed += u64::from(self.forget_held(&mut held, key));
             }
         }
         drop(held);
@@ -305,21 +293,28 @@ impl Outbox {
         Ok(out)
     }
 
+    /// Takes a held entry out, journaled and counted (the caller holds the
+    /// lock); whether it was held.
+    fn forget_held(&self, held: &mut recent::Held, key: u64) -> bool {
+        if held.remove(key).is_none() {
+            return false;
+        }
+        self.journal.record(&[Op::Remove {
+            tree: self.tree.name(),
+            key: &key.to_be_bytes(),
+        }]);
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        true
+    }
+
     /// The destination acknowledged `key`.
     pub fn remove(&self, key: u64) -> Result<(), StoreError> {
-        let k = key.to_be_bytes();
         let mut held = self.recent.lock();
-        if held.remove(key).is_some() {
-            self.journal.record(&[Op::Remove {
-                tree: self.tree.name(),
-                key: &k,
-            }]);
-            drop(held);
-            self.count.fetch_sub(1, Ordering::AcqRel);
+        if self.forget_held(&mut held, key) {
             return Ok(());
         }
         drop(held);
-        if self.tree.remove(&k)? {
+        if self.tree.remove(&key.to_be_bytes())? {
             self.count.fetch_sub(1, Ordering::AcqRel);
         }
         Ok(())
