@@ -86,18 +86,18 @@ impl Durability {
             .clone()
     }
 
-    fn kick(&self) {
-        let mut w = self.wake.lock().unwrap_or_else(|e| e.into_inner());
-        w.kicked = true;
-        drop(w);
+    /// Sets a flag for the committer thread and wakes it.
+    fn signal(&self, set: fn(&mut Wake)) {
+        set(&mut self.wake.lock().unwrap_or_else(|e| e.into_inner()));
         self.wakeup.notify_one();
     }
 
+    fn kick(&self) {
+        self.signal(|w| w.kicked = true);
+    }
+
     fn stop(&self) {
-        let mut w = self.wake.lock().unwrap_or_else(|e| e.into_inner());
-        w.stop = true;
-        drop(w);
-        self.wakeup.notify_one();
+        self.signal(|w| w.stop = true);
     }
 
     /// Waits until everything this task wrote before the call is on disk.

@@ -141,6 +141,12 @@ impl FieldInventory {
         })
     }
 
+    /// After an approval changed: the pipeline's snapshot follows.
+    fn publish_approved(&self, devices: &HashMap<String, HashMap<String, FieldState>>) {
+        self.approved
+            .store(std::sync::Arc::new(approved_names(devices)));
+    }
+
     fn mark_dirty(&self) {
         self.dirty.store(true, std::sync::atomic::Ordering::SeqCst);
     }
@@ -278,8 +284,7 @@ impl FieldInventory {
         state.approved = true;
         state.held = false;
         state.sample = None;
-        self.approved
-            .store(std::sync::Arc::new(approved_names(&devices)));
+        self.publish_approved(&devices);
         Ok(ApproveOutcome::Approved)
     }
 
@@ -298,8 +303,7 @@ impl FieldInventory {
                 names.push(name.clone());
             }
         }
-        self.approved
-            .store(std::sync::Arc::new(approved_names(&devices)));
+        self.publish_approved(&devices);
         names.sort();
         Ok(names)
     }
@@ -343,8 +347,7 @@ impl FieldInventory {
             n += 1;
         }
         devices.remove(device);
-        self.approved
-            .store(std::sync::Arc::new(approved_names(&devices)));
+        self.publish_approved(&devices);
         Ok(n)
     }
 

@@ -153,6 +153,15 @@ fn spill_all(spills: &Spills) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// A checkpoint's flush: what the hooks hold into sled, the note that
+/// frames up to `seq` are covered, then the flush that makes both true.
+fn flush_covering(db: &sled::Db, spills: &Spills, seq: u64) -> Result<(), StoreError> {
+    spill_all(spills)?;
+    note_checkpoint(db, seq)?;
+    db.flush()?;
+    Ok(())
+}
+
 pub struct Journal {
     db: sled::Db,
     spills: Spills,
@@ -211,8 +220,10 @@ impl Journal {
         let capacity = match lens.as_slice() {
             [a, b]
                 if a == b
-                    && (*a >= SEGMENT_MIN || wanted == Some(*a))
-                    && wanted.is_none_or(|w| w == *a) =>
+                    && match wanted {
+                        Some(w) => w == *a,
+                        None => *a >= SEGMENT_MIN,
+                    } =>
             {
                 *a
             }
@@ -370,10 +381,7 @@ impl Journal {
         // Pending operations are in sled already, so the flush covers
         // them; they leave the buffer only once it succeeded.
         let pending = lock(&self.pending).len();
-        let flushed = spill_all(&self.spills)
-            .and_then(|()| note_checkpoint(&self.db, s.next_seq - 1))
-            .and_then(|()| Ok(self.db.flush()?));
-        if let Err(e) = flushed {
+        if let Err(e) = flush_covering(&self.db, &self.spills, s.next_seq - 1) {
             self.overflowed.store(true, Ordering::SeqCst);
             return Err(e);
         }
@@ -395,10 +403,7 @@ impl Journal {
         let spawned = std::thread::Builder::new()
             .name("dataward-checkpoint".into())
             .spawn(move || {
-                let flushed = spill_all(&spills)
-                    .and_then(|()| note_checkpoint(&db, last_seq))
-                    .and_then(|()| Ok(db.flush()?));
-                if let Err(e) = flushed {
+                if let Err(e) = flush_covering(&db, &spills, last_seq) {
                     // The segment stays live; the next one to fill finds it
                     // so and checkpoints in line, reporting the error.
                     tracing::warn!(error = %e, "a background checkpoint of the store failed");
